@@ -1,0 +1,82 @@
+//! Turns a raw Kafka message into a checked one, or a rejection with a reason code.
+//!
+//! This step is pure (no I/O), so every rule can be tested exhaustively without a broker. The
+//! order is fixed: topic known → identity header → request id → payload is JSON → payload matches
+//! the topic's schema. The payload is parsed once; the same JSON value is validated, handed to
+//! the router for typing, and re-published in the stream envelope.
+
+pub mod identity;
+pub mod reason;
+pub mod validate;
+
+use serde_json::Value;
+
+pub use identity::{Identity, IdentityType};
+pub use reason::{Reason, Rejection, Stage};
+pub use validate::Validators;
+
+use crate::message::RawMessage;
+use crate::topics::TopicSchema;
+
+pub const IDENTITY_HEADER: &str = "x-rh-identity";
+pub const REQUEST_ID_HEADER: &str = "x-rh-insights-request-id";
+/// Request ids longer than this are rejected rather than stored and logged.
+pub const MAX_REQUEST_ID_LEN: usize = 256;
+
+/// A message that passed every check before its handler.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    pub schema: &'static TopicSchema,
+    pub payload: Value,
+    pub identity: Identity,
+    pub request_id: String,
+}
+
+/// What opening a message found: a checked message, or a rejection. The request id and identity
+/// are kept where they were readable so that even a rejection can be logged with them.
+#[derive(Debug)]
+pub struct Opened {
+    pub result: Result<Checked, Rejection>,
+    pub request_id: Option<String>,
+}
+
+/// The request id header, if present, valid UTF-8, non-empty and of sane length.
+pub fn request_id(message: &RawMessage) -> Option<String> {
+    let raw = message.header(REQUEST_ID_HEADER)?;
+    let text = std::str::from_utf8(raw).ok()?.trim();
+    (!text.is_empty() && text.len() <= MAX_REQUEST_ID_LEN).then(|| text.to_string())
+}
+
+/// Runs every check on `message`.
+pub fn open(message: &RawMessage, validators: &Validators) -> Opened {
+    let request_id = request_id(message);
+    Opened { result: check(message, validators, request_id.as_deref()), request_id }
+}
+
+fn check(message: &RawMessage, validators: &Validators, request_id: Option<&str>) -> Result<Checked, Rejection> {
+    let topic = validators.for_topic(&message.topic).ok_or_else(|| {
+        Rejection::new(Reason::UnknownTopic, format!("topic {} has no schema in api/event/", message.topic))
+    })?;
+    let identity = identity::check_identity(message.header(IDENTITY_HEADER), &validators.identity)?;
+    let request_id = request_id.ok_or_else(|| {
+        Rejection::new(
+            Reason::RequestIdMissing,
+            format!("the {REQUEST_ID_HEADER} header is missing, empty, not UTF-8 or longer than {MAX_REQUEST_ID_LEN} bytes"),
+        )
+    })?;
+    let bytes = message
+        .payload
+        .as_deref()
+        .ok_or_else(|| Rejection::new(Reason::PayloadMissing, format!("topic {}: the message has no value", message.topic)))?;
+    let payload: Value = serde_json::from_slice(bytes).map_err(|e| {
+        Rejection::new(
+            Reason::PayloadNotJson,
+            format!("topic {}: the value is not JSON: {e}", message.topic),
+        )
+    })?;
+    validators.check_payload(&message.topic, &topic.validator, &payload)?;
+    Ok(Checked { schema: topic.schema, payload, identity, request_id: request_id.to_string() })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,150 @@
+use super::*;
+use crate::config::Config;
+use crate::message::Header;
+use crate::samples;
+use serde_json::json;
+
+fn validators() -> Validators {
+    let config = Config::from_env(&[][..]).unwrap();
+    Validators::compile(&config.topics).unwrap()
+}
+
+fn message(key: &str, payload: &[u8], headers: &[(&str, &[u8])]) -> RawMessage {
+    RawMessage {
+        topic: format!("platform.event-router.{key}"),
+        partition: 0,
+        offset: 0,
+        key: Some(b"k".to_vec()),
+        payload: Some(payload.to_vec()),
+        headers: headers.iter().map(|(k, v)| Header { key: k.to_string(), value: Some(v.to_vec()) }).collect(),
+        timestamp_ms: None,
+    }
+}
+
+fn valid_headers() -> Vec<(&'static str, Vec<u8>)> {
+    vec![
+        (IDENTITY_HEADER, identity::encode_identity(&samples::user_identity("12345")).into_bytes()),
+        (REQUEST_ID_HEADER, b"req-1".to_vec()),
+    ]
+}
+
+fn open_payload(key: &str, payload: &Value) -> Result<Checked, Rejection> {
+    let headers = valid_headers();
+    let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+    open(&message(key, payload.to_string().as_bytes(), &borrowed), &validators()).result
+}
+
+#[test]
+fn every_sample_topic_accepts_its_sample() {
+    for schema in crate::topics::REGISTRY {
+        let checked = open_payload(schema.key, &samples::payload_for(schema.key, 3).unwrap()).unwrap();
+        assert_eq!(checked.schema.key, schema.key);
+        assert_eq!(checked.request_id, "req-1");
+        assert_eq!(checked.identity.org_id.as_deref(), Some("12345"));
+    }
+}
+
+fn violation(key: &str, payload: Value) -> String {
+    let rejection = open_payload(key, &payload).unwrap_err();
+    assert_eq!(rejection.reason, Reason::SchemaViolation, "{rejection}");
+    rejection.message
+}
+
+#[test]
+fn todo_created_schema_rules() {
+    let too_long = "x".repeat(257);
+    let message = violation("todo-created", json!({"id": 1, "title": too_long, "description": "d"}));
+    assert!(message.starts_with("topic platform.event-router.todo-created: at `/title` (keyword `maxLength`)"), "{message}");
+    let message = violation("todo-created", json!({"id": -1, "title": "t", "description": "d"}));
+    assert!(message.contains("at `/id` (keyword `minimum`)"), "{message}");
+    let message = violation("todo-created", json!({"id": 2147483648u64, "title": "t", "description": "d"}));
+    assert!(message.contains("(keyword `maximum`)"), "{message}");
+    let message = violation("todo-created", json!({"id": 1, "title": "t"}));
+    assert!(message.contains("at `/` (keyword `required`)") && message.contains("description"), "{message}");
+    let message = violation("todo-created", json!({"id": 1, "title": "t", "description": "d", "extra": true}));
+    assert!(message.contains("(keyword `additionalProperties`)"), "{message}");
+    let message = violation("todo-created", json!({"id": "1", "title": "t", "description": "x".repeat(4097)}));
+    assert!(message.contains("/id") && message.contains("/description"), "all errors are listed: {message}");
+}
+
+#[test]
+fn host_status_changed_checks_formats_and_enums() {
+    let mut payload = samples::host_status_changed(1);
+    payload["host_id"] = json!("not-a-uuid");
+    assert!(violation("host-status-changed", payload).contains("at `/host_id` (keyword `format`)"));
+    let mut payload = samples::host_status_changed(1);
+    payload["updated_at"] = json!("yesterday");
+    assert!(violation("host-status-changed", payload).contains("at `/updated_at` (keyword `format`)"));
+    let mut payload = samples::host_status_changed(1);
+    payload["status"] = json!("sleeping");
+    assert!(violation("host-status-changed", payload).contains("at `/status` (keyword `enum`)"));
+    let mut payload = samples::host_status_changed(1);
+    payload["validations"][1]["status"] = json!("maybe");
+    assert!(violation("host-status-changed", payload).contains("at `/validations/1/status` (keyword `enum`)"));
+    let mut payload = samples::host_status_changed(1);
+    payload.as_object_mut().unwrap().remove("validations");
+    assert!(open_payload("host-status-changed", &payload).is_ok(), "validations is optional");
+}
+
+#[test]
+fn cluster_install_progressed_checks_ranges_and_min_items() {
+    let mut payload = samples::cluster_install_progressed(1);
+    payload["progress"] = json!(101);
+    assert!(violation("cluster-install-progressed", payload).contains("at `/progress` (keyword `maximum`)"));
+    let mut payload = samples::cluster_install_progressed(1);
+    payload["hosts"] = json!([]);
+    assert!(violation("cluster-install-progressed", payload).contains("at `/hosts` (keyword `minItems`)"));
+    let mut payload = samples::cluster_install_progressed(1);
+    payload["hosts"][0]["role"] = json!("boss");
+    assert!(violation("cluster-install-progressed", payload).contains("at `/hosts/0/role` (keyword `enum`)"));
+}
+
+#[test]
+fn header_and_body_failures_have_their_own_reasons() {
+    let v = validators();
+    let identity = identity::encode_identity(&samples::user_identity("1"));
+    let body = samples::todo_created(1).to_string();
+
+    let no_request_id = message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, identity.as_bytes())]);
+    assert_eq!(open(&no_request_id, &v).result.unwrap_err().reason, Reason::RequestIdMissing);
+
+    let both = [(IDENTITY_HEADER, identity.as_bytes()), (REQUEST_ID_HEADER, b"r".as_slice())];
+    let not_json = message("todo-created", b"{oops", &both);
+    assert_eq!(open(&not_json, &v).result.unwrap_err().reason, Reason::PayloadNotJson);
+
+    let mut no_value = message("todo-created", b"", &both);
+    no_value.payload = None;
+    assert_eq!(open(&no_value, &v).result.unwrap_err().reason, Reason::PayloadMissing);
+
+    let unknown = message("no-such-topic", body.as_bytes(), &both);
+    let rejection = open(&unknown, &v).result.unwrap_err();
+    assert_eq!(rejection.reason, Reason::UnknownTopic);
+    assert!(rejection.message.contains("platform.event-router.no-such-topic"));
+
+    let bad_identity = message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, b"%%%"), (REQUEST_ID_HEADER, b"r")]);
+    let opened = open(&bad_identity, &v);
+    assert_eq!(opened.result.unwrap_err().reason, Reason::IdentityNotBase64);
+    assert_eq!(opened.request_id.as_deref(), Some("r"), "the request id is kept for logging a rejection");
+}
+
+#[test]
+fn header_names_match_ignoring_case() {
+    let identity = identity::encode_identity(&samples::user_identity("1"));
+    let body = samples::todo_created(1).to_string();
+    let mixed = message(
+        "todo-created",
+        body.as_bytes(),
+        &[("X-Rh-Identity", identity.as_bytes()), ("X-RH-Insights-Request-Id", b"abc")],
+    );
+    let checked = open(&mixed, &validators()).result.unwrap();
+    assert_eq!(checked.request_id, "abc");
+}
+
+#[test]
+fn oversized_request_id_is_refused() {
+    let identity = identity::encode_identity(&samples::user_identity("1"));
+    let long = "r".repeat(MAX_REQUEST_ID_LEN + 1);
+    let body = samples::todo_created(1).to_string();
+    let msg = message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, identity.as_bytes()), (REQUEST_ID_HEADER, long.as_bytes())]);
+    assert_eq!(open(&msg, &validators()).result.unwrap_err().reason, Reason::RequestIdMissing);
+}

@@ -1,0 +1,95 @@
+//! JSON Schema validators, compiled once at start-up from the schemas embedded at build time.
+//!
+//! Formats (`uuid`, `date-time`, ...) are asserted: jsonschema leaves them as annotations by
+//! default for drafts 2019-09 and later, which would let `"host_id": "banana"` through.
+
+use std::collections::HashMap;
+
+use serde_json::Value;
+
+use super::identity::{pointer_or_root, IDENTITY_SCHEMA};
+use super::reason::{Reason, Rejection};
+use crate::config::TopicConfig;
+use crate::topics::{TopicSchema, REGISTRY};
+
+/// A schema that does not compile; names the schema.
+#[derive(Debug, thiserror::Error)]
+#[error("schema {name} does not compile: {problem}")]
+pub struct SchemaError {
+    pub name: String,
+    pub problem: String,
+}
+
+/// Compiles one embedded schema with format assertion on and no remote references.
+pub fn compile_schema(text: &str, name: &str) -> Result<jsonschema::Validator, SchemaError> {
+    let value: Value =
+        serde_json::from_str(text).map_err(|e| SchemaError { name: name.into(), problem: e.to_string() })?;
+    jsonschema::options()
+        .should_validate_formats(true)
+        .build(&value)
+        .map_err(|e| SchemaError { name: name.into(), problem: e.to_string() })
+}
+
+/// Offending values longer than this (as JSON) are not echoed in rejection messages.
+const MAX_ECHOED_VALUE: usize = 64;
+
+/// A topic the service consumes, with its compiled validator.
+pub struct TopicValidator {
+    pub schema: &'static TopicSchema,
+    pub validator: jsonschema::Validator,
+}
+
+/// Every validator the service needs, keyed by actual Kafka topic name.
+pub struct Validators {
+    topics: HashMap<String, TopicValidator>,
+    pub(crate) identity: jsonschema::Validator,
+}
+
+impl Validators {
+    /// Compiles the identity schema and every registry schema, naming topics through `topics`.
+    pub fn compile(topics: &TopicConfig) -> Result<Self, SchemaError> {
+        let mut by_topic = HashMap::new();
+        for schema in REGISTRY {
+            let validator = compile_schema(schema.schema, schema.file)?;
+            by_topic.insert(topics.name(schema.key), TopicValidator { schema, validator });
+        }
+        Ok(Validators { topics: by_topic, identity: compile_schema(IDENTITY_SCHEMA, "x-rh-identity")? })
+    }
+
+    /// The validator for a Kafka topic, if the topic has a schema.
+    pub fn for_topic(&self, topic: &str) -> Option<&TopicValidator> {
+        self.topics.get(topic)
+    }
+
+    /// The Kafka topic names that have a schema.
+    pub fn topic_names(&self) -> impl Iterator<Item = &str> {
+        self.topics.keys().map(String::as_str)
+    }
+
+    /// Checks `payload` against the topic's schema; the error names topic, path, keyword and rule.
+    pub fn check_payload(&self, topic: &str, validator: &jsonschema::Validator, payload: &Value) -> Result<(), Rejection> {
+        const SHOWN: usize = 3;
+        let mut errors = validator.iter_errors(payload);
+        let Some(first) = errors.next() else { return Ok(()) };
+        let describe = |e: &jsonschema::ValidationError| {
+            let at = pointer_or_root(e.instance_path().as_str());
+            // Echo small offending values (useful: `"sleeping" is not one of ...`), mask large ones.
+            let rule = if e.instance().to_string().len() <= MAX_ECHOED_VALUE {
+                e.to_string()
+            } else {
+                e.masked().to_string()
+            };
+            format!("at `{at}` (keyword `{}`): {rule}", e.kind().keyword())
+        };
+        let mut message = format!("topic {topic}: {}", describe(&first));
+        let rest: Vec<_> = errors.collect();
+        for error in rest.iter().take(SHOWN - 1) {
+            message.push_str("; ");
+            message.push_str(&describe(error));
+        }
+        if rest.len() > SHOWN - 1 {
+            message.push_str(&format!("; and {} more", rest.len() - (SHOWN - 1)));
+        }
+        Err(Rejection::new(Reason::SchemaViolation, message))
+    }
+}
