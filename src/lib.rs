@@ -1,5 +1,44 @@
+//! event-router consumes Kafka topics whose messages are described by JSON Schema, validates each
+//! message and its identity headers, hands it to the handler registered for its topic, records the
+//! outcome in PostgreSQL and re-publishes an enriched event to an output stream.
+//!
+//! # How a message travels
+//!
+//! ```text
+//! Kafka → consumer → envelope → router → handler → store (inbox + rows, one tx) → stream → offset
+//!                       └── any rejection → dead-letter topic → offset
+//! ```
+//!
+//! - [`consumer`] knows Kafka: group membership, a worker per partition, offsets stored only after
+//!   a message is finished.
+//! - [`envelope`] turns bytes and headers into a checked message or a [`envelope::Rejection`]
+//!   with a stable reason code. Pure, so every rule is unit-tested.
+//! - [`router`] maps a topic to its handler; [`handlers`] holds one file per topic.
+//! - [`store`] owns SQL: the pool, migrations, and the inbox that makes redelivery a no-op.
+//! - [`pipeline`] strings those together for one message, with retries for transient failures.
+//! - [`stream`] and [`dead_letter`] shape what is re-published; [`kafka`] publishes it.
+//! - [`topics`] is generated at build time from `api/event/*.event.json`.
+//! - [`telemetry`] logs and counts; [`http`] serves `/metrics`, `/healthz`, `/readyz`.
+//! - [`app`] assembles it all; [`config`] reads the environment.
+//! - [`producer`] is the library behind `event-router produce`; [`dev_broker`] hosts librdkafka's
+//!   mock cluster for development and tests; [`demo`] and [`samples`] make traffic.
+
+pub mod app;
 pub mod config;
+pub mod consumer;
+pub mod dead_letter;
+pub mod demo;
+pub mod dev_broker;
 pub mod envelope;
+pub mod handlers;
+pub mod http;
+pub mod kafka;
 pub mod message;
+pub mod pipeline;
+pub mod producer;
+pub mod router;
 pub mod samples;
+pub mod store;
+pub mod stream;
+pub mod telemetry;
 pub mod topics;

@@ -1,1 +1,175 @@
-fn main(){}
+//! The `event-router` binary: a thin clap front end over the library.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use event_router::app::Application;
+use event_router::config::{Config, ProcessEnv};
+use event_router::dev_broker::DevBroker;
+use event_router::producer::{EventProducer, IdentityHeader, Outgoing, ProduceError};
+use event_router::telemetry::{init_logging, LogFormat};
+use event_router::{demo, samples, store, topics};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(name = "event-router", version, about = "Validates, handles, records and re-publishes schema-described Kafka events.")]
+struct Cli {
+    /// Log output: JSON in containers, text on a terminal by default.
+    #[arg(long, value_enum, default_value = "auto", global = true, env = "LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the service (configuration from the environment; see README).
+    Run,
+    /// Create the database if needed and apply migrations, then exit.
+    Migrate,
+    /// Host librdkafka's mock cluster for development and tests. Not a production broker.
+    DevBroker {
+        /// Address of the first broker; broker n listens on port + n - 1.
+        #[arg(long, default_value = "127.0.0.1:9092")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        brokers: i32,
+        /// Partitions of each topic the service owns.
+        #[arg(long, default_value_t = 4)]
+        partitions: i32,
+    },
+    /// Validate and send messages to a topic. The value comes from --data, or one JSON document
+    /// per line on standard input.
+    Produce {
+        /// Topic key, e.g. `todo-created` (the Kafka topic is <prefix>.<key>).
+        topic: String,
+        #[arg(long)]
+        data: Option<String>,
+        /// Org id for a generated identity.
+        #[arg(long, default_value = "12345")]
+        org_id: String,
+        /// Type of the generated identity: User, System, ServiceAccount, Associate, X509.
+        #[arg(long, default_value = "User")]
+        identity_type: String,
+        /// A ready-made x-rh-identity value (base64), used instead of a generated identity.
+        #[arg(long, conflicts_with_all = ["org_id", "identity_type"])]
+        identity_header: Option<String>,
+        /// Request id; a UUID is generated when absent.
+        #[arg(long)]
+        request_id: Option<String>,
+        #[arg(long)]
+        key: Option<String>,
+        /// Send even if the service would reject the message.
+        #[arg(long)]
+        no_validate: bool,
+    },
+    /// Send demo traffic (valid and invalid) and print what the service publishes.
+    Demo {
+        /// Messages per second.
+        #[arg(long, default_value_t = 2.0)]
+        rate: f64,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+}
+
+fn stop_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let trigger = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        trigger.cancel();
+    });
+    token
+}
+
+#[tokio::main]
+async fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Err(error) = execute(cli.command).await {
+        tracing::error!("{error:#}");
+        eprintln!("event-router: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn execute(command: Command) -> anyhow::Result<()> {
+    let config = Config::from_env(&ProcessEnv)?;
+    match command {
+        Command::Run => {
+            let stop = stop_on_signal();
+            let app = Application::build(config).await?;
+            tracing::info!(addr = %app.http_addr(), "serving /metrics, /healthz and /readyz");
+            app.run_until_stopped(async move { stop.cancelled().await }).await
+        }
+        Command::Migrate => {
+            store::create_and_migrate(config.database_url.expose()).await?;
+            println!("database ready: {}", event_router::config::redact_url(config.database_url.expose()));
+            Ok(())
+        }
+        Command::DevBroker { listen, brokers, partitions } => {
+            let stop = stop_on_signal();
+            let broker = DevBroker::start_listening(brokers, listen).await?;
+            let mut created = Vec::new();
+            for schema in topics::REGISTRY {
+                created.push(config.topics.name(schema.key));
+            }
+            created.push(config.topics.stream());
+            created.push(config.topics.dead_letter());
+            for topic in &created {
+                broker.create_topic(topic, partitions)?;
+            }
+            println!("embedded broker (librdkafka mock cluster, development only) at {}", broker.bootstrap_servers());
+            println!("topics ({partitions} partitions each): {}", created.join(", "));
+            stop.cancelled().await;
+            Ok(())
+        }
+        Command::Produce { topic, data, org_id, identity_type, identity_header, request_id, key, no_validate } => {
+            let producer = EventProducer::new(&config.kafka, &config.topics)?;
+            let identity = match identity_header {
+                Some(encoded) => IdentityHeader::Encoded(encoded),
+                None => IdentityHeader::Document(samples::identity_of_type(&identity_type, &org_id)),
+            };
+            let values: Vec<String> = match data {
+                Some(data) => vec![data],
+                None => std::io::stdin().lock().lines().collect::<Result<Vec<_>, _>>()?.into_iter().filter(|l| !l.trim().is_empty()).collect(),
+            };
+            let mut rejected = 0;
+            for value in values {
+                let outgoing = Outgoing { key: key.clone(), value: value.into_bytes(), identity: identity.clone(), request_id: request_id.clone() };
+                let result = if no_validate {
+                    producer.send_raw(&producer.build(&topic, &outgoing)).await
+                } else {
+                    producer.send(&topic, &outgoing).await
+                };
+                match result {
+                    Ok(sent) => println!(
+                        "sent {} partition {} offset {} request-id {}",
+                        sent.topic, sent.delivery.partition, sent.delivery.offset, sent.request_id
+                    ),
+                    Err(ProduceError::Rejected(rejection)) => {
+                        rejected += 1;
+                        eprintln!("rejected: {rejection}");
+                    }
+                    Err(error) => return Err(error).context("sending"),
+                }
+            }
+            if rejected > 0 {
+                bail!("{rejected} message(s) rejected and not sent (use --no-validate to send anyway)");
+            }
+            Ok(())
+        }
+        Command::Demo { rate, count } => {
+            let stop = stop_on_signal();
+            demo::run(&config.kafka, &config.topics, rate, count, stop).await
+        }
+    }
+}

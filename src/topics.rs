@@ -25,6 +25,8 @@ pub struct TopicSchema {
     pub name: &'static str,
     /// Path of the schema within the repository, e.g. `api/event/todo-created.event.json`.
     pub file: &'static str,
+    /// `sha256:…` of the schema file, reported as the schema's version in stream events.
+    pub digest: &'static str,
     /// The schema text.
     pub schema: &'static str,
 }

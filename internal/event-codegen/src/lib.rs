@@ -53,6 +53,8 @@ pub struct GeneratedTopic {
     /// The generated payload type's name inside that module, e.g. `TodoCreated`.
     pub payload_type: String,
     pub path: PathBuf,
+    /// `sha256:<first 16 hex digits>` of the schema file: the schema's version in stream events.
+    pub digest: String,
     pub code: String,
     pub warnings: Vec<String>,
 }
@@ -91,9 +93,10 @@ impl Generated {
         out.push_str("pub static REGISTRY: &[crate::topics::TopicSchema] = &[\n");
         for topic in &self.topics {
             out.push_str(&format!(
-                "    crate::topics::TopicSchema {{ key: {key:?}, name: {name:?}, file: {file:?}, schema: include_str!({path:?}) }},\n",
+                "    crate::topics::TopicSchema {{ key: {key:?}, name: {name:?}, file: {file:?}, digest: {digest:?}, schema: include_str!({path:?}) }},\n",
                 key = topic.key,
                 name = topic.payload_type,
+                digest = topic.digest,
                 file = format!("api/event/{}{}", topic.key, TOPIC_SUFFIX),
                 path = topic.path.display().to_string(),
             ));
@@ -182,6 +185,12 @@ fn generate_topic(path: &Path, key: &str) -> Result<GeneratedTopic, CodegenError
         )));
     }
     let value = read_json(path)?;
+    let digest = {
+        use sha2::Digest;
+        let bytes = fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
+        let hash = sha2::Sha256::digest(&bytes);
+        format!("sha256:{}", hash.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
+    };
     let problems = check_schema(&value, true);
     fail_on_errors(path, &problems)?;
     if value.get("type").and_then(|t| t.as_str()) != Some("object") {
@@ -195,6 +204,7 @@ fn generate_topic(path: &Path, key: &str) -> Result<GeneratedTopic, CodegenError
         module: key.replace('-', "_"),
         payload_type,
         path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
+        digest,
         code,
         warnings: problems.warnings.iter().map(|w| format!("{}: {w}", path.display())).collect(),
     })

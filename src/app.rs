@@ -1,0 +1,121 @@
+//! Assembles the service from its configuration and runs it until told to stop.
+//!
+//! `Application::build` does everything that can fail at start-up (database, migrations, schema
+//! compilation, handler completeness, Kafka clients, the HTTP listener) so that a bad setting
+//! stops the process before it consumes anything. `run_until_stopped` then runs the consumer and
+//! the HTTP endpoints until the shutdown future completes, finishes in-flight work within the
+//! configured deadline, and commits offsets.
+
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use rdkafka::consumer::Consumer;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::consumer::{self, ConsumerEvents, RouterConsumer};
+use crate::envelope::Validators;
+use crate::http::{self, HttpState};
+use crate::kafka::{self, Publisher};
+use crate::pipeline::{Backoff, Pipeline};
+use crate::telemetry::Telemetry;
+use crate::{handlers, store};
+
+pub struct Application {
+    config: Config,
+    listener: TcpListener,
+    consumer: Arc<RouterConsumer>,
+    pipeline: Arc<Pipeline>,
+    http_state: HttpState,
+}
+
+impl Application {
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let router = handlers::router();
+        router.check_complete()?;
+        let validators = Validators::compile(&config.topics)?;
+        let mut topics: Vec<String> = validators.topic_names().map(str::to_owned).collect();
+        topics.sort();
+
+        let pool = store::connect(config.database_url.expose(), config.database_max_connections).await?;
+        store::MIGRATOR.run(&pool).await.context("applying database migrations")?;
+
+        let telemetry = Arc::new(Telemetry::new(topics.clone()));
+        let joined = Arc::new(AtomicBool::new(false));
+        let consumer: RouterConsumer = kafka::consumer_config(&config.kafka)
+            .create_with_context(ConsumerEvents::new(telemetry.clone(), joined.clone()))
+            .context("KAFKA_BROKERS: cannot create the Kafka consumer")?;
+        consumer::subscribe(&consumer, &topics, config.topics.pattern.as_deref())
+            .context("EVENT_ROUTER_TOPIC_PATTERN: cannot subscribe")?;
+        let publisher = Publisher::new(&config.kafka).context("KAFKA_BROKERS: cannot create the Kafka producer")?;
+
+        if config.topics.stream_enabled {
+            tracing::info!(topic = %config.topics.stream(), "event stream enabled");
+        } else {
+            tracing::debug!("event stream is switched off (EVENT_STREAM_ENABLED=false): handled messages are not re-published");
+        }
+
+        let listener = TcpListener::bind(config.metrics_addr)
+            .await
+            .with_context(|| format!("METRICS_ADDR: cannot listen on {}", config.metrics_addr))?;
+        let pipeline = Arc::new(Pipeline::new(
+            validators,
+            router,
+            pool.clone(),
+            publisher,
+            config.topics.clone(),
+            config.kafka.group_id.clone(),
+            telemetry.clone(),
+            Backoff { initial: Duration::from_millis(100), max: config.max_backoff },
+            CancellationToken::new(),
+        ));
+        tracing::info!(topics = ?topics, group = %config.kafka.group_id, "event-router started");
+        Ok(Application {
+            config,
+            listener,
+            consumer: Arc::new(consumer),
+            pipeline,
+            http_state: HttpState { telemetry, pool, consumer_joined: joined },
+        })
+    }
+
+    /// Where `/metrics`, `/healthz` and `/readyz` are served.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener.local_addr().expect("a bound listener has an address")
+    }
+
+    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+        let stop = CancellationToken::new();
+        let http_stop = CancellationToken::new();
+        let http = tokio::spawn(http::serve(self.listener, self.http_state.clone(), {
+            let http_stop = http_stop.clone();
+            async move { http_stop.cancelled().await }
+        }));
+        let consuming = tokio::spawn(consumer::run(self.consumer.clone(), self.pipeline.clone(), stop.clone()));
+
+        shutdown.await;
+        tracing::info!(deadline_s = self.config.shutdown_timeout.as_secs(), "shutting down: finishing in-flight messages");
+        stop.cancel();
+        let abandon = self.pipeline.abandon.clone();
+        let deadline = self.config.shutdown_timeout;
+        let watchdog = tokio::spawn(async move {
+            tokio::time::sleep(deadline).await;
+            abandon.cancel();
+        });
+        consuming.await.context("the consumer task panicked")?;
+        watchdog.abort();
+        self.consumer.unsubscribe();
+        if let Err(error) = self.pipeline.publisher.flush(Duration::from_secs(5)) {
+            tracing::warn!(%error, "producer flush at shutdown failed");
+        }
+        http_stop.cancel();
+        http.await.context("the HTTP task panicked")??;
+        self.http_state.pool.close().await;
+        tracing::info!("event-router stopped");
+        Ok(())
+    }
+}

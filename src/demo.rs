@@ -1,0 +1,139 @@
+//! Demo traffic for `make run`: a steady mix of valid and invalid messages, and a watcher that
+//! prints what came out on the stream and dead-letter topics, so a newcomer sees the service work.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{KafkaConfig, TopicConfig};
+use crate::dead_letter;
+use crate::message::RawMessage;
+use crate::producer::{EventProducer, IdentityHeader, Outgoing};
+use crate::samples;
+
+/// One demo message: where it goes, what it is, and what the service should do with it.
+pub struct DemoCase {
+    pub topic_key: &'static str,
+    pub outgoing: Outgoing,
+    pub expect: &'static str,
+}
+
+/// The `n`-th demo message. Six in ten are valid; the rest cycle through the rejection reasons.
+pub fn demo_case(n: u64, todo_base: u32) -> DemoCase {
+    let user = || IdentityHeader::Document(samples::user_identity("12345"));
+    let key = |k: &str| Some(format!("{k}-{n}"));
+    let valid = |topic_key: &'static str, payload: Value| DemoCase {
+        topic_key,
+        outgoing: Outgoing { key: key(topic_key), ..Outgoing::json(&payload, user()) },
+        expect: "stream",
+    };
+    let invalid = |topic_key: &'static str, outgoing: Outgoing, reason: &'static str| DemoCase { topic_key, outgoing, expect: reason };
+    let todo = samples::todo_created(todo_base.wrapping_add(n as u32) % i32::MAX as u32);
+    match n % 10 {
+        0 | 3 => valid("todo-created", todo),
+        1 | 4 => valid("host-status-changed", samples::host_status_changed(n)),
+        2 | 5 => valid("cluster-install-progressed", samples::cluster_install_progressed(n)),
+        slot => match ((n / 10) * 4 + (slot - 6)) % 8 {
+            0 => invalid("todo-created", Outgoing::json(&todo, IdentityHeader::Encoded("not*base64".into())), "identity_not_base64"),
+            1 => invalid(
+                "todo-created",
+                Outgoing::json(&todo, IdentityHeader::Document(json!({"identity": {"type": "User", "user": {}}}))),
+                "identity_org_id_missing",
+            ),
+            2 => invalid(
+                "host-status-changed",
+                Outgoing::json(&samples::host_status_changed(n), IdentityHeader::Document(samples::identity_of_type("Robot", "1"))),
+                "identity_type_unknown",
+            ),
+            3 => invalid(
+                "todo-created",
+                Outgoing { value: b"{\"id\": 1, oops".to_vec(), ..Outgoing::json(&todo, user()) },
+                "payload_not_json",
+            ),
+            4 => invalid(
+                "todo-created",
+                Outgoing::json(&json!({"id": 1, "title": "x".repeat(300), "description": "too long a title"}), user()),
+                "schema_violation",
+            ),
+            5 => {
+                let mut bad = samples::host_status_changed(n);
+                bad["host_id"] = json!("not-a-uuid");
+                invalid("host-status-changed", Outgoing::json(&bad, user()), "schema_violation")
+            }
+            6 => {
+                let mut contradictory = samples::cluster_install_progressed(n);
+                contradictory["stage"] = json!("installed");
+                contradictory["progress"] = json!(42);
+                invalid("cluster-install-progressed", Outgoing::json(&contradictory, user()), "stage_progress_mismatch")
+            }
+            _ => invalid("demo-unknown", Outgoing::json(&json!({"hello": "world"}), user()), "unknown_topic"),
+        },
+    }
+}
+
+/// Sends demo traffic at `rate` messages per second until `stop` (or `count` messages).
+pub async fn run(kafka: &KafkaConfig, topics: &TopicConfig, rate: f64, count: Option<u64>, stop: CancellationToken) -> anyhow::Result<()> {
+    let producer = EventProducer::new(kafka, topics)?;
+    let watcher = tokio::spawn(watch(kafka.clone(), topics.clone(), stop.clone()));
+    let todo_base = (SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() % 2_000_000) as u32 * 1000;
+    let interval = Duration::from_secs_f64(1.0 / rate.max(0.01));
+    let mut n = 0u64;
+    while count.is_none_or(|c| n < c) && !stop.is_cancelled() {
+        let case = demo_case(n, todo_base);
+        let message = producer.build(case.topic_key, &case.outgoing);
+        match producer.send_raw(&message).await {
+            Ok(sent) => println!("→ sent   {:<45} expect {:<24} request {}", sent.topic, case.expect, sent.request_id),
+            Err(error) => println!("→ failed {:<45} {error}", message.topic),
+        }
+        n += 1;
+        tokio::select! { _ = stop.cancelled() => break, _ = tokio::time::sleep(interval) => {} }
+    }
+    if count.is_some() {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    stop.cancel();
+    let _ = watcher.await;
+    Ok(())
+}
+
+/// Prints each event on the stream and dead-letter topics.
+async fn watch(kafka: KafkaConfig, topics: TopicConfig, stop: CancellationToken) {
+    let mut config = crate::kafka::client_config(&kafka);
+    config
+        .set("group.id", format!("event-router-demo-watch-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "latest")
+        .set("enable.auto.commit", "false");
+    let consumer: StreamConsumer = match config.create() {
+        Ok(consumer) => consumer,
+        Err(error) => return eprintln!("demo watcher: {error}"),
+    };
+    let (stream, dlq) = (topics.stream(), topics.dead_letter());
+    if let Err(error) = consumer.subscribe(&[&stream, &dlq]) {
+        return eprintln!("demo watcher: {error}");
+    }
+    loop {
+        let received = tokio::select! { _ = stop.cancelled() => return, m = consumer.recv() => m };
+        let Ok(message) = received else { continue };
+        let raw = RawMessage::from_kafka(&message);
+        let text = |h: &str| raw.header(h).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+        if message.topic() == stream {
+            let event: Value = serde_json::from_slice(raw.payload.as_deref().unwrap_or_default()).unwrap_or_default();
+            println!(
+                "← stream {:<45} name {:<24} request {}",
+                event["metadata"]["source"]["topic"].as_str().unwrap_or("?"),
+                event["name"].as_str().unwrap_or("?"),
+                event["metadata"]["request_id"].as_str().unwrap_or("?"),
+            );
+        } else {
+            println!(
+                "← dlq    {:<45} reason {:<24} {}",
+                text(dead_letter::ORIGINAL_TOPIC),
+                text(dead_letter::REASON),
+                text(dead_letter::MESSAGE).chars().take(100).collect::<String>()
+            );
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! One handler per topic, one file each. Adding a topic: drop its schema into `api/event/`, write
+//! `src/handlers/<key>.rs` implementing [`Handler`](crate::router::Handler) for the generated
+//! payload type, and add one `register` line below. A schema without a handler stops start-up.
+
+pub mod cluster_install_progressed;
+pub mod host_status_changed;
+pub mod todo_created;
+
+use crate::router::Router;
+use crate::topics::{ClusterInstallProgressed, HostStatusChanged, TodoCreated};
+
+/// The service's routing table.
+pub fn router() -> Router {
+    let mut router = Router::new();
+    router
+        .register::<TodoCreated>(todo_created::StoreTodo)
+        .register::<HostStatusChanged>(host_status_changed::TrackHostStatus)
+        .register::<ClusterInstallProgressed>(cluster_install_progressed::RecordProgress);
+    router
+}

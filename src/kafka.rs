@@ -1,0 +1,114 @@
+//! librdkafka client settings and the one way the service writes to Kafka.
+//!
+//! All clients (consumer, stream and dead-letter producers, the producer CLI) get their
+//! connection and security settings from [`client_config`], so SASL/TLS is configured once.
+//! [`Publisher::publish`] waits for the broker's delivery report: a message counts as sent only
+//! when the broker has acknowledged it.
+
+use std::time::Duration;
+
+use rdkafka::config::ClientConfig;
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::util::Timeout;
+
+use crate::config::KafkaConfig;
+use crate::message::Header;
+
+/// Connection and security settings shared by every client.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers).set("client.id", "event-router");
+    if let Some(protocol) = &kafka.security_protocol {
+        config.set("security.protocol", protocol.to_ascii_lowercase());
+    }
+    if let Some(mechanism) = &kafka.sasl_mechanism {
+        config.set("sasl.mechanism", mechanism);
+    }
+    if let Some(username) = &kafka.sasl_username {
+        config.set("sasl.username", username);
+    }
+    if let Some(password) = &kafka.sasl_password {
+        config.set("sasl.password", password.expose());
+    }
+    if let Some(ca) = &kafka.ssl_ca_location {
+        config.set("ssl.ca.location", ca);
+    }
+    config
+}
+
+/// Consumer settings: offsets are stored by the service after a message is fully processed and
+/// committed from there by librdkafka's background commit (and explicitly at shutdown).
+pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("group.id", &kafka.group_id)
+        .set("enable.auto.commit", "true")
+        .set("auto.commit.interval.ms", "1000")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", &kafka.auto_offset_reset)
+        .set("enable.partition.eof", "false")
+        .set("session.timeout.ms", "10000")
+        .set("heartbeat.interval.ms", "1000")
+        .set("topic.metadata.refresh.interval.ms", "10000");
+    config
+}
+
+/// Producer settings: idempotent, acknowledged by all in-sync replicas.
+pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = client_config(kafka);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000");
+    config
+}
+
+/// A producer that waits for delivery reports.
+#[derive(Clone)]
+pub struct Publisher {
+    producer: FutureProducer,
+}
+
+/// What a delivered message got from the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Delivery {
+    pub partition: i32,
+    pub offset: i64,
+}
+
+impl Publisher {
+    pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
+        Ok(Publisher { producer: producer_config(kafka).create()? })
+    }
+
+    /// Sends one message and waits for the broker to acknowledge it.
+    pub async fn publish(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[Header],
+    ) -> Result<Delivery, KafkaError> {
+        let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+        for header in headers {
+            owned = owned.insert(KafkaHeader { key: &header.key, value: header.value.as_deref() });
+        }
+        let mut record = FutureRecord::to(topic).payload(payload).headers(owned);
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        self.producer
+            .send(record, Timeout::Never)
+            .await
+            .map(|delivery| Delivery { partition: delivery.partition, offset: delivery.offset })
+            .map_err(|(error, _)| error)
+    }
+
+    /// Waits up to `timeout` for queued messages to be delivered.
+    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer.flush(Timeout::After(timeout))
+    }
+}

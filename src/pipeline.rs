@@ -1,0 +1,253 @@
+//! What happens to one consumed message, from raw bytes to a final outcome.
+//!
+//! open (envelope) → handle (inbox + handler in one transaction) → publish the enriched event →
+//! done. A rejection at any step dead-letters the message. A transient failure (database or
+//! broker unavailable) is retried with exponential backoff and jitter while the partition waits:
+//! its offset cannot pass the message, and other partitions carry on. The pipeline only returns
+//! once the message is finished (or abandoned at shutdown), which is when the consumer may store
+//! its offset.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::TopicConfig;
+use crate::dead_letter::dead_letter_headers;
+use crate::envelope::{self, Checked, Rejection, Validators};
+use crate::kafka::Publisher;
+use crate::message::RawMessage;
+use crate::router::{Context, DispatchError, Router};
+use crate::store;
+use crate::stream;
+use crate::telemetry::Telemetry;
+
+/// How a message finished.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// Handled for the first time and published.
+    Handled,
+    /// Already handled before (a redelivery); published again, no new effects.
+    Duplicate,
+    DeadLettered,
+    /// A message on one of the service's own output topics (pattern subscriptions only).
+    Skipped,
+    /// Shutdown came first; the offset must not advance.
+    Abandoned,
+}
+
+impl Outcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Handled => "handled",
+            Outcome::Duplicate => "duplicate",
+            Outcome::DeadLettered => "dead_lettered",
+            Outcome::Skipped => "skipped",
+            Outcome::Abandoned => "abandoned",
+        }
+    }
+}
+
+/// Retry timing for transient failures.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    pub initial: Duration,
+    pub max: Duration,
+}
+
+impl Backoff {
+    /// Full jitter: a random delay up to the exponential bound, so partitions that failed
+    /// together do not retry together.
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let bound = self.initial.saturating_mul(1u32 << attempt.min(16)).min(self.max);
+        bound.mul_f64(0.5 + fastrand::f64() * 0.5)
+    }
+}
+
+pub struct Pipeline {
+    pub validators: Validators,
+    pub router: Router,
+    pub pool: sqlx::PgPool,
+    pub publisher: Publisher,
+    pub topics: TopicConfig,
+    pub group_id: String,
+    pub telemetry: Arc<Telemetry>,
+    pub backoff: Backoff,
+    /// Cancelled when the shutdown deadline passes: retries stop and work is abandoned.
+    pub abandon: CancellationToken,
+    output_topics: [String; 2],
+}
+
+enum Handled {
+    FirstTime,
+    Duplicate,
+}
+
+impl Pipeline {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        validators: Validators,
+        router: Router,
+        pool: sqlx::PgPool,
+        publisher: Publisher,
+        topics: TopicConfig,
+        group_id: String,
+        telemetry: Arc<Telemetry>,
+        backoff: Backoff,
+        abandon: CancellationToken,
+    ) -> Self {
+        let output_topics = [topics.stream(), topics.dead_letter()];
+        Pipeline { validators, router, pool, publisher, topics, group_id, telemetry, backoff, abandon, output_topics }
+    }
+
+    /// Processes `message` to a final outcome.
+    pub async fn process(&self, message: &RawMessage) -> Outcome {
+        self.telemetry.message_consumed(message);
+        let outcome = self.process_inner(message).await;
+        match outcome {
+            Outcome::Abandoned => self.telemetry.message_abandoned(message),
+            finished => self.telemetry.message_finished(&message.topic, finished.as_str()),
+        }
+        outcome
+    }
+
+    async fn process_inner(&self, message: &RawMessage) -> Outcome {
+        if self.output_topics.contains(&message.topic) {
+            return Outcome::Skipped;
+        }
+        let received_at = Utc::now();
+        let opened = envelope::open(message, &self.validators);
+        let checked = match opened.result {
+            Ok(checked) => checked,
+            Err(rejection) => return self.dead_letter(message, &rejection, opened.request_id.as_deref()).await,
+        };
+        let ctx = Context {
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            key: message.key_text(),
+            timestamp: message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            identity: checked.identity.clone(),
+            request_id: checked.request_id.clone(),
+        };
+
+        let started = Instant::now();
+        let handled = self.retry("database", message, || self.handle_once(&checked, &ctx)).await;
+        let first_time = match handled {
+            None => return Outcome::Abandoned,
+            Some(Err(rejection)) => return self.dead_letter(message, &rejection, Some(&checked.request_id)).await,
+            Some(Ok(Handled::FirstTime)) => true,
+            Some(Ok(Handled::Duplicate)) => false,
+        };
+        self.telemetry.message_handled(&ctx, started.elapsed(), first_time);
+
+        if self.topics.stream_enabled {
+            let event = stream::enriched_event(&checked, message, received_at).to_string();
+            let headers = stream::propagated_headers(message, &checked.request_id);
+            let topic = self.topics.stream();
+            let published = self
+                .retry("stream", message, || async {
+                    let result = self.publisher.publish(&topic, message.key.as_deref(), event.as_bytes(), &headers).await;
+                    self.telemetry.stream_published(result.is_ok());
+                    result.map_err(anyhow::Error::from)
+                })
+                .await;
+            if published.is_none() {
+                return Outcome::Abandoned;
+            }
+        }
+        if first_time {
+            Outcome::Handled
+        } else {
+            Outcome::Duplicate
+        }
+    }
+
+    /// One attempt at the database work: inbox row and handler writes in one transaction.
+    /// `Ok(Err(rejection))` is a permanent refusal; `Err` is transient and retried.
+    async fn handle_once(&self, checked: &Checked, ctx: &Context) -> anyhow::Result<Result<Handled, Rejection>> {
+        let mut tx = self.pool.begin().await?;
+        let first_time =
+            store::record_in_inbox(&mut tx, &ctx.topic, ctx.partition, ctx.offset, &ctx.request_id, ctx.org_id()).await?;
+        if !first_time {
+            tx.rollback().await?;
+            return Ok(Ok(Handled::Duplicate));
+        }
+        match self.router.dispatch(checked.schema.key, &checked.payload, ctx, &mut tx).await {
+            Ok(()) => {
+                tx.commit().await?;
+                Ok(Ok(Handled::FirstTime))
+            }
+            Err(DispatchError::Rejected(rejection)) => {
+                tx.rollback().await?;
+                Ok(Err(rejection))
+            }
+            Err(DispatchError::Transient(error)) => Err(error),
+        }
+    }
+
+    async fn dead_letter(&self, message: &RawMessage, rejection: &Rejection, request_id: Option<&str>) -> Outcome {
+        let headers = dead_letter_headers(message, rejection, &self.group_id);
+        let topic = self.topics.dead_letter();
+        let payload = message.payload.as_deref().unwrap_or_default();
+        let published = self
+            .retry("dead_letter", message, || async {
+                self.publisher.publish(&topic, message.key.as_deref(), payload, &headers).await.map_err(anyhow::Error::from)
+            })
+            .await;
+        match published {
+            Some(_) => {
+                self.telemetry.message_dead_lettered(message, rejection, request_id);
+                Outcome::DeadLettered
+            }
+            None => Outcome::Abandoned,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, backing off between failures. `None` when the shutdown
+    /// deadline passed first.
+    async fn retry<T, F, Fut>(&self, step: &'static str, message: &RawMessage, mut attempt: F) -> Option<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let mut failures = 0u32;
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = self.abandon.cancelled() => return None,
+                result = attempt() => result,
+            };
+            match result {
+                Ok(value) => return Some(value),
+                Err(error) => {
+                    let delay = self.backoff.delay(failures);
+                    failures += 1;
+                    self.telemetry.retrying(step, message, failures, delay, &format!("{error:#}"));
+                    tokio::select! {
+                        _ = self.abandon.cancelled() => return None,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_to_its_cap_with_jitter() {
+        let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(2) };
+        for _ in 0..100 {
+            let first = backoff.delay(0);
+            assert!(first >= Duration::from_millis(50) && first <= Duration::from_millis(100));
+            let late = backoff.delay(30);
+            assert!(late >= Duration::from_secs(1) && late <= Duration::from_secs(2));
+        }
+    }
+}

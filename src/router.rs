@@ -1,0 +1,155 @@
+//! Maps a topic to its handler and calls it with the typed payload.
+//!
+//! Registration is one line, typed by the generated payload:
+//! `router.register::<TodoCreated>(todo_created::Handler)` compiles only when the handler
+//! implements [`Handler<TodoCreated>`]. The router is built once at start-up and then checked
+//! against the registry, so a schema without a handler stops the service before the first message
+//! instead of dead-lettering every message of that topic.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::marker::PhantomData;
+
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use serde_json::Value;
+
+use crate::envelope::{Identity, Reason, Rejection};
+use crate::store::Tx;
+use crate::topics::{Topic, REGISTRY};
+
+/// What a handler knows about the message besides its payload.
+#[derive(Debug, Clone)]
+pub struct Context {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub key: Option<String>,
+    pub timestamp: Option<DateTime<Utc>>,
+    pub identity: Identity,
+    pub request_id: String,
+}
+
+impl Context {
+    /// The identity's org id, which every sample table records.
+    pub fn org_id(&self) -> Option<&str> {
+        self.identity.org_id.as_deref()
+    }
+}
+
+/// Why a handler did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The message is valid by schema but not acceptable (e.g. a todo id already taken).
+    /// Dead-lettered with the handler's reason code; never retried.
+    #[error("{code}: {message}")]
+    Rejected { code: &'static str, message: String },
+    /// Something outside the message failed (database, network); the message is retried.
+    #[error("transient failure: {0}")]
+    Transient(#[source] anyhow::Error),
+}
+
+impl HandlerError {
+    pub fn rejected(code: &'static str, message: impl Into<String>) -> Self {
+        HandlerError::Rejected { code, message: message.into() }
+    }
+}
+
+/// A database error is retried unless it is about the data itself (constraint, bad value), in
+/// which case retrying would block the partition forever: that is dead-lettered.
+impl From<sqlx::Error> for HandlerError {
+    fn from(error: sqlx::Error) -> Self {
+        if crate::store::is_data_error(&error) {
+            HandlerError::Rejected { code: Reason::DatabaseRejected.code(), message: format!("the database refused the data: {error}") }
+        } else {
+            HandlerError::Transient(error.into())
+        }
+    }
+}
+
+/// A topic's handler. It sees the typed payload, the context and the transaction its writes
+/// belong to; it never touches Kafka.
+pub trait Handler<T: Topic>: Send + Sync + 'static {
+    fn handle(&self, event: T, ctx: &Context, tx: &mut Tx) -> impl Future<Output = Result<(), HandlerError>> + Send;
+}
+
+/// Outcome of a dispatch that did not succeed.
+#[derive(Debug)]
+pub enum DispatchError {
+    /// Dead-letter the message with this rejection.
+    Rejected(Rejection),
+    /// Retry later.
+    Transient(anyhow::Error),
+}
+
+trait ErasedHandler: Send + Sync {
+    fn call<'a>(&'a self, payload: &'a Value, ctx: &'a Context, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), DispatchError>>;
+}
+
+struct Typed<T, H> {
+    handler: H,
+    _topic: PhantomData<fn() -> T>,
+}
+
+impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
+    fn call<'a>(&'a self, payload: &'a Value, ctx: &'a Context, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), DispatchError>> {
+        Box::pin(async move {
+            // Schema-valid but not typeable means the schema and the generated type disagree.
+            let event = T::deserialize(payload).map_err(|e| {
+                DispatchError::Rejected(Rejection::new(
+                    Reason::PayloadTypeMismatch,
+                    format!("topic {}: the payload passed its schema but not its type: {e}", ctx.topic),
+                ))
+            })?;
+            self.handler.handle(event, ctx, tx).await.map_err(|e| match e {
+                HandlerError::Rejected { code, message } => {
+                    DispatchError::Rejected(Rejection::new(Reason::Handler(code), format!("topic {}: {message}", ctx.topic)))
+                }
+                HandlerError::Transient(error) => DispatchError::Transient(error),
+            })
+        })
+    }
+}
+
+/// A schema in `api/event/` that has no registered handler.
+#[derive(Debug, thiserror::Error)]
+#[error("topic `{0}` has a schema (api/event/{0}.event.json) but no handler: register one in src/handlers/mod.rs")]
+pub struct MissingHandler(pub &'static str);
+
+/// Topic key → handler.
+#[derive(Default)]
+pub struct Router {
+    handlers: HashMap<&'static str, Box<dyn ErasedHandler>>,
+}
+
+impl Router {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers the handler for topic `T`. A second registration for the same topic replaces
+    /// the first.
+    pub fn register<T: Topic>(&mut self, handler: impl Handler<T>) -> &mut Self {
+        self.handlers.insert(T::KEY, Box::new(Typed::<T, _> { handler, _topic: PhantomData }));
+        self
+    }
+
+    /// Fails when any schema in the registry has no handler.
+    pub fn check_complete(&self) -> Result<(), MissingHandler> {
+        match REGISTRY.iter().find(|t| !self.handlers.contains_key(t.key)) {
+            Some(missing) => Err(MissingHandler(missing.key)),
+            None => Ok(()),
+        }
+    }
+
+    /// Calls the handler registered for topic key `key`.
+    pub async fn dispatch(&self, key: &str, payload: &Value, ctx: &Context, tx: &mut Tx) -> Result<(), DispatchError> {
+        match self.handlers.get(key) {
+            Some(handler) => handler.call(payload, ctx, tx).await,
+            None => Err(DispatchError::Rejected(Rejection::new(
+                Reason::UnknownTopic,
+                format!("topic {} has no handler", ctx.topic),
+            ))),
+        }
+    }
+}

@@ -1,0 +1,87 @@
+//! PostgreSQL: the connection pool, migrations, and the inbox that makes handling idempotent.
+//!
+//! A message's handler writes, and the inbox row that records the message as handled, commit in
+//! one transaction. A redelivered message (same topic, partition, offset) finds its inbox row and
+//! is skipped, so Kafka's at-least-once delivery yields exactly-once effects in the database.
+
+use std::time::Duration;
+
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::{PgPool, Postgres, Transaction};
+
+use crate::config::redact_url;
+
+pub type Tx = Transaction<'static, Postgres>;
+
+/// Embedded migrations from `migrations/`.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+/// A database problem at start-up, naming the setting and the redacted URL.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("DATABASE_URL ({url}) is not usable: {source}")]
+    Connect { url: String, source: sqlx::Error },
+    #[error("migrations failed on {url}: {source}")]
+    Migrate { url: String, source: sqlx::migrate::MigrateError },
+}
+
+/// Connects a pool. Connections are made lazily and re-made after failures, so a database that
+/// goes away and comes back needs no restart.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
+    let options: PgConnectOptions = url
+        .parse::<PgConnectOptions>()
+        .map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(5))
+        .connect_with(options)
+        .await
+        .map_err(|source| StoreError::Connect { url: redact_url(url), source })
+}
+
+/// Creates the database if it does not exist, then applies migrations.
+pub async fn create_and_migrate(url: &str) -> Result<(), StoreError> {
+    use sqlx::migrate::MigrateDatabase;
+    let redacted = redact_url(url);
+    if !Postgres::database_exists(url).await.map_err(|source| StoreError::Connect { url: redacted.clone(), source })? {
+        Postgres::create_database(url).await.map_err(|source| StoreError::Connect { url: redacted.clone(), source })?;
+    }
+    let pool = connect(url, 2).await?;
+    MIGRATOR.run(&pool).await.map_err(|source| StoreError::Migrate { url: redacted, source })?;
+    pool.close().await;
+    Ok(())
+}
+
+/// Records a message in the inbox. Returns false when it was already there (a redelivery).
+pub async fn record_in_inbox(
+    tx: &mut Tx,
+    topic: &str,
+    partition: i32,
+    offset: i64,
+    request_id: &str,
+    org_id: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let inserted = sqlx::query(
+        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, request_id, org_id)
+         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+    )
+    .bind(topic)
+    .bind(partition)
+    .bind(offset)
+    .bind(request_id)
+    .bind(org_id)
+    .execute(&mut **tx)
+    .await?
+    .rows_affected();
+    Ok(inserted == 1)
+}
+
+/// Whether a database error is about the data (retrying cannot help) rather than the database
+/// being unavailable. SQLSTATE classes 22 (data exception) and 23 (integrity constraint).
+pub fn is_data_error(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22") || code.starts_with("23")),
+        sqlx::Error::ColumnDecode { .. } | sqlx::Error::Decode(_) | sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
+}

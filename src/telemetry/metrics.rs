@@ -1,0 +1,138 @@
+//! The service's Prometheus registry and every metric in it.
+//!
+//! The service uses its own registry (not the process-global default) so that tests can run
+//! several instances in one process and scrape each separately.
+
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+use crate::envelope::Reason;
+
+/// Outcomes of processing one message.
+pub const OUTCOMES: &[&str] = &["handled", "duplicate", "dead_lettered", "skipped"];
+/// Label used for topics that have no schema, to keep label cardinality bounded.
+pub const UNKNOWN_TOPIC_LABEL: &str = "_unknown";
+
+pub struct Metrics {
+    registry: Registry,
+    pub consumed: IntCounterVec,
+    pub processed: IntCounterVec,
+    pub rejected: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub retries: IntCounterVec,
+    pub stream_published: IntCounterVec,
+    pub handler_seconds: HistogramVec,
+    pub in_flight: IntGauge,
+    pub rebalances: IntCounterVec,
+    pub consumer_errors: IntCounter,
+    pub build_info: IntGaugeVec,
+}
+
+impl Metrics {
+    /// Registers every metric and initialises the label values known at start (topics,
+    /// outcomes, reasons) so every series exists from the first scrape.
+    pub fn new(topics: &[String]) -> Self {
+        let registry = Registry::new();
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let consumed = counter("event_router_messages_consumed_total", "Messages read from Kafka.", &["topic"]);
+        let processed = counter(
+            "event_router_messages_processed_total",
+            "Messages fully processed, by outcome (handled, duplicate, dead_lettered, skipped).",
+            &["topic", "outcome"],
+        );
+        let rejected = counter(
+            "event_router_validation_failures_total",
+            "Messages rejected before or by their handler, by reason code.",
+            &["topic", "reason"],
+        );
+        let dead_letters = counter(
+            "event_router_dead_letters_total",
+            "Messages published to the dead-letter topic, by reason code.",
+            &["topic", "reason"],
+        );
+        let retries = counter(
+            "event_router_retries_total",
+            "Retries after a transient failure, by the step that failed.",
+            &["step"],
+        );
+        let stream_published = counter(
+            "event_router_stream_publish_total",
+            "Attempts to publish an enriched event to the stream topic, by result.",
+            &["result"],
+        );
+        let rebalances = counter("event_router_rebalances_total", "Consumer group rebalances seen, by kind.", &["kind"]);
+        let consumer_errors = IntCounter::new("event_router_consumer_errors_total", "Errors returned by the Kafka consumer.")
+            .expect("valid metric");
+        registry.register(Box::new(consumer_errors.clone())).expect("unique metric");
+        let handler_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "event_router_handler_duration_seconds",
+                "Time from opening the database transaction to its commit, per topic.",
+            )
+            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
+            &["topic"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(handler_seconds.clone())).expect("unique metric");
+        let in_flight = IntGauge::new("event_router_messages_in_flight", "Messages read but not yet fully processed.")
+            .expect("valid metric");
+        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        let build_info = IntGaugeVec::new(
+            Opts::new("event_router_build_info", "Always 1; labels say which build is running."),
+            &["version"],
+        )
+        .expect("valid metric");
+        registry.register(Box::new(build_info.clone())).expect("unique metric");
+        build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+
+        for topic in topics.iter().map(String::as_str).chain([UNKNOWN_TOPIC_LABEL]) {
+            consumed.with_label_values(&[topic]);
+            for outcome in OUTCOMES {
+                processed.with_label_values(&[topic, outcome]);
+            }
+            for reason in Reason::BUILT_IN {
+                rejected.with_label_values(&[topic, reason.code()]);
+                dead_letters.with_label_values(&[topic, reason.code()]);
+            }
+        }
+        for topic in topics {
+            handler_seconds.with_label_values(&[topic.as_str()]);
+        }
+        for step in ["database", "stream", "dead_letter"] {
+            retries.with_label_values(&[step]);
+        }
+        for result in ["ok", "error"] {
+            stream_published.with_label_values(&[result]);
+        }
+        for kind in ["assign", "revoke", "error"] {
+            rebalances.with_label_values(&[kind]);
+        }
+
+        Metrics {
+            registry,
+            consumed,
+            processed,
+            rejected,
+            dead_letters,
+            retries,
+            stream_published,
+            handler_seconds,
+            in_flight,
+            rebalances,
+            consumer_errors,
+            build_info,
+        }
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut buffer = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buffer).expect("text encoding cannot fail");
+        String::from_utf8(buffer).expect("prometheus text is UTF-8")
+    }
+}
