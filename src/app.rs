@@ -22,7 +22,7 @@ use crate::envelope::Validators;
 use crate::http::{self, HttpState};
 use crate::kafka::{self, Publisher};
 use crate::pipeline::{Backoff, Pipeline};
-use crate::telemetry::Telemetry;
+use crate::telemetry::{KnownTopic, Telemetry};
 use crate::{handlers, store};
 
 pub struct Application {
@@ -44,7 +44,11 @@ impl Application {
         let pool = store::connect(config.database_url.expose(), config.database_max_connections).await?;
         store::MIGRATOR.run(&pool).await.context("applying database migrations")?;
 
-        let telemetry = Arc::new(Telemetry::new(topics.clone()));
+        let known_topics = validators
+            .topics()
+            .map(|(name, key)| KnownTopic { name: name.to_owned(), handler_reasons: router.reasons(key) })
+            .collect();
+        let telemetry = Arc::new(Telemetry::new(known_topics));
         let joined = Arc::new(AtomicBool::new(false));
         let consumer: RouterConsumer = kafka::consumer_config(&config.kafka)
             .create_with_context(ConsumerEvents::new(telemetry.clone(), joined.clone()))

@@ -215,7 +215,10 @@ impl Config {
         let pattern = env.var("EVENT_ROUTER_TOPIC_PATTERN");
         if let Some(pattern) = &pattern {
             if !pattern.starts_with('^') {
-                return Err(invalid("EVENT_ROUTER_TOPIC_PATTERN", "a topic pattern must start with `^` (Kafka's regex subscription rule)"));
+                return Err(invalid(
+                    "EVENT_ROUTER_TOPIC_PATTERN",
+                    "a topic pattern must start with `^` (Kafka's regex subscription rule)",
+                ));
             }
         }
         let stream_enabled = parse_bool(env, "EVENT_STREAM_ENABLED", true)?;
@@ -230,9 +233,9 @@ impl Config {
         }
 
         let metrics_addr = match env.var("METRICS_ADDR") {
-            Some(addr) => addr
-                .parse()
-                .map_err(|_| invalid("METRICS_ADDR", format!("`{addr}` is not an address such as 0.0.0.0:9000")))?,
+            Some(addr) => {
+                addr.parse().map_err(|_| invalid("METRICS_ADDR", format!("`{addr}` is not an address such as 0.0.0.0:9000")))?
+            }
             None => SocketAddr::from(([0, 0, 0, 0], 9000)),
         };
         let shutdown_timeout = Duration::from_secs(parse_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30u64)?);
@@ -282,11 +285,7 @@ fn parse_bool(env: &(impl Env + ?Sized), setting: &'static str, default: bool) -
     }
 }
 
-fn parse_number<T: std::str::FromStr>(
-    env: &(impl Env + ?Sized),
-    setting: &'static str,
-    default: T,
-) -> Result<T, ConfigError> {
+fn parse_number<T: std::str::FromStr>(env: &(impl Env + ?Sized), setting: &'static str, default: T) -> Result<T, ConfigError> {
     match env.var(setting) {
         None => Ok(default),
         Some(v) => v.trim().parse().map_err(|_| invalid(setting, format!("`{v}` is not a non-negative whole number"))),

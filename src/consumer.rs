@@ -98,8 +98,11 @@ pub async fn run(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, stop: C
     }
     drop(workers);
     while tasks.join_next().await.is_some() {}
-    commit_stored(&consumer);
+    commit_stored(consumer, COMMIT_DEADLINE).await;
 }
+
+/// How long the final commit may wait for the broker.
+const COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Processes one partition's messages in order, storing each offset once it is finished.
 async fn partition_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, mut messages: mpsc::Receiver<RawMessage>) {
@@ -117,12 +120,24 @@ async fn partition_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>
     }
 }
 
-/// Commits stored offsets synchronously. Nothing new to commit is not an error.
-pub fn commit_stored(consumer: &RouterConsumer) {
-    match consumer.commit_consumer_state(CommitMode::Sync) {
-        Ok(()) => {}
-        Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
-        Err(error) => tracing::warn!(%error, "final offset commit failed; the last messages may be redelivered"),
+/// Commits stored offsets, waiting at most `deadline`. librdkafka's synchronous commit waits
+/// without a bound when no coordinator answers, so it runs on its own thread and shutdown goes on
+/// without it after the deadline (uncommitted messages are redelivered; the inbox makes that a
+/// no-op). Nothing new to commit is not an error.
+pub async fn commit_stored(consumer: Arc<RouterConsumer>, deadline: Duration) {
+    let (done, result) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(consumer.commit_consumer_state(CommitMode::Sync));
+    });
+    match tokio::time::timeout(deadline, result).await {
+        Ok(Ok(Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => {}
+        Ok(Ok(Err(error))) => {
+            tracing::warn!(%error, "final offset commit failed; the last messages may be redelivered")
+        }
+        Ok(Err(_)) => tracing::warn!("final offset commit thread ended without a result"),
+        Err(_) => {
+            tracing::warn!(deadline_s = deadline.as_secs(), "final offset commit timed out; the last messages may be redelivered")
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 //! Header names follow the spirit of Kafka Connect's `__connect.errors.*` and Spring Kafka's
 //! `kafka_dlt-*`: enough to find the original message and to re-inject it after a fix.
 
-use crate::envelope::Rejection;
+use crate::envelope::{Rejection, Stage};
 use crate::message::{Header, RawMessage};
 
 pub const ORIGINAL_TOPIC: &str = "x-dlq-original-topic";
@@ -32,9 +32,18 @@ pub fn dead_letter_headers(message: &RawMessage, rejection: &Rejection, group_id
     add(CONSUMER_GROUP, group_id.to_string());
     add(STAGE, rejection.stage().as_str().to_string());
     add(REASON, rejection.reason.code().to_string());
-    add(ERROR_CLASS, "invalid".to_string());
+    add(ERROR_CLASS, error_class(rejection).to_string());
     add(MESSAGE, rejection.message.clone());
     headers
+}
+
+/// `handler_rejected` when a handler (or the database, for it) refused the message;
+/// `invalid_input` when the message itself broke a rule.
+pub fn error_class(rejection: &Rejection) -> &'static str {
+    match rejection.stage() {
+        Stage::Handler => "handler_rejected",
+        _ => "invalid_input",
+    }
 }
 
 #[cfg(test)]
@@ -57,7 +66,8 @@ mod tests {
             timestamp_ms: Some(1_700_000_000_000),
         };
         let headers = dead_letter_headers(&message, &Rejection::new(Reason::PayloadNotJson, "bad"), "g");
-        let get = |k: &str| headers.iter().find(|h| h.key == k).and_then(|h| h.value.clone()).map(|v| String::from_utf8(v).unwrap());
+        let get =
+            |k: &str| headers.iter().find(|h| h.key == k).and_then(|h| h.value.clone()).map(|v| String::from_utf8(v).unwrap());
         assert_eq!(get("x-rh-insights-request-id").as_deref(), Some("r"));
         assert_eq!(get(REASON).as_deref(), Some("payload_not_json"));
         assert_eq!(get(STAGE).as_deref(), Some("payload"));

@@ -30,14 +30,19 @@ pub fn demo_case(n: u64, todo_base: u32) -> DemoCase {
         outgoing: Outgoing { key: key(topic_key), ..Outgoing::json(&payload, user()) },
         expect: "stream",
     };
-    let invalid = |topic_key: &'static str, outgoing: Outgoing, reason: &'static str| DemoCase { topic_key, outgoing, expect: reason };
+    let invalid =
+        |topic_key: &'static str, outgoing: Outgoing, reason: &'static str| DemoCase { topic_key, outgoing, expect: reason };
     let todo = samples::todo_created(todo_base.wrapping_add(n as u32) % i32::MAX as u32);
     match n % 10 {
         0 | 3 => valid("todo-created", todo),
         1 | 4 => valid("host-status-changed", samples::host_status_changed(n)),
         2 | 5 => valid("cluster-install-progressed", samples::cluster_install_progressed(n)),
         slot => match ((n / 10) * 4 + (slot - 6)) % 8 {
-            0 => invalid("todo-created", Outgoing::json(&todo, IdentityHeader::Encoded("not*base64".into())), "identity_not_base64"),
+            0 => invalid(
+                "todo-created",
+                Outgoing::json(&todo, IdentityHeader::Encoded("not*base64".into())),
+                "identity_not_base64",
+            ),
             1 => invalid(
                 "todo-created",
                 Outgoing::json(&todo, IdentityHeader::Document(json!({"identity": {"type": "User", "user": {}}}))),
@@ -45,7 +50,10 @@ pub fn demo_case(n: u64, todo_base: u32) -> DemoCase {
             ),
             2 => invalid(
                 "host-status-changed",
-                Outgoing::json(&samples::host_status_changed(n), IdentityHeader::Document(samples::identity_of_type("Robot", "1"))),
+                Outgoing::json(
+                    &samples::host_status_changed(n),
+                    IdentityHeader::Document(samples::identity_of_type("Robot", "1")),
+                ),
                 "identity_type_unknown",
             ),
             3 => invalid(
@@ -75,7 +83,13 @@ pub fn demo_case(n: u64, todo_base: u32) -> DemoCase {
 }
 
 /// Sends demo traffic at `rate` messages per second until `stop` (or `count` messages).
-pub async fn run(kafka: &KafkaConfig, topics: &TopicConfig, rate: f64, count: Option<u64>, stop: CancellationToken) -> anyhow::Result<()> {
+pub async fn run(
+    kafka: &KafkaConfig,
+    topics: &TopicConfig,
+    rate: f64,
+    count: Option<u64>,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
     let producer = EventProducer::new(kafka, topics)?;
     let watcher = tokio::spawn(watch(kafka.clone(), topics.clone(), stop.clone()));
     let todo_base = (SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() % 2_000_000) as u32 * 1000;

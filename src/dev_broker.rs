@@ -52,19 +52,15 @@ fn check(error: rdsys::rd_kafka_resp_err_t, what: &str) -> anyhow::Result<()> {
 impl DevBroker {
     /// Starts a mock cluster of `brokers` brokers on ephemeral ports.
     pub fn start(brokers: i32) -> anyhow::Result<Self> {
-        let handle: BaseProducer = ClientConfig::new()
-            .set("log_level", "3")
-            .create()
-            .context("cannot create the client that hosts the mock cluster")?;
+        let handle: BaseProducer =
+            ClientConfig::new().set("log_level", "3").create().context("cannot create the client that hosts the mock cluster")?;
         // SAFETY: the handle is valid for the lifetime of `DevBroker`, which destroys the cluster
         // before dropping the handle.
         let raw = unsafe { rdsys::rd_kafka_mock_cluster_new(handle.client().native_ptr(), brokers) };
         let cluster = NonNull::new(raw).context("librdkafka could not create a mock cluster")?;
         // SAFETY: `cluster` is a live mock cluster; the string it returns lives as long as it does.
         let bootstrap_servers = unsafe {
-            std::ffi::CStr::from_ptr(rdsys::rd_kafka_mock_cluster_bootstraps(cluster.as_ptr()))
-                .to_string_lossy()
-                .into_owned()
+            std::ffi::CStr::from_ptr(rdsys::rd_kafka_mock_cluster_bootstraps(cluster.as_ptr())).to_string_lossy().into_owned()
         };
         let broker = DevBroker { cluster, _handle: handle, bootstrap_servers, relays: Vec::new() };
         // Consumers in a group join at once instead of after the default 3 s delay.
@@ -87,12 +83,7 @@ impl DevBroker {
             let host = CString::new(address.ip().to_string())?;
             // SAFETY: valid cluster pointer and NUL-terminated host.
             unsafe {
-                rdsys::rd_kafka_mock_broker_set_host_port(
-                    broker.cluster.as_ptr(),
-                    id,
-                    host.as_ptr(),
-                    address.port() as i32,
-                )
+                rdsys::rd_kafka_mock_broker_set_host_port(broker.cluster.as_ptr(), id, host.as_ptr(), address.port() as i32)
             };
             broker.relays.push(tokio::spawn(relay(listener, target)));
             advertised.push(address.to_string());
@@ -118,12 +109,7 @@ impl DevBroker {
         let mut errors = errors.to_vec();
         // SAFETY: valid cluster pointer; the array outlives the call.
         unsafe {
-            rdsys::rd_kafka_mock_push_request_errors_array(
-                self.cluster.as_ptr(),
-                api.into(),
-                errors.len(),
-                errors.as_mut_ptr(),
-            )
+            rdsys::rd_kafka_mock_push_request_errors_array(self.cluster.as_ptr(), api.into(), errors.len(), errors.as_mut_ptr())
         }
     }
 
@@ -162,7 +148,9 @@ impl Drop for DevBroker {
 /// Forwards every connection accepted on `listener` to `target`.
 async fn relay(listener: TcpListener, target: String) {
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { continue };
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
         let target = target.clone();
         tokio::spawn(async move {
             match TcpStream::connect(&target).await {
@@ -171,7 +159,9 @@ async fn relay(listener: TcpListener, target: String) {
                     let _ = outbound.set_nodelay(true);
                     let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
                 }
-                Err(error) => tracing::debug!(%error, %target, "mock broker relay could not reach the broker"),
+                Err(error) => {
+                    tracing::debug!(%error, %target, "mock broker relay could not reach the broker")
+                }
             }
         });
     }

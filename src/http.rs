@@ -39,15 +39,18 @@ async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 async fn ready(State(state): State<HttpState>) -> impl IntoResponse {
-    let database = tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool))
-        .await
-        .is_ok_and(|r| r.is_ok());
+    let database =
+        tokio::time::timeout(Duration::from_secs(2), sqlx::query("SELECT 1").execute(&state.pool)).await.is_ok_and(|r| r.is_ok());
     let consumer = state.consumer_joined.load(Ordering::Acquire);
     let status = if database && consumer { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(json!({"database": database, "consumer_joined": consumer})))
 }
 
 /// Serves `routes` on `listener` until `shutdown` completes.
-pub async fn serve(listener: TcpListener, state: HttpState, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     axum::serve(listener, routes(state)).with_graceful_shutdown(shutdown).await
 }

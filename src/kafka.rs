@@ -58,11 +58,7 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
 /// Producer settings: idempotent, acknowledged by all in-sync replicas.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = client_config(kafka);
-    config
-        .set("enable.idempotence", "true")
-        .set("acks", "all")
-        .set("linger.ms", "5")
-        .set("message.timeout.ms", "30000");
+    config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
     config
 }
 

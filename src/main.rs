@@ -140,11 +140,22 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             };
             let values: Vec<String> = match data {
                 Some(data) => vec![data],
-                None => std::io::stdin().lock().lines().collect::<Result<Vec<_>, _>>()?.into_iter().filter(|l| !l.trim().is_empty()).collect(),
+                None => std::io::stdin()
+                    .lock()
+                    .lines()
+                    .collect::<Result<Vec<_>, _>>()?
+                    .into_iter()
+                    .filter(|l| !l.trim().is_empty())
+                    .collect(),
             };
             let mut rejected = 0;
             for value in values {
-                let outgoing = Outgoing { key: key.clone(), value: value.into_bytes(), identity: identity.clone(), request_id: request_id.clone() };
+                let outgoing = Outgoing {
+                    key: key.clone(),
+                    value: value.into_bytes(),
+                    identity: identity.clone(),
+                    request_id: request_id.clone(),
+                };
                 let result = if no_validate {
                     producer.send_raw(&producer.build(&topic, &outgoing)).await
                 } else {

@@ -31,10 +31,7 @@ impl RawMessage {
         let headers = message
             .headers()
             .map(|headers| {
-                headers
-                    .iter()
-                    .map(|h| Header { key: h.key.to_string(), value: h.value.map(<[u8]>::to_vec) })
-                    .collect()
+                headers.iter().map(|h| Header { key: h.key.to_string(), value: h.value.map(<[u8]>::to_vec) }).collect()
             })
             .unwrap_or_default();
         RawMessage {

@@ -64,11 +64,7 @@ pub struct EventProducer {
 
 impl EventProducer {
     pub fn new(kafka: &KafkaConfig, topics: &TopicConfig) -> anyhow::Result<Self> {
-        Ok(EventProducer {
-            publisher: Publisher::new(kafka)?,
-            validators: Validators::compile(topics)?,
-            topics: topics.clone(),
-        })
+        Ok(EventProducer { publisher: Publisher::new(kafka)?, validators: Validators::compile(topics)?, topics: topics.clone() })
     }
 
     /// The Kafka message `outgoing` becomes on topic key `topic_key`.

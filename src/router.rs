@@ -60,7 +60,10 @@ impl HandlerError {
 impl From<sqlx::Error> for HandlerError {
     fn from(error: sqlx::Error) -> Self {
         if crate::store::is_data_error(&error) {
-            HandlerError::Rejected { code: Reason::DatabaseRejected.code(), message: format!("the database refused the data: {error}") }
+            HandlerError::Rejected {
+                code: Reason::DatabaseRejected.code(),
+                message: format!("the database refused the data: {error}"),
+            }
         } else {
             HandlerError::Transient(error.into())
         }
@@ -70,6 +73,10 @@ impl From<sqlx::Error> for HandlerError {
 /// A topic's handler. It sees the typed payload, the context and the transaction its writes
 /// belong to; it never touches Kafka.
 pub trait Handler<T: Topic>: Send + Sync + 'static {
+    /// Every reason code this handler may reject with, so that metrics carry a zero for each
+    /// from the first scrape. A code not listed here still works; its series appears on first use.
+    const REASONS: &'static [&'static str] = &[];
+
     fn handle(&self, event: T, ctx: &Context, tx: &mut Tx) -> impl Future<Output = Result<(), HandlerError>> + Send;
 }
 
@@ -111,6 +118,10 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
     }
 }
 
+fn declared_reasons<T: Topic, H: Handler<T>>(_: &H) -> &'static [&'static str] {
+    H::REASONS
+}
+
 /// A schema in `api/event/` that has no registered handler.
 #[derive(Debug, thiserror::Error)]
 #[error("topic `{0}` has a schema (api/event/{0}.event.json) but no handler: register one in src/handlers/mod.rs")]
@@ -120,6 +131,7 @@ pub struct MissingHandler(pub &'static str);
 #[derive(Default)]
 pub struct Router {
     handlers: HashMap<&'static str, Box<dyn ErasedHandler>>,
+    reasons: HashMap<&'static str, &'static [&'static str]>,
 }
 
 impl Router {
@@ -130,8 +142,14 @@ impl Router {
     /// Registers the handler for topic `T`. A second registration for the same topic replaces
     /// the first.
     pub fn register<T: Topic>(&mut self, handler: impl Handler<T>) -> &mut Self {
+        self.reasons.insert(T::KEY, declared_reasons(&handler));
         self.handlers.insert(T::KEY, Box::new(Typed::<T, _> { handler, _topic: PhantomData }));
         self
+    }
+
+    /// The reason codes the handler of topic key `key` declared.
+    pub fn reasons(&self, key: &str) -> &'static [&'static str] {
+        self.reasons.get(key).copied().unwrap_or_default()
     }
 
     /// Fails when any schema in the registry has no handler.
@@ -146,10 +164,9 @@ impl Router {
     pub async fn dispatch(&self, key: &str, payload: &Value, ctx: &Context, tx: &mut Tx) -> Result<(), DispatchError> {
         match self.handlers.get(key) {
             Some(handler) => handler.call(payload, ctx, tx).await,
-            None => Err(DispatchError::Rejected(Rejection::new(
-                Reason::UnknownTopic,
-                format!("topic {} has no handler", ctx.topic),
-            ))),
+            None => {
+                Err(DispatchError::Rejected(Rejection::new(Reason::UnknownTopic, format!("topic {} has no handler", ctx.topic))))
+            }
         }
     }
 }

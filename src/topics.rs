@@ -54,8 +54,7 @@ mod tests {
 
     #[test]
     fn generated_types_follow_the_schema() {
-        let todo: TodoCreated =
-            serde_json::from_value(serde_json::json!({"id": 7, "title": "t", "description": "d"})).unwrap();
+        let todo: TodoCreated = serde_json::from_value(serde_json::json!({"id": 7, "title": "t", "description": "d"})).unwrap();
         assert_eq!(todo.id, 7);
         let progress: ClusterInstallProgressed = serde_json::from_value(serde_json::json!({
             "cluster_id": "7b0e0a52-6d5c-4d2a-9d7c-2f1f1f1f1f1f", "stage": "installing", "progress": 40,

@@ -54,9 +54,9 @@ pub fn open(message: &RawMessage, validators: &Validators) -> Opened {
 }
 
 fn check(message: &RawMessage, validators: &Validators, request_id: Option<&str>) -> Result<Checked, Rejection> {
-    let topic = validators.for_topic(&message.topic).ok_or_else(|| {
-        Rejection::new(Reason::UnknownTopic, format!("topic {} has no schema in api/event/", message.topic))
-    })?;
+    let topic = validators
+        .for_topic(&message.topic)
+        .ok_or_else(|| Rejection::new(Reason::UnknownTopic, format!("topic {} has no schema in api/event/", message.topic)))?;
     let identity = identity::check_identity(message.header(IDENTITY_HEADER), &validators.identity)?;
     let request_id = request_id.ok_or_else(|| {
         Rejection::new(
@@ -68,12 +68,8 @@ fn check(message: &RawMessage, validators: &Validators, request_id: Option<&str>
         .payload
         .as_deref()
         .ok_or_else(|| Rejection::new(Reason::PayloadMissing, format!("topic {}: the message has no value", message.topic)))?;
-    let payload: Value = serde_json::from_slice(bytes).map_err(|e| {
-        Rejection::new(
-            Reason::PayloadNotJson,
-            format!("topic {}: the value is not JSON: {e}", message.topic),
-        )
-    })?;
+    let payload: Value = serde_json::from_slice(bytes)
+        .map_err(|e| Rejection::new(Reason::PayloadNotJson, format!("topic {}: the value is not JSON: {e}", message.topic)))?;
     validators.check_payload(&message.topic, &topic.validator, &payload)?;
     Ok(Checked { schema: topic.schema, payload, identity, request_id: request_id.to_string() })
 }

@@ -131,11 +131,8 @@ fn header_and_body_failures_have_their_own_reasons() {
 fn header_names_match_ignoring_case() {
     let identity = identity::encode_identity(&samples::user_identity("1"));
     let body = samples::todo_created(1).to_string();
-    let mixed = message(
-        "todo-created",
-        body.as_bytes(),
-        &[("X-Rh-Identity", identity.as_bytes()), ("X-RH-Insights-Request-Id", b"abc")],
-    );
+    let mixed =
+        message("todo-created", body.as_bytes(), &[("X-Rh-Identity", identity.as_bytes()), ("X-RH-Insights-Request-Id", b"abc")]);
     let checked = open(&mixed, &validators()).result.unwrap();
     assert_eq!(checked.request_id, "abc");
 }
@@ -145,6 +142,7 @@ fn oversized_request_id_is_refused() {
     let identity = identity::encode_identity(&samples::user_identity("1"));
     let long = "r".repeat(MAX_REQUEST_ID_LEN + 1);
     let body = samples::todo_created(1).to_string();
-    let msg = message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, identity.as_bytes()), (REQUEST_ID_HEADER, long.as_bytes())]);
+    let msg =
+        message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, identity.as_bytes()), (REQUEST_ID_HEADER, long.as_bytes())]);
     assert_eq!(open(&msg, &validators()).result.unwrap_err().reason, Reason::RequestIdMissing);
 }

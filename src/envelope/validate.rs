@@ -22,8 +22,7 @@ pub struct SchemaError {
 
 /// Compiles one embedded schema with format assertion on and no remote references.
 pub fn compile_schema(text: &str, name: &str) -> Result<jsonschema::Validator, SchemaError> {
-    let value: Value =
-        serde_json::from_str(text).map_err(|e| SchemaError { name: name.into(), problem: e.to_string() })?;
+    let value: Value = serde_json::from_str(text).map_err(|e| SchemaError { name: name.into(), problem: e.to_string() })?;
     jsonschema::options()
         .should_validate_formats(true)
         .build(&value)
@@ -66,19 +65,22 @@ impl Validators {
         self.topics.keys().map(String::as_str)
     }
 
+    /// Each consumed Kafka topic with its schema's topic key.
+    pub fn topics(&self) -> impl Iterator<Item = (&str, &'static str)> {
+        self.topics.iter().map(|(name, t)| (name.as_str(), t.schema.key))
+    }
+
     /// Checks `payload` against the topic's schema; the error names topic, path, keyword and rule.
     pub fn check_payload(&self, topic: &str, validator: &jsonschema::Validator, payload: &Value) -> Result<(), Rejection> {
         const SHOWN: usize = 3;
         let mut errors = validator.iter_errors(payload);
-        let Some(first) = errors.next() else { return Ok(()) };
+        let Some(first) = errors.next() else {
+            return Ok(());
+        };
         let describe = |e: &jsonschema::ValidationError| {
             let at = pointer_or_root(e.instance_path().as_str());
             // Echo small offending values (useful: `"sleeping" is not one of ...`), mask large ones.
-            let rule = if e.instance().to_string().len() <= MAX_ECHOED_VALUE {
-                e.to_string()
-            } else {
-                e.masked().to_string()
-            };
+            let rule = if e.instance().to_string().len() <= MAX_ECHOED_VALUE { e.to_string() } else { e.masked().to_string() };
             format!("at `{at}` (keyword `{}`): {rule}", e.kind().keyword())
         };
         let mut message = format!("topic {topic}: {}", describe(&first));

@@ -9,6 +9,8 @@ use crate::topics::ClusterInstallProgressed;
 pub struct RecordProgress;
 
 impl Handler<ClusterInstallProgressed> for RecordProgress {
+    const REASONS: &'static [&'static str] = &["stage_progress_mismatch"];
+
     async fn handle(&self, report: ClusterInstallProgressed, ctx: &Context, tx: &mut Tx) -> Result<(), HandlerError> {
         let consistent = match report.stage {
             Stage::Installed => report.progress == 100,

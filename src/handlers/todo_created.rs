@@ -8,6 +8,8 @@ use crate::topics::TodoCreated;
 pub struct StoreTodo;
 
 impl Handler<TodoCreated> for StoreTodo {
+    const REASONS: &'static [&'static str] = &["todo_id_out_of_range", "todo_id_taken"];
+
     async fn handle(&self, todo: TodoCreated, ctx: &Context, tx: &mut Tx) -> Result<(), HandlerError> {
         let id = i32::try_from(todo.id)
             .map_err(|_| HandlerError::rejected("todo_id_out_of_range", format!("todo id {} does not fit 0..2^31", todo.id)))?;

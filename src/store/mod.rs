@@ -28,9 +28,8 @@ pub enum StoreError {
 /// Connects a pool. Connections are made lazily and re-made after failures, so a database that
 /// goes away and comes back needs no restart.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
-    let options: PgConnectOptions = url
-        .parse::<PgConnectOptions>()
-        .map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+    let options: PgConnectOptions =
+        url.parse::<PgConnectOptions>().map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use super::metrics::{Metrics, UNKNOWN_TOPIC_LABEL};
+use super::metrics::{KnownTopic, Metrics, UNKNOWN_TOPIC_LABEL};
 use crate::envelope::Rejection;
 use crate::message::RawMessage;
 use crate::router::Context;
@@ -15,8 +15,9 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    pub fn new(topics: Vec<String>) -> Self {
-        Telemetry { metrics: Metrics::new(&topics), known_topics: topics.into_iter().collect() }
+    pub fn new(topics: Vec<KnownTopic>) -> Self {
+        let known_topics = topics.iter().map(|t| t.name.clone()).collect();
+        Telemetry { metrics: Metrics::new(&topics), known_topics }
     }
 
     /// The topic as a metric label: known topics by name, anything else collapsed.
@@ -75,7 +76,14 @@ impl Telemetry {
     }
 
     /// A step failed for a reason outside the message; it will be tried again after `delay`.
-    pub fn retrying(&self, step: &'static str, message: &RawMessage, attempt: u32, delay: Duration, error: &dyn std::fmt::Display) {
+    pub fn retrying(
+        &self,
+        step: &'static str,
+        message: &RawMessage,
+        attempt: u32,
+        delay: Duration,
+        error: &dyn std::fmt::Display,
+    ) {
         self.metrics.retries.with_label_values(&[step]).inc();
         tracing::warn!(
             step, topic = %message.topic, partition = message.partition, offset = message.offset,

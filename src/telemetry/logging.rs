@@ -15,8 +15,8 @@ pub enum LogFormat {
 
 /// Installs the global subscriber. `RUST_LOG` overrides the default `info` filter.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn,librdkafka=warn"));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,rdkafka=warn,sqlx=warn,librdkafka=warn"));
     let json = match format {
         LogFormat::Json => true,
         LogFormat::Text => false,
@@ -26,7 +26,7 @@ pub fn init_logging(format: LogFormat) {
     let result = if json {
         builder.json().flatten_event(true).with_current_span(true).with_span_list(false).try_init()
     } else {
-        builder.with_target(false).compact().try_init()
+        builder.with_target(false).with_ansi(std::io::stderr().is_terminal()).compact().try_init()
     };
     // A second initialisation (tests) keeps the first subscriber.
     let _ = result;

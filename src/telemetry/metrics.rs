@@ -14,6 +14,13 @@ pub const OUTCOMES: &[&str] = &["handled", "duplicate", "dead_lettered", "skippe
 /// Label used for topics that have no schema, to keep label cardinality bounded.
 pub const UNKNOWN_TOPIC_LABEL: &str = "_unknown";
 
+/// A consumed topic and the reason codes its handler declared.
+#[derive(Debug, Clone)]
+pub struct KnownTopic {
+    pub name: String,
+    pub handler_reasons: &'static [&'static str],
+}
+
 pub struct Metrics {
     registry: Registry,
     pub consumed: IntCounterVec,
@@ -32,7 +39,7 @@ pub struct Metrics {
 impl Metrics {
     /// Registers every metric and initialises the label values known at start (topics,
     /// outcomes, reasons) so every series exists from the first scrape.
-    pub fn new(topics: &[String]) -> Self {
+    pub fn new(topics: &[KnownTopic]) -> Self {
         let registry = Registry::new();
         let counter = |name: &str, help: &str, labels: &[&str]| {
             let metric = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -55,11 +62,8 @@ impl Metrics {
             "Messages published to the dead-letter topic, by reason code.",
             &["topic", "reason"],
         );
-        let retries = counter(
-            "event_router_retries_total",
-            "Retries after a transient failure, by the step that failed.",
-            &["step"],
-        );
+        let retries =
+            counter("event_router_retries_total", "Retries after a transient failure, by the step that failed.", &["step"]);
         let stream_published = counter(
             "event_router_stream_publish_total",
             "Attempts to publish an enriched event to the stream topic, by result.",
@@ -79,29 +83,30 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(handler_seconds.clone())).expect("unique metric");
-        let in_flight = IntGauge::new("event_router_messages_in_flight", "Messages read but not yet fully processed.")
-            .expect("valid metric");
+        let in_flight =
+            IntGauge::new("event_router_messages_in_flight", "Messages read but not yet fully processed.").expect("valid metric");
         registry.register(Box::new(in_flight.clone())).expect("unique metric");
-        let build_info = IntGaugeVec::new(
-            Opts::new("event_router_build_info", "Always 1; labels say which build is running."),
-            &["version"],
-        )
-        .expect("valid metric");
+        let build_info =
+            IntGaugeVec::new(Opts::new("event_router_build_info", "Always 1; labels say which build is running."), &["version"])
+                .expect("valid metric");
         registry.register(Box::new(build_info.clone())).expect("unique metric");
         build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
 
-        for topic in topics.iter().map(String::as_str).chain([UNKNOWN_TOPIC_LABEL]) {
-            consumed.with_label_values(&[topic]);
+        let unknown = KnownTopic { name: UNKNOWN_TOPIC_LABEL.into(), handler_reasons: &[] };
+        for topic in topics.iter().chain([&unknown]) {
+            let name = topic.name.as_str();
+            consumed.with_label_values(&[name]);
             for outcome in OUTCOMES {
-                processed.with_label_values(&[topic, outcome]);
+                processed.with_label_values(&[name, outcome]);
             }
-            for reason in Reason::BUILT_IN {
-                rejected.with_label_values(&[topic, reason.code()]);
-                dead_letters.with_label_values(&[topic, reason.code()]);
+            let built_in = Reason::BUILT_IN.iter().map(|r| r.code());
+            for reason in built_in.chain(topic.handler_reasons.iter().copied()) {
+                rejected.with_label_values(&[name, reason]);
+                dead_letters.with_label_values(&[name, reason]);
             }
         }
         for topic in topics {
-            handler_seconds.with_label_values(&[topic.as_str()]);
+            handler_seconds.with_label_values(&[topic.name.as_str()]);
         }
         for step in ["database", "stream", "dead_letter"] {
             retries.with_label_values(&[step]);

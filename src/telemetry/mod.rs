@@ -12,4 +12,4 @@ mod metrics;
 
 pub use events::Telemetry;
 pub use logging::{init_logging, LogFormat};
-pub use metrics::Metrics;
+pub use metrics::{KnownTopic, Metrics};

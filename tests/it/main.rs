@@ -1,1 +1,9 @@
-fn main(){}
+//! The one integration test binary: the real service on the embedded broker and PostgreSQL, a
+//! fresh broker and database per test. A module per capability.
+
+mod dead_letters;
+mod happy_path;
+mod operability;
+mod producer;
+mod redelivery;
+mod schema_build;

@@ -17,16 +17,68 @@ pub struct SchemaProblems {
 /// Keywords of JSON Schema draft 2020-12 (core, applicator, validation, meta-data, format,
 /// content, unevaluated) plus the draft-07 spellings still in wide use.
 const KNOWN: &[&str] = &[
-    "$schema", "$id", "$ref", "$defs", "$comment", "$anchor", "$dynamicRef", "$dynamicAnchor",
-    "$vocabulary", "$recursiveRef", "$recursiveAnchor", "definitions",
-    "type", "enum", "const", "multipleOf", "maximum", "exclusiveMaximum", "minimum",
-    "exclusiveMinimum", "maxLength", "minLength", "pattern", "maxItems", "minItems", "uniqueItems",
-    "maxContains", "minContains", "maxProperties", "minProperties", "required", "dependentRequired",
-    "properties", "patternProperties", "additionalProperties", "propertyNames", "items",
-    "prefixItems", "additionalItems", "contains", "allOf", "anyOf", "oneOf", "not", "if", "then",
-    "else", "dependentSchemas", "dependencies", "unevaluatedItems", "unevaluatedProperties",
-    "title", "description", "default", "deprecated", "readOnly", "writeOnly", "examples", "format",
-    "contentEncoding", "contentMediaType", "contentSchema",
+    "$schema",
+    "$id",
+    "$ref",
+    "$defs",
+    "$comment",
+    "$anchor",
+    "$dynamicRef",
+    "$dynamicAnchor",
+    "$vocabulary",
+    "$recursiveRef",
+    "$recursiveAnchor",
+    "definitions",
+    "type",
+    "enum",
+    "const",
+    "multipleOf",
+    "maximum",
+    "exclusiveMaximum",
+    "minimum",
+    "exclusiveMinimum",
+    "maxLength",
+    "minLength",
+    "pattern",
+    "maxItems",
+    "minItems",
+    "uniqueItems",
+    "maxContains",
+    "minContains",
+    "maxProperties",
+    "minProperties",
+    "required",
+    "dependentRequired",
+    "properties",
+    "patternProperties",
+    "additionalProperties",
+    "propertyNames",
+    "items",
+    "prefixItems",
+    "additionalItems",
+    "contains",
+    "allOf",
+    "anyOf",
+    "oneOf",
+    "not",
+    "if",
+    "then",
+    "else",
+    "dependentSchemas",
+    "dependencies",
+    "unevaluatedItems",
+    "unevaluatedProperties",
+    "title",
+    "description",
+    "default",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+    "examples",
+    "format",
+    "contentEncoding",
+    "contentMediaType",
+    "contentSchema",
 ];
 
 /// Constructs that make typify 0.8 panic or generate wrong types.
@@ -66,7 +118,9 @@ fn walk(schema: &Value, at: &str, for_types: bool, problems: &mut SchemaProblems
         let here = format!("{at}/{keyword}");
         if !KNOWN.contains(&keyword.as_str()) {
             problems.errors.push(match suggestion(keyword) {
-                Some(known) => format!("at `{here}`: unknown keyword `{keyword}` (did you mean `{known}`?)"),
+                Some(known) => {
+                    format!("at `{here}`: unknown keyword `{keyword}` (did you mean `{known}`?)")
+                }
                 None => format!("at `{here}`: unknown keyword `{keyword}`"),
             });
             continue;
@@ -76,9 +130,9 @@ fn walk(schema: &Value, at: &str, for_types: bool, problems: &mut SchemaProblems
                 problems.errors.push(format!("at `{here}`: {why}"));
             }
             if TYPIFY_IGNORED.contains(&keyword.as_str()) {
-                problems.warnings.push(format!(
-                    "at `{here}`: `{keyword}` is enforced at run time but not reflected in the generated type"
-                ));
+                problems
+                    .warnings
+                    .push(format!("at `{here}`: `{keyword}` is enforced at run time but not reflected in the generated type"));
             }
             if keyword == "patternProperties" && object.contains_key("properties") {
                 problems.warnings.push(format!(
@@ -96,16 +150,14 @@ fn walk(schema: &Value, at: &str, for_types: bool, problems: &mut SchemaProblems
             }
         }
         match keyword.as_str() {
-            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => {
-                match value.as_object() {
-                    Some(map) => {
-                        for (name, sub) in map {
-                            walk(sub, &format!("{here}/{name}"), for_types, problems);
-                        }
+            "properties" | "patternProperties" | "$defs" | "definitions" | "dependentSchemas" => match value.as_object() {
+                Some(map) => {
+                    for (name, sub) in map {
+                        walk(sub, &format!("{here}/{name}"), for_types, problems);
                     }
-                    None => problems.errors.push(format!("at `{here}`: `{keyword}` must be an object")),
                 }
-            }
+                None => problems.errors.push(format!("at `{here}`: `{keyword}` must be an object")),
+            },
             "allOf" | "anyOf" | "oneOf" | "prefixItems" => match value.as_array() {
                 Some(items) => {
                     for (i, sub) in items.iter().enumerate() {
@@ -122,10 +174,16 @@ fn walk(schema: &Value, at: &str, for_types: bool, problems: &mut SchemaProblems
                 }
                 sub => walk(sub, &here, for_types, problems),
             },
-            "not" | "additionalProperties" | "contains" | "propertyNames" | "unevaluatedItems"
-            | "unevaluatedProperties" | "if" | "then" | "else" | "contentSchema" => {
-                walk(value, &here, for_types, problems)
-            }
+            "not"
+            | "additionalProperties"
+            | "contains"
+            | "propertyNames"
+            | "unevaluatedItems"
+            | "unevaluatedProperties"
+            | "if"
+            | "then"
+            | "else"
+            | "contentSchema" => walk(value, &here, for_types, problems),
             _ => {}
         }
     }

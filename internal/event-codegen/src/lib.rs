@@ -111,10 +111,7 @@ impl Generated {
 /// Stops at the first broken file: one clear error is more useful than a cascade.
 pub fn generate(dir: &Path) -> Result<Generated, CodegenError> {
     let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| CodegenError {
-            file: dir.to_path_buf(),
-            problem: format!("cannot read the schema folder: {e}"),
-        })?
+        .map_err(|e| CodegenError { file: dir.to_path_buf(), problem: format!("cannot read the schema folder: {e}") })?
         .filter_map(|entry| entry.ok().map(|e| e.path()))
         .filter(|p| p.is_file())
         .collect();
@@ -143,19 +140,14 @@ pub fn generate(dir: &Path) -> Result<Generated, CodegenError> {
         }
     }
     if generated.topics.is_empty() {
-        return Err(CodegenError {
-            file: dir.to_path_buf(),
-            problem: format!("no topic schema (`*{TOPIC_SUFFIX}`) found"),
-        });
+        return Err(CodegenError { file: dir.to_path_buf(), problem: format!("no topic schema (`*{TOPIC_SUFFIX}`) found") });
     }
     Ok(generated)
 }
 
 fn read_json(path: &Path) -> Result<serde_json::Value, CodegenError> {
-    let text = fs::read_to_string(path).map_err(|e| CodegenError {
-        file: path.to_path_buf(),
-        problem: format!("cannot read: {e}"),
-    })?;
+    let text =
+        fs::read_to_string(path).map_err(|e| CodegenError { file: path.to_path_buf(), problem: format!("cannot read: {e}") })?;
     serde_json::from_str(&text).map_err(|e| CodegenError {
         file: path.to_path_buf(),
         problem: format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
@@ -221,9 +213,7 @@ fn run_typify(value: serde_json::Value, payload_hint: &str) -> Result<(String, S
         let mut settings = typify::TypeSpaceSettings::default();
         settings.with_struct_builder(false);
         let mut space = typify::TypeSpace::new(&settings);
-        space
-            .add_ref_types(root.definitions.clone())
-            .map_err(|e| format!("typify cannot generate types for `$defs`: {e}"))?;
+        space.add_ref_types(root.definitions.clone()).map_err(|e| format!("typify cannot generate types for `$defs`: {e}"))?;
         let schema = schemars::schema::Schema::Object(root.schema.clone());
         let id = space
             .add_type_with_name(&schema, Some(payload_hint.to_string()))

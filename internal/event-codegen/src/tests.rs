@@ -45,10 +45,7 @@ fn unknown_keyword_names_file_path_and_suggestion() {
     let dir = write_dir(&[("thing-happened.event.json", &bad)]);
     let error = generate(&dir).unwrap_err();
     assert!(error.file.ends_with("thing-happened.event.json"));
-    assert_eq!(
-        error.problem,
-        "at `#/properties/id/minValue`: unknown keyword `minValue` (did you mean `minimum`?)"
-    );
+    assert_eq!(error.problem, "at `#/properties/id/minValue`: unknown keyword `minValue` (did you mean `minimum`?)");
 }
 
 #[test]
@@ -85,10 +82,7 @@ fn ignored_keywords_warn_but_build() {
 fn typify_panic_becomes_an_error() {
     // A `$ref` without a '/' passes the keyword check's "#..." rule only if it is "#" itself;
     // use a reference to a missing definition, which typify cannot resolve.
-    let schema = GOOD.replace(
-        "{ \"type\": \"integer\", \"minimum\": 0, \"maximum\": 10 }",
-        "{ \"$ref\": \"#/$defs/missing\" }",
-    );
+    let schema = GOOD.replace("{ \"type\": \"integer\", \"minimum\": 0, \"maximum\": 10 }", "{ \"$ref\": \"#/$defs/missing\" }");
     let dir = write_dir(&[("thing-happened.event.json", &schema)]);
     let error = generate(&dir).unwrap_err();
     assert!(error.problem.contains("typify"), "{}", error.problem);

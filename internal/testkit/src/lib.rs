@@ -1,1 +1,272 @@
+//! Test kit: runs the real service against the embedded broker and a fresh PostgreSQL database.
+//!
+//! Every [`TestApp`] gets its own librdkafka mock cluster (topics created up front) and its own
+//! database (`er_test_<uuid>`, migrated), so tests run in parallel without seeing each other.
+//! Nothing here replaces a part of the service: tests send real Kafka messages and read real
+//! tables and topics.
 
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use event_router::app::Application;
+use event_router::config::Config;
+use event_router::dev_broker::DevBroker;
+use event_router::message::RawMessage;
+use event_router::producer::{EventProducer, Outgoing, Sent};
+use event_router::topics::REGISTRY;
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::ClientConfig;
+use sqlx::PgPool;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// Partitions of every topic in a test cluster.
+pub const PARTITIONS: i32 = 4;
+
+/// Where to create test databases; `TEST_DATABASE_URL` overrides (it must point at a database
+/// the user may `CREATE DATABASE` from).
+pub fn admin_database_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into())
+}
+
+/// A fresh, migrated database.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+    pub pool: PgPool,
+}
+
+impl TestDb {
+    pub async fn create() -> TestDb {
+        let admin_url = admin_database_url();
+        let name = format!("er_test_{}", uuid::Uuid::new_v4().simple());
+        let admin = PgPool::connect(&admin_url).await.expect("PostgreSQL must be running (make test starts it)");
+        sqlx::query(&format!("CREATE DATABASE {name}")).execute(&admin).await.expect("create test database");
+        admin.close().await;
+        let url = match admin_url.rsplit_once('/') {
+            Some((base, _)) => format!("{base}/{name}"),
+            None => panic!("TEST_DATABASE_URL must end in /<database>"),
+        };
+        event_router::store::create_and_migrate(&url).await.expect("migrate test database");
+        let pool = PgPool::connect(&url).await.expect("connect test database");
+        TestDb { name, url, pool }
+    }
+
+    /// `SELECT count(*) FROM <table>`.
+    pub async fn count(&self, table: &str) -> i64 {
+        sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.expect("count rows")
+    }
+}
+
+/// A mock cluster with the service's topics created.
+pub fn start_broker(config: &Config) -> Arc<DevBroker> {
+    let broker = DevBroker::start(1).expect("start the mock cluster");
+    for schema in REGISTRY {
+        broker.create_topic(&config.topics.name(schema.key), PARTITIONS).expect("create topic");
+    }
+    broker.create_topic(&config.topics.stream(), PARTITIONS).expect("create stream topic");
+    broker.create_topic(&config.topics.dead_letter(), PARTITIONS).expect("create dead-letter topic");
+    Arc::new(broker)
+}
+
+/// The configuration a test app runs with: test broker, test database, port 0 for HTTP.
+pub fn test_config(brokers: &str, database_url: &str, group: &str, extra: &[(&str, &str)]) -> Config {
+    let mut vars: Vec<(&str, &str)> = vec![
+        ("KAFKA_BROKERS", brokers),
+        ("KAFKA_GROUP_ID", group),
+        ("DATABASE_URL", database_url),
+        ("METRICS_ADDR", "127.0.0.1:0"),
+        ("SHUTDOWN_TIMEOUT_SECONDS", "10"),
+        ("RETRY_MAX_BACKOFF_MS", "1000"),
+    ];
+    vars.extend_from_slice(extra);
+    Config::from_env(&vars[..]).expect("valid test configuration")
+}
+
+/// A running service instance.
+pub struct TestApp {
+    pub broker: Arc<DevBroker>,
+    pub db: Arc<TestDb>,
+    pub config: Config,
+    pub http_addr: SocketAddr,
+    stop: CancellationToken,
+    handle: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+/// Spawns the service with default settings on a new broker and database.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// Spawns the service with extra settings (`(NAME, value)` as in the environment).
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    let db = Arc::new(TestDb::create().await);
+    let probe = test_config("127.0.0.1:1", &db.url, "probe", extra);
+    let broker = start_broker(&probe);
+    TestApp::spawn(broker, db, "event-router-test", extra).await
+}
+
+impl TestApp {
+    /// Spawns an instance on an existing broker and database, in consumer group `group`.
+    pub async fn spawn(broker: Arc<DevBroker>, db: Arc<TestDb>, group: &str, extra: &[(&str, &str)]) -> TestApp {
+        let config = test_config(broker.bootstrap_servers(), &db.url, group, extra);
+        let app = Application::build(config.clone()).await.expect("the service starts");
+        let http_addr = app.http_addr();
+        let stop = CancellationToken::new();
+        // The task keeps the broker alive until the service has stopped, even when a failing test
+        // drops its handles first: a consumer whose cluster vanished cannot finish shutting down.
+        let (stopped, alive) = (stop.clone(), broker.clone());
+        let handle = tokio::spawn(async move {
+            let result = app.run_until_stopped(async move { stopped.cancelled().await }).await;
+            drop(alive);
+            result
+        });
+        TestApp { broker, db, config, http_addr, stop, handle: Some(handle) }
+    }
+
+    /// Another instance on the same broker and database.
+    pub async fn spawn_sibling(&self, group: &str) -> TestApp {
+        TestApp::spawn(self.broker.clone(), self.db.clone(), group, &[]).await
+    }
+
+    /// Stops the instance gracefully and waits for it.
+    pub async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(handle) = self.handle.take() {
+            handle.await.expect("service task").expect("service stopped cleanly");
+        }
+    }
+
+    /// The Kafka topic name for a topic key such as `todo-created` or `dlq`.
+    pub fn topic(&self, key: &str) -> String {
+        self.config.topics.name(key)
+    }
+
+    pub fn producer(&self) -> EventProducer {
+        EventProducer::new(&self.config.kafka, &self.config.topics).expect("producer")
+    }
+
+    /// Sends `outgoing` to topic key `topic_key` without validating it first.
+    pub async fn send(&self, topic_key: &str, outgoing: &Outgoing) -> Sent {
+        let producer = self.producer();
+        producer.send_raw(&producer.build(topic_key, outgoing)).await.expect("broker accepts the message")
+    }
+
+    /// Reads `count` messages from `topic` (from the beginning) or fails after `timeout`.
+    pub async fn read_topic(&self, topic: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
+        read_topic(self.broker.bootstrap_servers(), topic, count, timeout).await
+    }
+
+    /// GETs a path on the service's HTTP port.
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        http_get(self.http_addr, path).await
+    }
+
+    /// The value of one metric series, e.g. `event_router_dead_letters_total{topic="..",reason=".."}`
+    /// written as name plus label pairs in any order.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        metric_value(&body, name, labels).unwrap_or_else(|| panic!("no series {name} {labels:?} in /metrics"))
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// Reads `count` messages from `topic` with a fresh consumer group.
+pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("reader consumer");
+    consumer.subscribe(&[topic]).expect("subscribe reader");
+    let deadline = Instant::now() + timeout;
+    let mut messages = Vec::new();
+    while messages.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(message)) => messages.push(RawMessage::from_kafka(&message)),
+            Ok(Err(error)) => panic!("reading {topic}: {error}"),
+            Err(_) => panic!("read {} of {count} messages from {topic} within {timeout:?}", messages.len()),
+        }
+    }
+    messages
+}
+
+/// Reads whatever arrives on `topic` within `window` (for asserting that nothing arrives).
+pub async fn drain_topic(brokers: &str, topic: &str, window: Duration) -> Vec<RawMessage> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers)
+        .set("group.id", format!("drain-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("drain consumer");
+    consumer.subscribe(&[topic]).expect("subscribe drain");
+    let deadline = Instant::now() + window;
+    let mut messages = Vec::new();
+    while let Ok(Ok(message)) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), consumer.recv()).await {
+        messages.push(RawMessage::from_kafka(&message));
+    }
+    messages
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out after {timeout:?} waiting for: {what}");
+}
+
+/// A minimal HTTP/1.1 GET, enough for the service's own endpoints.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the service's HTTP port");
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.expect("read response");
+    let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Finds one series in Prometheus text output.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let (series_name, series_labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            return None;
+        }
+        let all_match = labels.iter().all(|(k, v)| series_labels.split(',').any(|pair| pair == format!("{k}=\"{v}\"")));
+        let same_count = series_labels.split(',').filter(|p| !p.is_empty()).count() == labels.len();
+        (all_match && same_count).then(|| value.parse().ok()).flatten()
+    })
+}
+
+/// The value of header `name` (ignoring case) as text.
+pub fn header(message: &RawMessage, name: &str) -> Option<String> {
+    message.header(name).map(|v| String::from_utf8_lossy(v).into_owned())
+}

@@ -1,0 +1,71 @@
+//! The producer library and CLI validate before sending, with the service's own reason codes.
+
+use std::process::Command;
+use std::time::Duration;
+
+use event_router::envelope::Reason;
+use event_router::producer::{IdentityHeader, Outgoing, ProduceError};
+use event_router::samples;
+use testkit::{eventually, spawn_app};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_library_refuses_what_the_service_would_dead_letter() {
+    let app = spawn_app().await;
+    let producer = app.producer();
+    let bad = Outgoing::json(&serde_json::json!({"id": 1}), IdentityHeader::Document(samples::user_identity("1")));
+    match producer.send("todo-created", &bad).await {
+        Err(ProduceError::Rejected(rejection)) => {
+            assert_eq!(rejection.reason, Reason::SchemaViolation);
+            assert!(rejection.message.contains("todo-created"), "{}", rejection.message);
+        }
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+    let no_org =
+        Outgoing::json(&samples::todo_created(1), IdentityHeader::Document(serde_json::json!({"identity": {"type": "User"}})));
+    assert!(
+        matches!(producer.send("todo-created", &no_org).await, Err(ProduceError::Rejected(r)) if r.reason == Reason::IdentityOrgIdMissing)
+    );
+
+    let good = Outgoing::json(&samples::todo_created(2), IdentityHeader::Document(samples::user_identity("1")));
+    let sent = producer.send("todo-created", &good).await.unwrap();
+    assert_eq!(sent.request_id.len(), 36, "a request id (UUID) is generated when none is given");
+    eventually(Duration::from_secs(20), "todo stored", || async { app.db.count("todos").await == 1 }).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_sends_valid_lines_and_refuses_invalid_ones() {
+    let app = spawn_app().await;
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_event-router"));
+        command.arg("produce").args(args).env("KAFKA_BROKERS", app.broker.bootstrap_servers()).env("LOG_FORMAT", "text");
+        match stdin {
+            None => command.output().unwrap(),
+            Some(input) => {
+                use std::io::Write;
+                let mut child = command
+                    .stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap();
+                child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+                child.wait_with_output().unwrap()
+            }
+        }
+    };
+    let lines = format!("{}\n{}\n", samples::todo_created(31), samples::todo_created(32));
+    let out = cli(&["todo-created", "--org-id", "777", "--request-id", "cli-req"], Some(&lines));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("request-id cli-req").count(), 2);
+
+    let out = cli(&["todo-created", "--data", r#"{"id": 1, "title": "t"}"#], None);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("schema_violation") && stderr.contains("description"), "{stderr}");
+
+    eventually(Duration::from_secs(20), "both CLI todos stored", || async { app.db.count("todos").await == 2 }).await;
+    let orgs: Vec<String> = sqlx::query_scalar("SELECT org_id FROM todos").fetch_all(&app.db.pool).await.unwrap();
+    assert_eq!(orgs, ["777", "777"]);
+    app.stop().await;
+}
