@@ -73,3 +73,5 @@ MSG
 setsid "$BIN" demo ${DEMO_ARGS:-} &
 pids+=($!)
 wait "${pids[2]}" || true
+say "demo finished; the service and the broker keep running until Ctrl-C"
+wait "${pids[1]}" || true

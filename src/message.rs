@@ -45,6 +45,26 @@ impl RawMessage {
         }
     }
 
+    /// A digest of what Kafka stores immutably for a record (key, value, timestamp). A redelivery
+    /// has the same fingerprint; a different record at the same coordinates means the topic was
+    /// deleted and recreated (or the broker lost its log) and offsets are being reused.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        for part in [self.key.as_deref(), self.payload.as_deref()] {
+            match part {
+                Some(bytes) => {
+                    hasher.update([1]);
+                    hasher.update((bytes.len() as u64).to_be_bytes());
+                    hasher.update(bytes);
+                }
+                None => hasher.update([0]),
+            }
+        }
+        hasher.update(self.timestamp_ms.unwrap_or(-1).to_be_bytes());
+        hasher.finalize().into()
+    }
+
     /// The first header whose name matches `name` ignoring ASCII case: producers differ
     /// (`X-Rh-Identity` vs `x-rh-identity`) and Kafka header keys are case-sensitive.
     pub fn header(&self, name: &str) -> Option<&[u8]> {

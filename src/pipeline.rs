@@ -20,7 +20,7 @@ use crate::envelope::{self, Checked, Rejection, Validators};
 use crate::kafka::Publisher;
 use crate::message::RawMessage;
 use crate::router::{Context, DispatchError, Router};
-use crate::store;
+use crate::store::{self, InboxEntry};
 use crate::stream;
 use crate::telemetry::Telemetry;
 
@@ -134,7 +134,7 @@ impl Pipeline {
         };
 
         let started = Instant::now();
-        let handled = self.retry("database", message, || self.handle_once(&checked, &ctx)).await;
+        let handled = self.retry("database", message, || self.handle_once(message, &checked, &ctx)).await;
         let first_time = match handled {
             None => return Outcome::Abandoned,
             Some(Err(rejection)) => return self.dead_letter(message, &rejection, Some(&checked.request_id)).await,
@@ -167,13 +167,20 @@ impl Pipeline {
 
     /// One attempt at the database work: inbox row and handler writes in one transaction.
     /// `Ok(Err(rejection))` is a permanent refusal; `Err` is transient and retried.
-    async fn handle_once(&self, checked: &Checked, ctx: &Context) -> anyhow::Result<Result<Handled, Rejection>> {
+    async fn handle_once(
+        &self,
+        message: &RawMessage,
+        checked: &Checked,
+        ctx: &Context,
+    ) -> anyhow::Result<Result<Handled, Rejection>> {
         let mut tx = self.pool.begin().await?;
-        let first_time =
-            store::record_in_inbox(&mut tx, &ctx.topic, ctx.partition, ctx.offset, &ctx.request_id, ctx.org_id()).await?;
-        if !first_time {
-            tx.rollback().await?;
-            return Ok(Ok(Handled::Duplicate));
+        match store::record_in_inbox(&mut tx, message, &ctx.request_id, ctx.org_id()).await? {
+            InboxEntry::New => {}
+            InboxEntry::OffsetReused => self.telemetry.offset_reused(ctx),
+            InboxEntry::Redelivery => {
+                tx.rollback().await?;
+                return Ok(Ok(Handled::Duplicate));
+            }
         }
         match self.router.dispatch(checked.schema.key, &checked.payload, ctx, &mut tx).await {
             Ok(()) => {

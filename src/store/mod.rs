@@ -10,6 +10,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 use crate::config::redact_url;
+use crate::message::RawMessage;
 
 pub type Tx = Transaction<'static, Postgres>;
 
@@ -51,28 +52,49 @@ pub async fn create_and_migrate(url: &str) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Records a message in the inbox. Returns false when it was already there (a redelivery).
+/// What the inbox knew about a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InboxEntry {
+    /// Never seen: handle it.
+    New,
+    /// The same record was handled before: a redelivery, nothing to do.
+    Redelivery,
+    /// A different record was handled at these coordinates before: the topic was recreated and
+    /// offsets restarted. Handle it; the inbox row now describes the new record.
+    OffsetReused,
+}
+
+/// Records a message in the inbox, in the transaction that will carry its handler's writes.
 pub async fn record_in_inbox(
     tx: &mut Tx,
-    topic: &str,
-    partition: i32,
-    offset: i64,
+    message: &RawMessage,
     request_id: &str,
     org_id: Option<&str>,
-) -> Result<bool, sqlx::Error> {
-    let inserted = sqlx::query(
-        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, request_id, org_id)
-         VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+) -> Result<InboxEntry, sqlx::Error> {
+    // xmax = 0 tells a fresh insert from an update of a conflicting row; no row at all means the
+    // conflicting row has the same fingerprint.
+    let fresh: Option<bool> = sqlx::query_scalar(
+        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)
+         VALUES ($1, $2, $3, $4, $5, $6)
+         ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE
+            SET fingerprint = EXCLUDED.fingerprint, request_id = EXCLUDED.request_id,
+                org_id = EXCLUDED.org_id, processed_at = now()
+            WHERE processed_messages.fingerprint <> EXCLUDED.fingerprint
+         RETURNING xmax = 0",
     )
-    .bind(topic)
-    .bind(partition)
-    .bind(offset)
+    .bind(&message.topic)
+    .bind(message.partition)
+    .bind(message.offset)
+    .bind(&message.fingerprint()[..])
     .bind(request_id)
     .bind(org_id)
-    .execute(&mut **tx)
-    .await?
-    .rows_affected();
-    Ok(inserted == 1)
+    .fetch_optional(&mut **tx)
+    .await?;
+    Ok(match fresh {
+        Some(true) => InboxEntry::New,
+        Some(false) => InboxEntry::OffsetReused,
+        None => InboxEntry::Redelivery,
+    })
 }
 
 /// Whether a database error is about the data (retrying cannot help) rather than the database

@@ -62,6 +62,14 @@ impl Telemetry {
         );
     }
 
+    /// A record differs from the one handled before at the same coordinates.
+    pub fn offset_reused(&self, ctx: &Context) {
+        tracing::warn!(
+            topic = %ctx.topic, partition = ctx.partition, offset = ctx.offset, request_id = %ctx.request_id,
+            "a different record was handled at this offset before: the topic was recreated or its log lost; handling it as new"
+        );
+    }
+
     /// A message was rejected and published to the dead-letter topic.
     pub fn message_dead_lettered(&self, message: &RawMessage, rejection: &Rejection, request_id: Option<&str>) {
         let topic = self.label(&message.topic);

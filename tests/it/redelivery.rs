@@ -54,3 +54,52 @@ async fn consuming_everything_again_creates_no_duplicate_rows() {
     again.stop().await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recreated_topic_reusing_offsets_is_handled_not_mistaken_for_redelivery() {
+    let first = spawn_app().await;
+    let identity = || IdentityHeader::Document(samples::user_identity("7"));
+    for id in [1, 2] {
+        first
+            .send(
+                "todo-created",
+                &Outgoing { key: Some("same-key".into()), ..Outgoing::json(&samples::todo_created(id), identity()) },
+            )
+            .await;
+    }
+    eventually(WAIT, "first broker's todos stored", || async { first.db.count("todos").await == 2 }).await;
+    let db = first.db.clone();
+    first.stop().await;
+
+    // A new, empty broker: the same topics, offsets start at 0 again, same database.
+    let config = testkit::test_config("127.0.0.1:1", &db.url, "probe", &[]);
+    let second = testkit::TestApp::spawn(testkit::start_broker(&config), db.clone(), "event-router-test", &[]).await;
+    for id in [3, 4] {
+        second
+            .send(
+                "todo-created",
+                &Outgoing { key: Some("same-key".into()), ..Outgoing::json(&samples::todo_created(id), identity()) },
+            )
+            .await;
+    }
+    eventually(WAIT, "second broker's todos stored", || async { db.count("todos").await == 4 }).await;
+    let ids: Vec<i32> = sqlx::query_scalar("SELECT id FROM todos ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(ids, [1, 2, 3, 4]);
+    assert_eq!(db.count("processed_messages").await, 2, "the inbox rows now describe the new records");
+
+    // A real redelivery on the new broker is still recognised.
+    let again = second.spawn_sibling("event-router-redelivery").await;
+    eventually(WAIT, "redelivery seen as duplicates", || async {
+        again
+            .metric(
+                "event_router_messages_processed_total",
+                &[("topic", &second.topic("todo-created")), ("outcome", "duplicate")],
+            )
+            .await
+            == 2.0
+    })
+    .await;
+    assert_eq!(db.count("todos").await, 4);
+    again.stop().await;
+    second.stop().await;
+}

@@ -177,8 +177,8 @@ impl Drop for TestApp {
     }
 }
 
-/// Reads `count` messages from `topic` with a fresh consumer group.
-pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
+/// A consumer in a group of its own that reads `topic` from the beginning.
+fn reader(brokers: &str, topic: &str) -> StreamConsumer {
     let consumer: StreamConsumer = ClientConfig::new()
         .set("bootstrap.servers", brokers)
         .set("group.id", format!("reader-{}", uuid::Uuid::new_v4()))
@@ -187,6 +187,12 @@ pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Durat
         .create()
         .expect("reader consumer");
     consumer.subscribe(&[topic]).expect("subscribe reader");
+    consumer
+}
+
+/// Reads `count` messages from `topic` with a fresh consumer group.
+pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
+    let consumer = reader(brokers, topic);
     let deadline = Instant::now() + timeout;
     let mut messages = Vec::new();
     while messages.len() < count {
@@ -202,14 +208,7 @@ pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Durat
 
 /// Reads whatever arrives on `topic` within `window` (for asserting that nothing arrives).
 pub async fn drain_topic(brokers: &str, topic: &str, window: Duration) -> Vec<RawMessage> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("drain-{}", uuid::Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("drain consumer");
-    consumer.subscribe(&[topic]).expect("subscribe drain");
+    let consumer = reader(brokers, topic);
     let deadline = Instant::now() + window;
     let mut messages = Vec::new();
     while let Ok(Ok(message)) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), consumer.recv()).await {
