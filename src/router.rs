@@ -5,6 +5,51 @@
 //! implements [`Handler<TodoCreated>`]. The router is built once at start-up and then checked
 //! against the registry, so a schema without a handler stops the service before the first message
 //! instead of dead-lettering every message of that topic.
+//!
+//! The compiler enforces the schema. This handler for `todo-created` compiles:
+//!
+//! ```
+//! use event_router::router::{Context, Handler, HandlerError, Router};
+//! use event_router::store::Tx;
+//! use event_router::topics::TodoCreated;
+//!
+//! struct CountTitle;
+//! impl Handler<TodoCreated> for CountTitle {
+//!     async fn handle(&self, todo: TodoCreated, _: &Context, _: &mut Tx) -> Result<(), HandlerError> {
+//!         let _chars = todo.title.chars().count();
+//!         Ok(())
+//!     }
+//! }
+//! Router::new().register::<TodoCreated>(CountTitle);
+//! ```
+//!
+//! Registering it for another topic does not:
+//!
+//! ```compile_fail,E0277
+//! # use event_router::router::{Context, Handler, HandlerError, Router};
+//! # use event_router::store::Tx;
+//! # use event_router::topics::{HostStatusChanged, TodoCreated};
+//! # struct CountTitle;
+//! # impl Handler<TodoCreated> for CountTitle {
+//! #     async fn handle(&self, todo: TodoCreated, _: &Context, _: &mut Tx) -> Result<(), HandlerError> { Ok(()) }
+//! # }
+//! Router::new().register::<HostStatusChanged>(CountTitle);
+//! ```
+//!
+//! and neither does reading a field the schema does not have:
+//!
+//! ```compile_fail,E0609
+//! # use event_router::router::{Context, Handler, HandlerError};
+//! # use event_router::store::Tx;
+//! # use event_router::topics::TodoCreated;
+//! # struct CountTitle;
+//! impl Handler<TodoCreated> for CountTitle {
+//!     async fn handle(&self, todo: TodoCreated, _: &Context, _: &mut Tx) -> Result<(), HandlerError> {
+//!         let _chars = todo.headline.chars().count();
+//!         Ok(())
+//!     }
+//! }
+//! ```
 
 use std::collections::HashMap;
 use std::future::Future;
