@@ -21,15 +21,20 @@ use crate::consumer::{self, ConsumerEvents, RouterConsumer};
 use crate::envelope::Validators;
 use crate::http::{self, HttpState};
 use crate::kafka::{self, Publisher};
+use crate::outbox::Relay;
 use crate::pipeline::{Backoff, Pipeline};
 use crate::telemetry::{KnownTopic, Telemetry};
 use crate::{handlers, store};
+
+/// How long shutdown may spend publishing what is left in the outbox.
+const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
 pub struct Application {
     config: Config,
     listener: TcpListener,
     consumer: Arc<RouterConsumer>,
     pipeline: Arc<Pipeline>,
+    relay: Option<Relay>,
     http_state: HttpState,
 }
 
@@ -56,6 +61,14 @@ impl Application {
         consumer::subscribe(&consumer, &topics, config.topics.pattern.as_deref())
             .context("EVENT_ROUTER_TOPIC_PATTERN: cannot subscribe")?;
         let publisher = Publisher::new(&config.kafka).context("KAFKA_BROKERS: cannot create the Kafka producer")?;
+        let backoff = Backoff { initial: Duration::from_millis(100), max: config.max_backoff };
+        let relay = if config.topics.stream_enabled {
+            let stream_publisher = Publisher::with_timeout(&config.stream_kafka, config.stream_publish_timeout)
+                .context("EVENT_STREAM_BROKERS: cannot create the stream producer")?;
+            Some(Relay::new(pool.clone(), stream_publisher, telemetry.clone(), backoff))
+        } else {
+            None
+        };
 
         if config.topics.stream_enabled {
             tracing::info!(topic = %config.topics.stream(), "event stream enabled");
@@ -74,8 +87,9 @@ impl Application {
             config.topics.clone(),
             config.kafka.group_id.clone(),
             telemetry.clone(),
-            Backoff { initial: Duration::from_millis(100), max: config.max_backoff },
+            backoff,
             CancellationToken::new(),
+            relay.as_ref().map(|r| r.wake.clone()).unwrap_or_default(),
         ));
         tracing::info!(topics = ?topics, group = %config.kafka.group_id, "event-router started");
         Ok(Application {
@@ -83,6 +97,7 @@ impl Application {
             listener,
             consumer: Arc::new(consumer),
             pipeline,
+            relay,
             http_state: HttpState { telemetry, pool, consumer_joined: joined },
         })
     }
@@ -100,6 +115,8 @@ impl Application {
             async move { http_stop.cancelled().await }
         }));
         let consuming = tokio::spawn(consumer::run(self.consumer.clone(), self.pipeline.clone(), stop.clone()));
+        let relay_stop = CancellationToken::new();
+        let relaying = self.relay.map(|relay| tokio::spawn(relay.run(relay_stop.clone(), RELAY_DRAIN_DEADLINE)));
 
         shutdown.await;
         tracing::info!(deadline_s = self.config.shutdown_timeout.as_secs(), "shutting down: finishing in-flight messages");
@@ -112,6 +129,10 @@ impl Application {
         });
         consuming.await.context("the consumer task panicked")?;
         watchdog.abort();
+        relay_stop.cancel();
+        if let Some(relaying) = relaying {
+            relaying.await.context("the outbox relay panicked")?;
+        }
         self.consumer.unsubscribe();
         if let Err(error) = self.pipeline.publisher.flush(Duration::from_secs(5)) {
             tracing::warn!(%error, "producer flush at shutdown failed");

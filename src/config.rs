@@ -114,6 +114,11 @@ impl TopicConfig {
 #[derive(Clone, PartialEq, Eq)]
 pub struct Config {
     pub kafka: KafkaConfig,
+    /// Where the stream is published: the consumer's cluster unless `EVENT_STREAM_BROKERS` says
+    /// otherwise (same security settings).
+    pub stream_kafka: KafkaConfig,
+    /// How long one stream publish may take before it counts as failed and is retried.
+    pub stream_publish_timeout: Duration,
     pub topics: TopicConfig,
     pub database_url: Secret,
     pub database_max_connections: u32,
@@ -128,6 +133,8 @@ impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Config")
             .field("kafka", &self.kafka)
+            .field("stream_brokers", &self.stream_kafka.brokers)
+            .field("stream_publish_timeout", &self.stream_publish_timeout)
             .field("topics", &self.topics)
             .field("database_url", &redact_url(self.database_url.expose()))
             .field("database_max_connections", &self.database_max_connections)
@@ -160,7 +167,7 @@ impl Config {
     /// Reads the configuration; the first missing or invalid setting is the error.
     pub fn from_env(env: &(impl Env + ?Sized)) -> Result<Config, ConfigError> {
         let brokers = env.var("KAFKA_BROKERS").unwrap_or_else(|| DEFAULT_BROKERS.to_string());
-        check_brokers(&brokers)?;
+        check_brokers("KAFKA_BROKERS", &brokers)?;
 
         let security_protocol = env.var("KAFKA_SECURITY_PROTOCOL").map(|v| v.to_ascii_uppercase());
         if let Some(protocol) = &security_protocol {
@@ -222,6 +229,17 @@ impl Config {
             }
         }
         let stream_enabled = parse_bool(env, "EVENT_STREAM_ENABLED", true)?;
+        let stream_brokers = match env.var("EVENT_STREAM_BROKERS") {
+            Some(list) => {
+                check_brokers("EVENT_STREAM_BROKERS", &list)?;
+                list
+            }
+            None => brokers.clone(),
+        };
+        let stream_publish_timeout = Duration::from_millis(parse_number(env, "EVENT_STREAM_PUBLISH_TIMEOUT_MS", 10_000u64)?);
+        if stream_publish_timeout < Duration::from_millis(100) {
+            return Err(invalid("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "must be at least 100"));
+        }
 
         let database_url = env.var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
@@ -241,17 +259,20 @@ impl Config {
         let shutdown_timeout = Duration::from_secs(parse_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30u64)?);
         let max_backoff = Duration::from_millis(parse_number(env, "RETRY_MAX_BACKOFF_MS", 30_000u64)?);
 
+        let kafka = KafkaConfig {
+            brokers,
+            group_id,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            sasl_password,
+            ssl_ca_location,
+            auto_offset_reset,
+        };
         Ok(Config {
-            kafka: KafkaConfig {
-                brokers,
-                group_id,
-                security_protocol,
-                sasl_mechanism,
-                sasl_username,
-                sasl_password,
-                ssl_ca_location,
-                auto_offset_reset,
-            },
+            stream_kafka: KafkaConfig { brokers: stream_brokers, ..kafka.clone() },
+            stream_publish_timeout,
+            kafka,
             topics: TopicConfig { prefix, translations: HashMap::new(), pattern, stream_enabled },
             database_url: Secret::new(database_url),
             database_max_connections,
@@ -266,11 +287,11 @@ fn is_topic_char(c: char) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')
 }
 
-fn check_brokers(brokers: &str) -> Result<(), ConfigError> {
+fn check_brokers(setting: &'static str, brokers: &str) -> Result<(), ConfigError> {
     for broker in brokers.split(',').map(str::trim) {
         let port_ok = broker.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
         if !port_ok {
-            return Err(invalid("KAFKA_BROKERS", format!("`{broker}` is not host:port")));
+            return Err(invalid(setting, format!("`{broker}` is not host:port")));
         }
     }
     Ok(())
@@ -325,6 +346,9 @@ mod tests {
             (&[("EVENT_ROUTER_TOPIC_PREFIX", "bad prefix")], "EVENT_ROUTER_TOPIC_PREFIX"),
             (&[("EVENT_ROUTER_TOPIC_PATTERN", "platform.*")], "EVENT_ROUTER_TOPIC_PATTERN"),
             (&[("EVENT_STREAM_ENABLED", "maybe")], "EVENT_STREAM_ENABLED"),
+            (&[("EVENT_STREAM_BROKERS", "kafka.example.com")], "EVENT_STREAM_BROKERS"),
+            (&[("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "soon")], "EVENT_STREAM_PUBLISH_TIMEOUT_MS"),
+            (&[("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "5")], "EVENT_STREAM_PUBLISH_TIMEOUT_MS"),
             (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
             (&[("DATABASE_MAX_CONNECTIONS", "0")], "DATABASE_MAX_CONNECTIONS"),
             (&[("METRICS_ADDR", "9000")], "METRICS_ADDR"),

@@ -80,6 +80,13 @@ impl Publisher {
         Ok(Publisher { producer: producer_config(kafka).create()? })
     }
 
+    /// A publisher whose sends fail after `timeout` without an acknowledgement.
+    pub fn with_timeout(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, KafkaError> {
+        let mut config = producer_config(kafka);
+        config.set("message.timeout.ms", timeout.as_millis().to_string());
+        Ok(Publisher { producer: config.create()? })
+    }
+
     /// Sends one message and waits for the broker to acknowledge it.
     pub async fn publish(
         &self,

@@ -5,8 +5,8 @@
 //! # How a message travels
 //!
 //! ```text
-//! Kafka → consumer → envelope → router → handler → store (inbox + rows, one tx) → stream → offset
-//!                       └── any rejection → dead-letter topic → offset
+//! Kafka → consumer → envelope → router → handler → store (inbox + rows + outbox, one tx) → offset
+//!                       └── any rejection → dead-letter topic → offset        outbox relay → stream
 //! ```
 //!
 //! - [`consumer`] knows Kafka: group membership, a worker per partition, offsets stored only after
@@ -16,7 +16,8 @@
 //! - [`router`] maps a topic to its handler; [`handlers`] holds one file per topic.
 //! - [`store`] owns SQL: the pool, migrations, and the inbox that makes redelivery a no-op.
 //! - [`pipeline`] strings those together for one message, with retries for transient failures.
-//! - [`stream`] and [`dead_letter`] shape what is re-published; [`kafka`] publishes it.
+//! - [`stream`] and [`dead_letter`] shape what is re-published; [`kafka`] publishes it;
+//!   [`outbox`] keeps stream events in the handler's transaction and relays them.
 //! - [`topics`] is generated at build time from `api/event/*.event.json`.
 //! - [`telemetry`] logs and counts; [`http`] serves `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`] assembles it all; [`config`] reads the environment.
@@ -34,6 +35,7 @@ pub mod handlers;
 pub mod http;
 pub mod kafka;
 pub mod message;
+pub mod outbox;
 pub mod pipeline;
 pub mod producer;
 pub mod router;

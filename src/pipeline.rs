@@ -1,7 +1,8 @@
 //! What happens to one consumed message, from raw bytes to a final outcome.
 //!
-//! open (envelope) → handle (inbox + handler in one transaction) → publish the enriched event →
-//! done. A rejection at any step dead-letters the message. A transient failure (database or
+//! open (envelope) → handle (inbox row, handler writes and the enriched event's outbox row in one
+//! transaction) → done; the outbox relay publishes the event. A rejection at any step
+//! dead-letters the message. A transient failure (database or
 //! broker unavailable) is retried with exponential backoff and jitter while the partition waits:
 //! its offset cannot pass the message, and other partitions carry on. The pipeline only returns
 //! once the message is finished (or abandoned at shutdown), which is when the consumer may store
@@ -12,13 +13,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TopicConfig;
 use crate::dead_letter::dead_letter_headers;
 use crate::envelope::{self, Checked, Rejection, Validators};
 use crate::kafka::Publisher;
-use crate::message::RawMessage;
+use crate::message::{Header, RawMessage};
+use crate::outbox::{self, OutgoingEvent};
 use crate::router::{Context, DispatchError, Router};
 use crate::store::{self, InboxEntry};
 use crate::stream;
@@ -27,9 +30,9 @@ use crate::telemetry::Telemetry;
 /// How a message finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {
-    /// Handled for the first time and published.
+    /// Handled for the first time; its stream event is in the outbox.
     Handled,
-    /// Already handled before (a redelivery); published again, no new effects.
+    /// Already handled before (a redelivery): no new effects, no new event.
     Duplicate,
     DeadLettered,
     /// A message on one of the service's own output topics (pattern subscriptions only).
@@ -77,6 +80,8 @@ pub struct Pipeline {
     pub backoff: Backoff,
     /// Cancelled when the shutdown deadline passes: retries stop and work is abandoned.
     pub abandon: CancellationToken,
+    /// Wakes the outbox relay after a commit that wrote an event.
+    relay_wake: Arc<Notify>,
     output_topics: [String; 2],
 }
 
@@ -97,9 +102,10 @@ impl Pipeline {
         telemetry: Arc<Telemetry>,
         backoff: Backoff,
         abandon: CancellationToken,
+        relay_wake: Arc<Notify>,
     ) -> Self {
         let output_topics = [topics.stream(), topics.dead_letter()];
-        Pipeline { validators, router, pool, publisher, topics, group_id, telemetry, backoff, abandon, output_topics }
+        Pipeline { validators, router, pool, publisher, topics, group_id, telemetry, backoff, abandon, relay_wake, output_topics }
     }
 
     /// Processes `message` to a final outcome.
@@ -133,8 +139,12 @@ impl Pipeline {
             request_id: checked.request_id.clone(),
         };
 
+        let event = self.topics.stream_enabled.then(|| {
+            let payload = stream::enriched_event(&checked, message, received_at).to_string();
+            (payload, stream::propagated_headers(message, &checked.request_id))
+        });
         let started = Instant::now();
-        let handled = self.retry("database", message, || self.handle_once(message, &checked, &ctx)).await;
+        let handled = self.retry("database", message, || self.handle_once(message, &checked, &ctx, event.as_ref())).await;
         let first_time = match handled {
             None => return Outcome::Abandoned,
             Some(Err(rejection)) => return self.dead_letter(message, &rejection, Some(&checked.request_id)).await,
@@ -142,21 +152,8 @@ impl Pipeline {
             Some(Ok(Handled::Duplicate)) => false,
         };
         self.telemetry.message_handled(&ctx, started.elapsed(), first_time);
-
-        if self.topics.stream_enabled {
-            let event = stream::enriched_event(&checked, message, received_at).to_string();
-            let headers = stream::propagated_headers(message, &checked.request_id);
-            let topic = self.topics.stream();
-            let published = self
-                .retry("stream", message, || async {
-                    let result = self.publisher.publish(&topic, message.key.as_deref(), event.as_bytes(), &headers).await;
-                    self.telemetry.stream_published(result.is_ok());
-                    result.map_err(anyhow::Error::from)
-                })
-                .await;
-            if published.is_none() {
-                return Outcome::Abandoned;
-            }
+        if first_time && event.is_some() {
+            self.relay_wake.notify_one();
         }
         if first_time {
             Outcome::Handled
@@ -165,13 +162,15 @@ impl Pipeline {
         }
     }
 
-    /// One attempt at the database work: inbox row and handler writes in one transaction.
+    /// One attempt at the database work: inbox row, handler writes and outbox row in one
+    /// transaction.
     /// `Ok(Err(rejection))` is a permanent refusal; `Err` is transient and retried.
     async fn handle_once(
         &self,
         message: &RawMessage,
         checked: &Checked,
         ctx: &Context,
+        event: Option<&(String, Vec<Header>)>,
     ) -> anyhow::Result<Result<Handled, Rejection>> {
         let mut tx = self.pool.begin().await?;
         match store::record_in_inbox(&mut tx, message, &ctx.request_id, ctx.org_id()).await? {
@@ -184,6 +183,12 @@ impl Pipeline {
         }
         match self.router.dispatch(checked.schema.key, &checked.payload, ctx, &mut tx).await {
             Ok(()) => {
+                if let Some((payload, headers)) = event {
+                    let topic = self.topics.stream();
+                    let event =
+                        OutgoingEvent { topic: &topic, key: message.key.as_deref(), payload: payload.as_bytes(), headers };
+                    outbox::enqueue(&mut tx, &event, message).await?;
+                }
                 tx.commit().await?;
                 Ok(Ok(Handled::FirstTime))
             }

@@ -100,6 +100,20 @@ impl Telemetry {
         );
     }
 
+    /// The outbox relay could not publish (or reach the database); the backlog waits.
+    pub fn outbox_relay_failed(&self, attempt: u32, retry_in: Duration, error: &anyhow::Error) {
+        self.metrics.retries.with_label_values(&["stream"]).inc();
+        tracing::warn!(
+            attempt, retry_in_ms = retry_in.as_millis() as u64, error = %format!("{error:#}"),
+            "stream publish failed; events wait in the outbox and are retried"
+        );
+    }
+
+    /// Shutdown came before the outbox was empty.
+    pub fn outbox_left_at_shutdown(&self) {
+        tracing::warn!("stopping with events still in the outbox; the next instance to run publishes them");
+    }
+
     pub fn stream_published(&self, ok: bool) {
         self.metrics.stream_published.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }

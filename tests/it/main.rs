@@ -7,3 +7,4 @@ mod operability;
 mod producer;
 mod redelivery;
 mod schema_build;
+mod stream_outbox;

@@ -35,7 +35,10 @@ async fn metrics_count_consumed_and_processed_messages_per_topic_and_outcome() {
         app.metric("event_router_validation_failures_total", &[("topic", &todo_topic), ("reason", "schema_violation")]).await,
         2.0
     );
-    assert_eq!(app.metric("event_router_stream_publish_total", &[("result", "ok")]).await, 5.0);
+    eventually(Duration::from_secs(30), "5 events relayed to the stream", || async {
+        app.metric("event_router_stream_publish_total", &[("result", "ok")]).await == 5.0
+    })
+    .await;
 
     let (status, body) = app.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
@@ -52,5 +55,6 @@ async fn stream_switched_off_publishes_nothing_but_still_handles() {
     eventually(Duration::from_secs(20), "todo stored", || async { app.db.count("todos").await == 1 }).await;
     let stream = testkit::drain_topic(app.broker.bootstrap_servers(), &app.topic("events-stream"), Duration::from_secs(2)).await;
     assert!(stream.is_empty(), "nothing is published when the stream is off");
+    assert_eq!(app.db.count("outbox").await, 0, "and nothing waits in the outbox");
     app.stop().await;
 }

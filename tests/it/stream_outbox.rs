@@ -1,0 +1,82 @@
+//! The stream goes through the transactional outbox: consumption and database writes go on while
+//! the stream broker is down, and the backlog drains, in order per key, when it is back.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use event_router::dev_broker::DevBroker;
+use event_router::producer::{IdentityHeader, Outgoing};
+use event_router::samples;
+use serde_json::Value;
+use testkit::{eventually, spawn_app_with};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outage_stops_nothing_and_the_backlog_drains_in_order() {
+    let stream_cluster = DevBroker::start(1).unwrap();
+    stream_cluster.create_topic("platform.event-router.events-stream", 2).unwrap();
+    stream_cluster.broker_down(1).unwrap();
+    let app = spawn_app_with(&[
+        ("EVENT_STREAM_BROKERS", stream_cluster.bootstrap_servers()),
+        ("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "500"),
+    ])
+    .await;
+
+    let identity = || IdentityHeader::Document(samples::user_identity("5"));
+    let keys = ["alpha", "beta"];
+    for id in 0..8u32 {
+        let key = keys[id as usize % 2];
+        app.send("todo-created", &Outgoing { key: Some(key.into()), ..Outgoing::json(&samples::todo_created(id), identity()) })
+            .await;
+    }
+    eventually(WAIT, "all todos stored while the stream is down", || async { app.db.count("todos").await == 8 }).await;
+    eventually(WAIT, "a failed publish was counted", || async {
+        app.metric("event_router_stream_publish_total", &[("result", "error")]).await >= 1.0
+    })
+    .await;
+    assert_eq!(app.db.count("outbox").await, 8, "every event waits in the outbox");
+    assert_eq!(
+        app.metric("event_router_messages_processed_total", &[("topic", &app.topic("todo-created")), ("outcome", "handled")])
+            .await,
+        8.0
+    );
+
+    stream_cluster.broker_up(1).unwrap();
+    eventually(WAIT, "the outbox drains once the stream is back", || async { app.db.count("outbox").await == 0 }).await;
+
+    let events = testkit::read_topic(stream_cluster.bootstrap_servers(), "platform.event-router.events-stream", 8, WAIT).await;
+    // At least once, in order per key: the first appearance of each todo follows source order.
+    let mut seen: HashMap<String, Vec<i64>> = HashMap::new();
+    for event in &events {
+        let body: Value = serde_json::from_slice(event.payload.as_deref().unwrap()).unwrap();
+        let key = body["metadata"]["source"]["key"].as_str().unwrap().to_string();
+        let offset = body["metadata"]["source"]["offset"].as_i64().unwrap();
+        let offsets = seen.entry(key).or_default();
+        if !offsets.contains(&offset) {
+            offsets.push(offset);
+        }
+    }
+    for (key, offsets) in &seen {
+        let mut sorted = offsets.clone();
+        sorted.sort();
+        assert_eq!(offsets, &sorted, "events of key {key} are published in source order");
+        assert_eq!(offsets.len(), 4, "every event of key {key} was published");
+    }
+    app.stop().await;
+}
+
+#[test]
+fn invalid_stream_settings_stop_start_up_naming_the_setting() {
+    for (setting, value) in [("EVENT_STREAM_BROKERS", "no-port-here"), ("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "soon")] {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_event-router"))
+            .arg("run")
+            .env(setting, value)
+            .env("LOG_FORMAT", "text")
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains(&format!("configuration setting {setting}")), "{stderr}");
+    }
+}
