@@ -13,8 +13,9 @@ CREATE TABLE outbox (
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
--- Every dead-lettered message, with everything needed to understand and re-inject it. The raw
--- x-rh-identity header is not kept here: only the identity's org id and type.
+-- Every dead-lettered message: where it came from, why it was rejected, and where its copy in the
+-- dead-letter topic is. The original headers are not kept here (they hold the raw x-rh-identity,
+-- which is never stored in the database); the copy in the dead-letter topic has them.
 CREATE TABLE dead_letters (
     id                 BIGSERIAL   PRIMARY KEY,
     topic              TEXT        NOT NULL,
@@ -32,6 +33,8 @@ CREATE TABLE dead_letters (
     consumer_group     TEXT        NOT NULL,
     request_id         TEXT,
     org_id             TEXT,
+    dlq_partition      INTEGER     NOT NULL,
+    dlq_offset         BIGINT      NOT NULL,
     dead_lettered_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
     replayed_at        TIMESTAMPTZ,
     UNIQUE (topic, kafka_partition, kafka_offset, fingerprint)

@@ -23,6 +23,7 @@ use crate::http::{self, HttpState};
 use crate::kafka::{self, Publisher};
 use crate::outbox::Relay;
 use crate::pipeline::{Backoff, Pipeline};
+use crate::router::Router;
 use crate::telemetry::{KnownTopic, Telemetry};
 use crate::{handlers, store};
 
@@ -39,8 +40,13 @@ pub struct Application {
 }
 
 impl Application {
+    /// Builds the service with its own handlers ([`handlers::router`]).
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let router = handlers::router();
+        Self::build_with_router(config, handlers::router()).await
+    }
+
+    /// Builds the service with another routing table (a binary with its own handlers, a test).
+    pub async fn build_with_router(config: Config, router: Router) -> anyhow::Result<Self> {
         router.check_complete()?;
         let validators = Validators::compile(&config.topics)?;
         let mut topics: Vec<String> = validators.topic_names().map(str::to_owned).collect();
@@ -90,6 +96,7 @@ impl Application {
             backoff,
             CancellationToken::new(),
             relay.as_ref().map(|r| r.wake.clone()).unwrap_or_default(),
+            config.handler_max_attempts,
         ));
         tracing::info!(topics = ?topics, group = %config.kafka.group_id, "event-router started");
         Ok(Application {

@@ -127,6 +127,8 @@ pub struct Config {
     pub shutdown_timeout: Duration,
     /// Upper bound of the retry backoff for transient failures.
     pub max_backoff: Duration,
+    /// Attempts a handler's retryable failure gets before the message is dead-lettered.
+    pub handler_max_attempts: u32,
 }
 
 impl fmt::Debug for Config {
@@ -141,6 +143,7 @@ impl fmt::Debug for Config {
             .field("metrics_addr", &self.metrics_addr)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("max_backoff", &self.max_backoff)
+            .field("handler_max_attempts", &self.handler_max_attempts)
             .finish()
     }
 }
@@ -258,6 +261,10 @@ impl Config {
         };
         let shutdown_timeout = Duration::from_secs(parse_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30u64)?);
         let max_backoff = Duration::from_millis(parse_number(env, "RETRY_MAX_BACKOFF_MS", 30_000u64)?);
+        let handler_max_attempts = parse_number(env, "HANDLER_MAX_ATTEMPTS", 5u32)?;
+        if handler_max_attempts == 0 {
+            return Err(invalid("HANDLER_MAX_ATTEMPTS", "must be at least 1"));
+        }
 
         let kafka = KafkaConfig {
             brokers,
@@ -279,6 +286,7 @@ impl Config {
             metrics_addr,
             shutdown_timeout,
             max_backoff,
+            handler_max_attempts,
         })
     }
 }
@@ -352,6 +360,7 @@ mod tests {
             (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
             (&[("DATABASE_MAX_CONNECTIONS", "0")], "DATABASE_MAX_CONNECTIONS"),
             (&[("METRICS_ADDR", "9000")], "METRICS_ADDR"),
+            (&[("HANDLER_MAX_ATTEMPTS", "0")], "HANDLER_MAX_ATTEMPTS"),
             (&[("SHUTDOWN_TIMEOUT_SECONDS", "-1")], "SHUTDOWN_TIMEOUT_SECONDS"),
         ];
         for (vars, setting) in cases {

@@ -4,7 +4,7 @@
 //! Header names follow the spirit of Kafka Connect's `__connect.errors.*` and Spring Kafka's
 //! `kafka_dlt-*`: enough to find the original message and to re-inject it after a fix.
 
-use crate::envelope::{Rejection, Stage};
+use crate::envelope::Rejection;
 use crate::message::{Header, RawMessage};
 
 pub const ORIGINAL_TOPIC: &str = "x-dlq-original-topic";
@@ -16,6 +16,7 @@ pub const STAGE: &str = "x-dlq-stage";
 pub const REASON: &str = "x-dlq-reason";
 pub const ERROR_CLASS: &str = "x-dlq-error-class";
 pub const MESSAGE: &str = "x-dlq-message";
+pub const ATTEMPTS: &str = "x-dlq-attempts";
 
 /// The original headers followed by the dead-letter headers. Any `x-dlq-*` header the message
 /// already had (a message dead-lettered twice) is replaced, not duplicated.
@@ -32,18 +33,10 @@ pub fn dead_letter_headers(message: &RawMessage, rejection: &Rejection, group_id
     add(CONSUMER_GROUP, group_id.to_string());
     add(STAGE, rejection.stage().as_str().to_string());
     add(REASON, rejection.reason.code().to_string());
-    add(ERROR_CLASS, error_class(rejection).to_string());
+    add(ERROR_CLASS, rejection.class.as_str().to_string());
+    add(ATTEMPTS, rejection.attempts.to_string());
     add(MESSAGE, rejection.message.clone());
     headers
-}
-
-/// `handler_rejected` when a handler (or the database, for it) refused the message;
-/// `invalid_input` when the message itself broke a rule.
-pub fn error_class(rejection: &Rejection) -> &'static str {
-    match rejection.stage() {
-        Stage::Handler => "handler_rejected",
-        _ => "invalid_input",
-    }
 }
 
 #[cfg(test)]

@@ -23,6 +23,7 @@ use crate::kafka::Publisher;
 use crate::message::{Header, RawMessage};
 use crate::outbox::{self, OutgoingEvent};
 use crate::router::{Context, DispatchError, Router};
+use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::{self, InboxEntry};
 use crate::stream;
 use crate::telemetry::Telemetry;
@@ -82,12 +83,20 @@ pub struct Pipeline {
     pub abandon: CancellationToken,
     /// Wakes the outbox relay after a commit that wrote an event.
     relay_wake: Arc<Notify>,
+    /// Attempts a handler's retryable failure gets before the message is dead-lettered.
+    max_attempts: u32,
     output_topics: [String; 2],
 }
 
 enum Handled {
     FirstTime,
     Duplicate,
+}
+
+/// A handler's refusal: for good, or for now.
+enum Refusal {
+    Rejected(Rejection),
+    Retryable(Rejection),
 }
 
 impl Pipeline {
@@ -103,9 +112,23 @@ impl Pipeline {
         backoff: Backoff,
         abandon: CancellationToken,
         relay_wake: Arc<Notify>,
+        max_attempts: u32,
     ) -> Self {
         let output_topics = [topics.stream(), topics.dead_letter()];
-        Pipeline { validators, router, pool, publisher, topics, group_id, telemetry, backoff, abandon, relay_wake, output_topics }
+        Pipeline {
+            validators,
+            router,
+            pool,
+            publisher,
+            topics,
+            group_id,
+            telemetry,
+            backoff,
+            abandon,
+            relay_wake,
+            max_attempts,
+            output_topics,
+        }
     }
 
     /// Processes `message` to a final outcome.
@@ -127,7 +150,7 @@ impl Pipeline {
         let opened = envelope::open(message, &self.validators);
         let checked = match opened.result {
             Ok(checked) => checked,
-            Err(rejection) => return self.dead_letter(message, &rejection, opened.request_id.as_deref()).await,
+            Err(rejection) => return self.dead_letter(message, &rejection, opened.request_id.as_deref(), None).await,
         };
         let ctx = Context {
             topic: message.topic.clone(),
@@ -144,12 +167,29 @@ impl Pipeline {
             (payload, stream::propagated_headers(message, &checked.request_id))
         });
         let started = Instant::now();
-        let handled = self.retry("database", message, || self.handle_once(message, &checked, &ctx, event.as_ref())).await;
-        let first_time = match handled {
-            None => return Outcome::Abandoned,
-            Some(Err(rejection)) => return self.dead_letter(message, &rejection, Some(&checked.request_id)).await,
-            Some(Ok(Handled::FirstTime)) => true,
-            Some(Ok(Handled::Duplicate)) => false,
+        let mut attempt = 1;
+        let first_time = loop {
+            let handled = self.retry("database", message, || self.handle_once(message, &checked, &ctx, event.as_ref())).await;
+            let refusal = match handled {
+                None => return Outcome::Abandoned,
+                Some(Ok(Handled::FirstTime)) => break true,
+                Some(Ok(Handled::Duplicate)) => break false,
+                Some(Err(refusal)) => refusal,
+            };
+            let rejection = match refusal {
+                Refusal::Retryable(rejection) if attempt < self.max_attempts => {
+                    let delay = self.backoff.delay(attempt - 1);
+                    self.telemetry.handler_retrying(&ctx, &rejection, attempt, self.max_attempts, delay);
+                    if !self.sleep_unless_abandoned(delay).await {
+                        return Outcome::Abandoned;
+                    }
+                    attempt += 1;
+                    continue;
+                }
+                Refusal::Retryable(rejection) => rejection.retries_exhausted(attempt),
+                Refusal::Rejected(rejection) => rejection,
+            };
+            return self.dead_letter(message, &rejection, Some(&checked.request_id), ctx.org_id()).await;
         };
         self.telemetry.message_handled(&ctx, started.elapsed(), first_time);
         if first_time && event.is_some() {
@@ -164,14 +204,14 @@ impl Pipeline {
 
     /// One attempt at the database work: inbox row, handler writes and outbox row in one
     /// transaction.
-    /// `Ok(Err(rejection))` is a permanent refusal; `Err` is transient and retried.
+    /// `Ok(Err(refusal))` is the handler's refusal; `Err` is transient and retried.
     async fn handle_once(
         &self,
         message: &RawMessage,
         checked: &Checked,
         ctx: &Context,
         event: Option<&(String, Vec<Header>)>,
-    ) -> anyhow::Result<Result<Handled, Rejection>> {
+    ) -> anyhow::Result<Result<Handled, Refusal>> {
         let mut tx = self.pool.begin().await?;
         match store::record_in_inbox(&mut tx, message, &ctx.request_id, ctx.org_id()).await? {
             InboxEntry::New => {}
@@ -194,13 +234,34 @@ impl Pipeline {
             }
             Err(DispatchError::Rejected(rejection)) => {
                 tx.rollback().await?;
-                Ok(Err(rejection))
+                Ok(Err(Refusal::Rejected(rejection)))
+            }
+            Err(DispatchError::Retryable(rejection)) => {
+                tx.rollback().await?;
+                Ok(Err(Refusal::Retryable(rejection)))
             }
             Err(DispatchError::Transient(error)) => Err(error),
         }
     }
 
-    async fn dead_letter(&self, message: &RawMessage, rejection: &Rejection, request_id: Option<&str>) -> Outcome {
+    /// Publishes `message` to the dead-letter topic and records it in `dead_letters`. A message
+    /// already recorded (a redelivery) is not published again.
+    async fn dead_letter(
+        &self,
+        message: &RawMessage,
+        rejection: &Rejection,
+        request_id: Option<&str>,
+        org_id: Option<&str>,
+    ) -> Outcome {
+        let fingerprint = message.fingerprint();
+        match self
+            .retry("database", message, || async { Ok(dead_letters::is_recorded(&self.pool, message, &fingerprint).await?) })
+            .await
+        {
+            None => return Outcome::Abandoned,
+            Some(true) => return Outcome::Duplicate,
+            Some(false) => {}
+        }
         let headers = dead_letter_headers(message, rejection, &self.group_id);
         let topic = self.topics.dead_letter();
         let payload = message.payload.as_deref().unwrap_or_default();
@@ -209,12 +270,29 @@ impl Pipeline {
                 self.publisher.publish(&topic, message.key.as_deref(), payload, &headers).await.map_err(anyhow::Error::from)
             })
             .await;
-        match published {
-            Some(_) => {
-                self.telemetry.message_dead_lettered(message, rejection, request_id);
-                Outcome::DeadLettered
-            }
-            None => Outcome::Abandoned,
+        let Some(delivery) = published else { return Outcome::Abandoned };
+        let record = DeadLetter {
+            message,
+            fingerprint: &fingerprint,
+            rejection,
+            consumer_group: &self.group_id,
+            request_id,
+            org_id,
+            dead_letter_partition: delivery.partition,
+            dead_letter_offset: delivery.offset,
+        };
+        if self.retry("database", message, || async { Ok(dead_letters::record(&self.pool, &record).await?) }).await.is_none() {
+            return Outcome::Abandoned;
+        }
+        self.telemetry.message_dead_lettered(message, rejection, request_id);
+        Outcome::DeadLettered
+    }
+
+    /// Sleeps for `delay`; false when the shutdown deadline came first.
+    async fn sleep_unless_abandoned(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = self.abandon.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
         }
     }
 
@@ -238,9 +316,8 @@ impl Pipeline {
                     let delay = self.backoff.delay(failures);
                     failures += 1;
                     self.telemetry.retrying(step, message, failures, delay, &format!("{error:#}"));
-                    tokio::select! {
-                        _ = self.abandon.cancelled() => return None,
-                        _ = tokio::time::sleep(delay) => {}
+                    if !self.sleep_unless_abandoned(delay).await {
+                        return None;
                     }
                 }
             }

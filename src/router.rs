@@ -89,6 +89,11 @@ pub enum HandlerError {
     /// Dead-lettered with the handler's reason code; never retried.
     #[error("{code}: {message}")]
     Rejected { code: &'static str, message: String },
+    /// The handler cannot finish now but may later (e.g. something it depends on has not
+    /// arrived yet). Retried with backoff up to `HANDLER_MAX_ATTEMPTS` attempts, then
+    /// dead-lettered with this code.
+    #[error("{code} (retryable): {message}")]
+    Retryable { code: &'static str, message: String },
     /// Something outside the message failed (database, network); the message is retried.
     #[error("transient failure: {0}")]
     Transient(#[source] anyhow::Error),
@@ -97,6 +102,10 @@ pub enum HandlerError {
 impl HandlerError {
     pub fn rejected(code: &'static str, message: impl Into<String>) -> Self {
         HandlerError::Rejected { code, message: message.into() }
+    }
+
+    pub fn retryable(code: &'static str, message: impl Into<String>) -> Self {
+        HandlerError::Retryable { code, message: message.into() }
     }
 }
 
@@ -130,6 +139,8 @@ pub trait Handler<T: Topic>: Send + Sync + 'static {
 pub enum DispatchError {
     /// Dead-letter the message with this rejection.
     Rejected(Rejection),
+    /// Try again later; dead-letter with this rejection when attempts run out.
+    Retryable(Rejection),
     /// Retry later.
     Transient(anyhow::Error),
 }
@@ -156,6 +167,9 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
             self.handler.handle(event, ctx, tx).await.map_err(|e| match e {
                 HandlerError::Rejected { code, message } => {
                     DispatchError::Rejected(Rejection::new(Reason::Handler(code), format!("topic {}: {message}", ctx.topic)))
+                }
+                HandlerError::Retryable { code, message } => {
+                    DispatchError::Retryable(Rejection::new(Reason::Handler(code), format!("topic {}: {message}", ctx.topic)))
                 }
                 HandlerError::Transient(error) => DispatchError::Transient(error),
             })

@@ -12,7 +12,7 @@ pub mod validate;
 use serde_json::Value;
 
 pub use identity::{Identity, IdentityType};
-pub use reason::{Reason, Rejection, Stage};
+pub use reason::{ErrorClass, Reason, Rejection, Stage};
 pub use validate::Validators;
 
 use crate::message::RawMessage;

@@ -113,12 +113,36 @@ impl Reason {
 /// The longest human-readable rejection message we keep; longer ones are cut at a char boundary.
 pub const MAX_MESSAGE_LEN: usize = 1024;
 
+/// What kind of failure put a message in the dead-letter topic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorClass {
+    /// The message itself broke a rule (headers, JSON, schema, unknown topic). Never retried.
+    InvalidInput,
+    /// Its handler refused it for good.
+    HandlerRejected,
+    /// Its handler kept failing with a retryable error until the attempts ran out.
+    HandlerRetriesExhausted,
+}
+
+impl ErrorClass {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorClass::InvalidInput => "invalid_input",
+            ErrorClass::HandlerRejected => "handler_rejected",
+            ErrorClass::HandlerRetriesExhausted => "handler_retries_exhausted",
+        }
+    }
+}
+
 /// A message the service will not process, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     pub reason: Reason,
     /// Human-readable, bounded to [`MAX_MESSAGE_LEN`] bytes, never containing the raw identity.
     pub message: String,
+    pub class: ErrorClass,
+    /// How many times the message was tried (1 unless a handler asked for retries).
+    pub attempts: u32,
 }
 
 impl Rejection {
@@ -132,7 +156,13 @@ impl Rejection {
             message.truncate(cut);
             message.push_str("...");
         }
-        Rejection { reason, message }
+        let class = if reason.stage() == Stage::Handler { ErrorClass::HandlerRejected } else { ErrorClass::InvalidInput };
+        Rejection { reason, message, class, attempts: 1 }
+    }
+
+    /// A handler's retryable failure that ran out of attempts.
+    pub fn retries_exhausted(self, attempts: u32) -> Self {
+        Rejection { class: ErrorClass::HandlerRetriesExhausted, attempts, ..self }
     }
 
     pub fn stage(&self) -> Stage {

@@ -9,6 +9,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
+pub mod dead_letters;
+
 use crate::config::redact_url;
 use crate::message::RawMessage;
 

@@ -83,6 +83,17 @@ impl Telemetry {
         );
     }
 
+    /// A handler asked to try the message again later.
+    pub fn handler_retrying(&self, ctx: &Context, rejection: &Rejection, attempt: u32, max_attempts: u32, delay: Duration) {
+        self.metrics.retries.with_label_values(&["handler"]).inc();
+        tracing::warn!(
+            topic = %ctx.topic, partition = ctx.partition, offset = ctx.offset, request_id = %ctx.request_id,
+            reason = rejection.reason.code(), attempt, max_attempts, retry_in_ms = delay.as_millis() as u64,
+            detail = %rejection.message,
+            "handler cannot finish yet; the partition waits and retries"
+        );
+    }
+
     /// A step failed for a reason outside the message; it will be tried again after `delay`.
     pub fn retrying(
         &self,

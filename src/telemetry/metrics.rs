@@ -108,7 +108,7 @@ impl Metrics {
         for topic in topics {
             handler_seconds.with_label_values(&[topic.name.as_str()]);
         }
-        for step in ["database", "stream", "dead_letter"] {
+        for step in ["database", "stream", "dead_letter", "handler"] {
             retries.with_label_values(&[step]);
         }
         for result in ["ok", "error"] {

@@ -145,6 +145,50 @@ async fn each_invalid_kind_is_dead_lettered_with_its_reason_and_valid_traffic_fl
     assert_eq!(app.db.count("cluster_install_progress").await, 0, "rejected by its handler: nothing written");
     assert_eq!(app.db.count("host_statuses").await, 0);
 
+    // Each dead letter is recorded once, pointing at its copy in the dead-letter topic.
+    type Row = (Option<Vec<u8>>, String, String, i32, i32, i64);
+    let recorded: Vec<Row> =
+        sqlx::query_as("SELECT message_key, reason, error_class, attempts, dlq_partition, dlq_offset FROM dead_letters")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(recorded.len(), cases.len());
+    for case in &cases {
+        let (_, reason, class, attempts, dlq_partition, dlq_offset) = recorded
+            .iter()
+            .find(|r| r.0.as_deref() == Some(case.name.as_bytes()))
+            .unwrap_or_else(|| panic!("{}: no row", case.name));
+        assert_eq!((reason.as_str(), *attempts), (case.reason, 1), "{}", case.name);
+        assert_eq!(class, if case.stage == "handler" { "handler_rejected" } else { "invalid_input" });
+        let copy = dead.iter().find(|m| m.key.as_deref() == Some(case.name.as_bytes())).unwrap();
+        assert_eq!((copy.partition, copy.offset), (*dlq_partition, *dlq_offset), "{}: row points at its copy", case.name);
+    }
+    let stored_columns: Vec<String> =
+        sqlx::query_scalar("SELECT column_name::text FROM information_schema.columns WHERE table_name = 'dead_letters'")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(!stored_columns.iter().any(|c| c.contains("header") || c.contains("identity")), "{stored_columns:?}");
+
+    // A redelivery of the invalid messages (a second group) publishes no second copy.
+    let again = app.spawn_sibling("event-router-redelivery").await;
+    testkit::eventually(WAIT, "the redelivered dead letters are recognised", || async {
+        let mut duplicates = 0.0;
+        for key in ["todo-created", "host-status-changed", "cluster-install-progressed"] {
+            duplicates += again
+                .metric("event_router_messages_processed_total", &[("topic", &app.topic(key)), ("outcome", "duplicate")])
+                .await;
+        }
+        // Every message but the unknown topic's (the sibling has no pattern subscription) is seen
+        // again: the dead letters and the valid todos behind them.
+        duplicates == (cases.len() - 1 + valid_ids.len()) as f64
+    })
+    .await;
+    let all_dead = testkit::drain_topic(app.broker.bootstrap_servers(), &app.topic("dlq"), Duration::from_secs(3)).await;
+    assert_eq!(all_dead.len(), cases.len(), "no second copy in the dead-letter topic");
+    assert_eq!(app.db.count("dead_letters").await, cases.len() as i64);
+    again.stop().await;
+
     for case in &cases {
         let topic = if case.reason == "unknown_topic" { "_unknown".to_string() } else { app.topic(case.topic_key) };
         assert!(

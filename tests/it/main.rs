@@ -2,6 +2,7 @@
 //! fresh broker and database per test. A module per capability.
 
 mod dead_letters;
+mod handler_retries;
 mod happy_path;
 mod operability;
 mod producer;

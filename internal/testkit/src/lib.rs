@@ -14,6 +14,7 @@ use event_router::config::Config;
 use event_router::dev_broker::DevBroker;
 use event_router::message::RawMessage;
 use event_router::producer::{EventProducer, Outgoing, Sent};
+use event_router::router::Router;
 use event_router::topics::REGISTRY;
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::ClientConfig;
@@ -101,17 +102,33 @@ pub async fn spawn_app() -> TestApp {
 
 /// Spawns the service with extra settings (`(NAME, value)` as in the environment).
 pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    spawn_app_with_router(extra, event_router::handlers::router()).await
+}
+
+/// Spawns the service with extra settings and a routing table of the test's own.
+pub async fn spawn_app_with_router(extra: &[(&str, &str)], router: Router) -> TestApp {
     let db = Arc::new(TestDb::create().await);
     let probe = test_config("127.0.0.1:1", &db.url, "probe", extra);
     let broker = start_broker(&probe);
-    TestApp::spawn(broker, db, "event-router-test", extra).await
+    TestApp::spawn_with_router(broker, db, "event-router-test", extra, router).await
 }
 
 impl TestApp {
     /// Spawns an instance on an existing broker and database, in consumer group `group`.
     pub async fn spawn(broker: Arc<DevBroker>, db: Arc<TestDb>, group: &str, extra: &[(&str, &str)]) -> TestApp {
+        Self::spawn_with_router(broker, db, group, extra, event_router::handlers::router()).await
+    }
+
+    /// Like [`TestApp::spawn`], with a routing table of the test's own.
+    pub async fn spawn_with_router(
+        broker: Arc<DevBroker>,
+        db: Arc<TestDb>,
+        group: &str,
+        extra: &[(&str, &str)],
+        router: Router,
+    ) -> TestApp {
         let config = test_config(broker.bootstrap_servers(), &db.url, group, extra);
-        let app = Application::build(config.clone()).await.expect("the service starts");
+        let app = Application::build_with_router(config.clone(), router).await.expect("the service starts");
         let http_addr = app.http_addr();
         let stop = CancellationToken::new();
         // The task keeps the broker alive until the service has stopped, even when a failing test

@@ -1,0 +1,90 @@
+//! A handler decides whether its failure is worth retrying. A retryable one is tried again with
+//! backoff while its partition waits; when the attempts run out the message is dead-lettered with
+//! the attempt count. Messages behind it then flow on.
+
+use std::time::Duration;
+
+use event_router::dead_letter;
+use event_router::handlers::router;
+use event_router::producer::{IdentityHeader, Outgoing};
+use event_router::router::{Context, Handler, HandlerError};
+use event_router::samples;
+use event_router::store::Tx;
+use event_router::topics::TodoCreated;
+use testkit::{eventually, header, spawn_app_with_router};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Stores a todo only once its org is registered in `known_orgs`: an ordering dependency on
+/// something that may arrive later, which is what retryable handler errors are for.
+struct TodoForKnownOrg;
+
+impl Handler<TodoCreated> for TodoForKnownOrg {
+    const REASONS: &'static [&'static str] = &["org_not_registered"];
+
+    async fn handle(&self, todo: TodoCreated, ctx: &Context, tx: &mut Tx) -> Result<(), HandlerError> {
+        let known: bool = sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM known_orgs WHERE org_id = $1)")
+            .bind(ctx.org_id())
+            .fetch_one(&mut **tx)
+            .await?;
+        if !known {
+            return Err(HandlerError::retryable("org_not_registered", format!("org {:?} is not registered yet", ctx.org_id())));
+        }
+        sqlx::query("INSERT INTO todos (id, title, description, org_id, request_id) VALUES ($1, $2, $3, $4, $5)")
+            .bind(todo.id as i32)
+            .bind(todo.title.as_str())
+            .bind(todo.description.as_str())
+            .bind(ctx.org_id())
+            .bind(&ctx.request_id)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+fn todo(id: u32, org: &str) -> Outgoing {
+    Outgoing {
+        key: Some("one-partition".into()),
+        ..Outgoing::json(&samples::todo_created(id), IdentityHeader::Document(samples::user_identity(org)))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retryable_failures_are_retried_then_dead_lettered_with_their_attempt_count() {
+    let mut routes = router();
+    routes.register::<TodoCreated>(TodoForKnownOrg);
+    let app = spawn_app_with_router(&[("HANDLER_MAX_ATTEMPTS", "4"), ("RETRY_MAX_BACKOFF_MS", "300")], routes).await;
+    sqlx::query("CREATE TABLE known_orgs (org_id TEXT PRIMARY KEY)").execute(&app.db.pool).await.unwrap();
+    let todo_topic = app.topic("todo-created");
+
+    // An org that is registered while the handler is retrying: the todo goes through.
+    app.send("todo-created", &todo(1, "late")).await;
+    eventually(WAIT, "the handler retried", || async {
+        app.metric("event_router_retries_total", &[("step", "handler")]).await >= 1.0
+    })
+    .await;
+    sqlx::query("INSERT INTO known_orgs VALUES ('late')").execute(&app.db.pool).await.unwrap();
+    eventually(WAIT, "todo 1 stored after the org arrived", || async { app.db.count("todos").await == 1 }).await;
+
+    // An org that never arrives: dead-lettered after 4 attempts; the todo behind it flows on.
+    sqlx::query("INSERT INTO known_orgs VALUES ('known')").execute(&app.db.pool).await.unwrap();
+    app.send("todo-created", &todo(2, "never")).await;
+    app.send("todo-created", &todo(3, "known")).await;
+    let dead = app.read_topic(&app.topic("dlq"), 1, WAIT).await;
+    assert_eq!(header(&dead[0], dead_letter::REASON).as_deref(), Some("org_not_registered"));
+    assert_eq!(header(&dead[0], dead_letter::ERROR_CLASS).as_deref(), Some("handler_retries_exhausted"));
+    assert_eq!(header(&dead[0], dead_letter::ATTEMPTS).as_deref(), Some("4"));
+    eventually(WAIT, "todo 3 stored behind the dead letter", || async { app.db.count("todos").await == 2 }).await;
+
+    let (reason, class, attempts, org): (String, String, i32, Option<String>) =
+        sqlx::query_as("SELECT reason, error_class, attempts, org_id FROM dead_letters").fetch_one(&app.db.pool).await.unwrap();
+    assert_eq!(
+        (reason.as_str(), class.as_str(), attempts, org.as_deref()),
+        ("org_not_registered", "handler_retries_exhausted", 4, Some("never"))
+    );
+    assert_eq!(
+        app.metric("event_router_dead_letters_total", &[("topic", &todo_topic), ("reason", "org_not_registered")]).await,
+        1.0
+    );
+    app.stop().await;
+}
