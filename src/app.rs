@@ -27,6 +27,10 @@ use crate::router::Router;
 use crate::telemetry::{KnownTopic, Telemetry};
 use crate::{handlers, store};
 
+/// The longest a rebalance waits for revoked partitions' messages in hand (librdkafka holds the
+/// group's rebalance until then).
+const MAX_REVOKE_DEADLINE: Duration = Duration::from_secs(10);
+
 /// How long shutdown may spend publishing what is left in the outbox.
 const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
 
@@ -62,7 +66,11 @@ impl Application {
         let telemetry = Arc::new(Telemetry::new(known_topics));
         let joined = Arc::new(AtomicBool::new(false));
         let consumer: RouterConsumer = kafka::consumer_config(&config.kafka)
-            .create_with_context(ConsumerEvents::new(telemetry.clone(), joined.clone()))
+            .create_with_context(ConsumerEvents::new(
+                telemetry.clone(),
+                joined.clone(),
+                config.shutdown_timeout.min(MAX_REVOKE_DEADLINE),
+            ))
             .context("KAFKA_BROKERS: cannot create the Kafka consumer")?;
         consumer::subscribe(&consumer, &topics, config.topics.pattern.as_deref())
             .context("EVENT_ROUTER_TOPIC_PATTERN: cannot subscribe")?;
@@ -94,7 +102,6 @@ impl Application {
             config.kafka.group_id.clone(),
             telemetry.clone(),
             backoff,
-            CancellationToken::new(),
             relay.as_ref().map(|r| r.wake.clone()).unwrap_or_default(),
             config.handler_max_attempts,
         ));
@@ -121,21 +128,15 @@ impl Application {
             let http_stop = http_stop.clone();
             async move { http_stop.cancelled().await }
         }));
-        let consuming = tokio::spawn(consumer::run(self.consumer.clone(), self.pipeline.clone(), stop.clone()));
+        let consuming =
+            tokio::spawn(consumer::run(self.consumer.clone(), self.pipeline.clone(), stop.clone(), self.config.shutdown_timeout));
         let relay_stop = CancellationToken::new();
         let relaying = self.relay.map(|relay| tokio::spawn(relay.run(relay_stop.clone(), RELAY_DRAIN_DEADLINE)));
 
         shutdown.await;
         tracing::info!(deadline_s = self.config.shutdown_timeout.as_secs(), "shutting down: finishing in-flight messages");
         stop.cancel();
-        let abandon = self.pipeline.abandon.clone();
-        let deadline = self.config.shutdown_timeout;
-        let watchdog = tokio::spawn(async move {
-            tokio::time::sleep(deadline).await;
-            abandon.cancel();
-        });
         consuming.await.context("the consumer task panicked")?;
-        watchdog.abort();
         relay_stop.cancel();
         if let Some(relaying) = relaying {
             relaying.await.context("the outbox relay panicked")?;

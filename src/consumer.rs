@@ -2,23 +2,31 @@
 //!
 //! Messages of one partition are processed in order by that partition's worker; partitions
 //! proceed concurrently. A worker stores a message's offset only after the pipeline finished it
-//! (handled and published, or dead-lettered), and librdkafka commits stored offsets in the
-//! background and on rebalance. So an offset never passes an unfinished message: delivery is at
-//! least once, and the database inbox turns redelivery into a no-op.
+//! (committed, or dead-lettered), so the stored offsets of a partition are always contiguous and
+//! never pass an unfinished message. librdkafka commits stored offsets in the background; the
+//! service also commits them when partitions are revoked and at shutdown.
+//!
+//! A revoke (rebalance) and shutdown go through the same steps, as in vector's Kafka source:
+//! tell the affected workers to stop taking messages, let each finish the one in hand, abandon it
+//! if the deadline passes (its offset is then not stored, and the new owner processes it again),
+//! and commit. The rebalance callback waits for that before librdkafka hands the partitions on,
+//! so the next owner starts after the last finished message, provided the broker accepts the
+//! commit during the rebalance. (librdkafka's mock cluster does not: it answers
+//! RebalanceInProgress, so there a handover redoes what was finished since the last background
+//! commit, and the inbox makes that redo a no-op.)
 //!
 //! The consumer knows nothing about schemas or tables: it hands [`RawMessage`]s to the
 //! [`Pipeline`].
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, TopicPartitionList};
-use tokio::sync::mpsc;
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::message::RawMessage;
@@ -28,15 +36,89 @@ use crate::telemetry::Telemetry;
 /// Messages buffered per partition between the fetch loop and the partition's worker.
 const PARTITION_BUFFER: usize = 256;
 
-/// librdkafka callbacks: rebalances and client errors go to telemetry; assignment feeds readiness.
+type Slot = (String, i32);
+
+/// A running partition worker, as the fetch loop and the rebalance callback see it.
+struct Worker {
+    messages: mpsc::Sender<RawMessage>,
+    /// Stop taking messages; finish the one in hand.
+    stop: CancellationToken,
+    /// Give up on the one in hand (its offset is not stored).
+    abandon: CancellationToken,
+    /// Fires when the worker has exited.
+    done: oneshot::Receiver<()>,
+}
+
+impl Worker {
+    /// Stops the worker and waits for it, abandoning its message after `deadline`. Blocking:
+    /// called from librdkafka's rebalance callback and from the shutdown path.
+    fn stop_blocking(mut self, deadline: Duration) {
+        self.stop.cancel();
+        drop(self.messages);
+        let wait = |done: &mut oneshot::Receiver<()>, limit: Duration| {
+            let until = std::time::Instant::now() + limit;
+            while std::time::Instant::now() < until {
+                match done.try_recv() {
+                    Err(oneshot::error::TryRecvError::Empty) => std::thread::sleep(Duration::from_millis(5)),
+                    _ => return true,
+                }
+            }
+            false
+        };
+        if !wait(&mut self.done, deadline) {
+            self.abandon.cancel();
+            wait(&mut self.done, Duration::from_secs(5));
+        }
+    }
+}
+
+/// The partition workers of one consumer, shared by the fetch loop and the rebalance callback.
+#[derive(Default)]
+pub struct Workers {
+    running: Mutex<HashMap<Slot, Worker>>,
+}
+
+impl Workers {
+    fn take(&self, partitions: &TopicPartitionList) -> Vec<Worker> {
+        let mut running = self.running.lock().expect("workers lock");
+        partitions.elements().iter().filter_map(|e| running.remove(&(e.topic().to_string(), e.partition()))).collect()
+    }
+
+    fn take_all(&self) -> Vec<Worker> {
+        self.running.lock().expect("workers lock").drain().map(|(_, worker)| worker).collect()
+    }
+}
+
+/// Stops `workers` concurrently, each within `deadline`.
+fn stop_all_blocking(workers: Vec<Worker>, deadline: Duration) {
+    std::thread::scope(|scope| {
+        for worker in workers {
+            scope.spawn(move || worker.stop_blocking(deadline));
+        }
+    });
+}
+
+/// Runs blocking work from inside the async runtime without starving it: on a multi-threaded
+/// runtime the current worker thread hands its other tasks away first.
+fn block_in_runtime<R>(work: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => tokio::task::block_in_place(work),
+        _ => work(),
+    }
+}
+
+/// librdkafka callbacks: revokes stop the affected workers and commit; rebalances and client
+/// errors go to telemetry; assignment feeds readiness.
 pub struct ConsumerEvents {
     telemetry: Arc<Telemetry>,
     joined: Arc<AtomicBool>,
+    workers: Arc<Workers>,
+    revoke_deadline: Duration,
 }
 
 impl ConsumerEvents {
-    pub fn new(telemetry: Arc<Telemetry>, joined: Arc<AtomicBool>) -> Self {
-        ConsumerEvents { telemetry, joined }
+    pub fn new(telemetry: Arc<Telemetry>, joined: Arc<AtomicBool>, revoke_deadline: Duration) -> Self {
+        ConsumerEvents { telemetry, joined, workers: Arc::default(), revoke_deadline }
     }
 }
 
@@ -51,6 +133,18 @@ impl ClientContext for ConsumerEvents {
 }
 
 impl ConsumerContext for ConsumerEvents {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(partitions) = rebalance {
+            let workers = self.workers.take(partitions);
+            block_in_runtime(|| stop_all_blocking(workers, self.revoke_deadline));
+            // Synchronous, so the next owner reads the committed offset only after this commit.
+            match consumer.commit_consumer_state(CommitMode::Sync) {
+                Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)) => {}
+                Err(error) => self.telemetry.commit_on_revoke_failed(&error),
+            }
+        }
+    }
+
     fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
@@ -65,11 +159,9 @@ impl ConsumerContext for ConsumerEvents {
 
 pub type RouterConsumer = StreamConsumer<ConsumerEvents>;
 
-/// Reads messages until `stop` is cancelled, then lets workers finish (the pipeline gives up on
-/// retries when its own abandon token fires) and commits what was stored.
-pub async fn run(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, stop: CancellationToken) {
-    let mut workers: HashMap<(String, i32), mpsc::Sender<RawMessage>> = HashMap::new();
-    let mut tasks = JoinSet::new();
+/// Reads messages until `stop` is cancelled, then stops every worker (each finishes its message
+/// in hand, or abandons it after `shutdown_deadline`) and commits what was stored.
+pub async fn run(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, stop: CancellationToken, shutdown_deadline: Duration) {
     loop {
         let received = tokio::select! {
             biased;
@@ -84,41 +176,80 @@ pub async fn run(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, stop: C
                 continue;
             }
         };
-        let slot = (message.topic.clone(), message.partition);
-        let sender = workers.entry(slot).or_insert_with(|| {
-            let (sender, receiver) = mpsc::channel(PARTITION_BUFFER);
-            tasks.spawn(partition_worker(consumer.clone(), pipeline.clone(), receiver));
-            sender
-        });
-        // A full buffer makes the fetch loop wait: memory stays bounded.
-        if sender.send(message).await.is_err() {
-            tracing::error!("a partition worker stopped unexpectedly; restart the service");
-            break;
-        }
+        dispatch(&consumer, &pipeline, message).await;
     }
-    drop(workers);
-    while tasks.join_next().await.is_some() {}
+    let workers = consumer.context().workers.take_all();
+    // An error here means the runtime is shutting down under us; there is nothing left to wait for.
+    let _ = tokio::task::spawn_blocking(move || stop_all_blocking(workers, shutdown_deadline)).await;
     commit_stored(consumer, COMMIT_DEADLINE).await;
 }
 
-/// How long the final commit may wait for the broker.
-const COMMIT_DEADLINE: Duration = Duration::from_secs(10);
+/// Hands `message` to its partition's worker, starting one if needed. A full buffer makes the
+/// fetch loop wait, so memory stays bounded.
+async fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, message: RawMessage) {
+    let slot = (message.topic.clone(), message.partition);
+    let sender = {
+        let mut running = consumer.context().workers.running.lock().expect("workers lock");
+        let worker = running.entry(slot).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone()));
+        worker.messages.clone()
+    };
+    if let Err(mpsc::error::SendError(message)) = sender.send(message).await {
+        // The worker was stopped by a revoke after the message was fetched; the partition's next
+        // owner reads it again from the committed offset.
+        tracing::debug!(
+            topic = %message.topic, partition = message.partition, offset = message.offset,
+            "dropped a message of a revoked partition"
+        );
+    }
+}
+
+fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>) -> Worker {
+    let (messages, receiver) = mpsc::channel(PARTITION_BUFFER);
+    let (stop, abandon) = (CancellationToken::new(), CancellationToken::new());
+    let (finished, done) = oneshot::channel();
+    tokio::spawn({
+        let (stop, abandon) = (stop.clone(), abandon.clone());
+        async move {
+            partition_worker(consumer, pipeline, receiver, stop, abandon).await;
+            let _ = finished.send(());
+        }
+    });
+    Worker { messages, stop, abandon, done }
+}
 
 /// Processes one partition's messages in order, storing each offset once it is finished.
-async fn partition_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, mut messages: mpsc::Receiver<RawMessage>) {
-    while let Some(message) = messages.recv().await {
-        match pipeline.process(&message).await {
+async fn partition_worker(
+    consumer: Arc<RouterConsumer>,
+    pipeline: Arc<Pipeline>,
+    mut messages: mpsc::Receiver<RawMessage>,
+    stop: CancellationToken,
+    abandon: CancellationToken,
+) {
+    loop {
+        let message = tokio::select! {
+            biased;
+            _ = stop.cancelled() => return,
+            message = messages.recv() => match message {
+                Some(message) => message,
+                None => return,
+            },
+        };
+        match pipeline.process(&message, &abandon).await {
             Outcome::Abandoned => return,
             _ => {
                 if let Err(error) = consumer.store_offset(&message.topic, message.partition, message.offset) {
-                    // The partition was revoked meanwhile: its new owner reprocesses from the last
-                    // commit, and the inbox makes that a no-op for what was handled here.
+                    // Only possible if the partition was revoked without this worker being
+                    // stopped first; its new owner reprocesses from the last commit, and the
+                    // inbox makes that a no-op for what was handled here.
                     tracing::debug!(%error, topic = %message.topic, partition = message.partition, "offset not stored");
                 }
             }
         }
     }
 }
+
+/// How long the final commit may wait for the broker.
+const COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 
 /// Commits stored offsets, waiting at most `deadline`. librdkafka's synchronous commit waits
 /// without a bound when no coordinator answers, so it runs on its own thread and shutdown goes on
@@ -131,9 +262,7 @@ pub async fn commit_stored(consumer: Arc<RouterConsumer>, deadline: Duration) {
     });
     match tokio::time::timeout(deadline, result).await {
         Ok(Ok(Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => {}
-        Ok(Ok(Err(error))) => {
-            tracing::warn!(%error, "final offset commit failed; the last messages may be redelivered")
-        }
+        Ok(Ok(Err(error))) => tracing::warn!(%error, "final offset commit failed; the last messages may be redelivered"),
         Ok(Err(_)) => tracing::warn!("final offset commit thread ended without a result"),
         Err(_) => {
             tracing::warn!(deadline_s = deadline.as_secs(), "final offset commit timed out; the last messages may be redelivered")

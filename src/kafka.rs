@@ -45,7 +45,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     config
         .set("group.id", &kafka.group_id)
         .set("enable.auto.commit", "true")
-        .set("auto.commit.interval.ms", "1000")
+        // Short: a handover that cannot commit (a broker refusing commits mid-rebalance, a crash)
+        // redoes at most this much finished work.
+        .set("auto.commit.interval.ms", "250")
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", &kafka.auto_offset_reset)
         .set("enable.partition.eof", "false")

@@ -79,8 +79,6 @@ pub struct Pipeline {
     pub group_id: String,
     pub telemetry: Arc<Telemetry>,
     pub backoff: Backoff,
-    /// Cancelled when the shutdown deadline passes: retries stop and work is abandoned.
-    pub abandon: CancellationToken,
     /// Wakes the outbox relay after a commit that wrote an event.
     relay_wake: Arc<Notify>,
     /// Attempts a handler's retryable failure gets before the message is dead-lettered.
@@ -110,7 +108,6 @@ impl Pipeline {
         group_id: String,
         telemetry: Arc<Telemetry>,
         backoff: Backoff,
-        abandon: CancellationToken,
         relay_wake: Arc<Notify>,
         max_attempts: u32,
     ) -> Self {
@@ -124,30 +121,38 @@ impl Pipeline {
             group_id,
             telemetry,
             backoff,
-            abandon,
             relay_wake,
             max_attempts,
             output_topics,
         }
     }
 
-    /// Processes `message` to a final outcome.
-    pub async fn process(&self, message: &RawMessage) -> Outcome {
+    /// Processes `message` to a final outcome. When `abandon` is cancelled (the shutdown or
+    /// revoke deadline passed), retries stop and the outcome is [`Outcome::Abandoned`].
+    pub async fn process(&self, message: &RawMessage, abandon: &CancellationToken) -> Outcome {
         self.telemetry.message_consumed(message);
-        let outcome = self.process_inner(message).await;
+        let outcome = Attempt { pipeline: self, abandon }.process(message).await;
         match outcome {
             Outcome::Abandoned => self.telemetry.message_abandoned(message),
             finished => self.telemetry.message_finished(&message.topic, finished.as_str()),
         }
         outcome
     }
+}
 
-    async fn process_inner(&self, message: &RawMessage) -> Outcome {
-        if self.output_topics.contains(&message.topic) {
+/// One message's trip through the pipeline, with the token that abandons it.
+struct Attempt<'a> {
+    pipeline: &'a Pipeline,
+    abandon: &'a CancellationToken,
+}
+
+impl Attempt<'_> {
+    async fn process(&self, message: &RawMessage) -> Outcome {
+        if self.pipeline.output_topics.contains(&message.topic) {
             return Outcome::Skipped;
         }
         let received_at = Utc::now();
-        let opened = envelope::open(message, &self.validators);
+        let opened = envelope::open(message, &self.pipeline.validators);
         let checked = match opened.result {
             Ok(checked) => checked,
             Err(rejection) => return self.dead_letter(message, &rejection, opened.request_id.as_deref(), None).await,
@@ -162,7 +167,7 @@ impl Pipeline {
             request_id: checked.request_id.clone(),
         };
 
-        let event = self.topics.stream_enabled.then(|| {
+        let event = self.pipeline.topics.stream_enabled.then(|| {
             let payload = stream::enriched_event(&checked, message, received_at).to_string();
             (payload, stream::propagated_headers(message, &checked.request_id))
         });
@@ -177,9 +182,9 @@ impl Pipeline {
                 Some(Err(refusal)) => refusal,
             };
             let rejection = match refusal {
-                Refusal::Retryable(rejection) if attempt < self.max_attempts => {
-                    let delay = self.backoff.delay(attempt - 1);
-                    self.telemetry.handler_retrying(&ctx, &rejection, attempt, self.max_attempts, delay);
+                Refusal::Retryable(rejection) if attempt < self.pipeline.max_attempts => {
+                    let delay = self.pipeline.backoff.delay(attempt - 1);
+                    self.pipeline.telemetry.handler_retrying(&ctx, &rejection, attempt, self.pipeline.max_attempts, delay);
                     if !self.sleep_unless_abandoned(delay).await {
                         return Outcome::Abandoned;
                     }
@@ -191,9 +196,9 @@ impl Pipeline {
             };
             return self.dead_letter(message, &rejection, Some(&checked.request_id), ctx.org_id()).await;
         };
-        self.telemetry.message_handled(&ctx, started.elapsed(), first_time);
+        self.pipeline.telemetry.message_handled(&ctx, started.elapsed(), first_time);
         if first_time && event.is_some() {
-            self.relay_wake.notify_one();
+            self.pipeline.relay_wake.notify_one();
         }
         if first_time {
             Outcome::Handled
@@ -212,19 +217,19 @@ impl Pipeline {
         ctx: &Context,
         event: Option<&(String, Vec<Header>)>,
     ) -> anyhow::Result<Result<Handled, Refusal>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pipeline.pool.begin().await?;
         match store::record_in_inbox(&mut tx, message, &ctx.request_id, ctx.org_id()).await? {
             InboxEntry::New => {}
-            InboxEntry::OffsetReused => self.telemetry.offset_reused(ctx),
+            InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(ctx),
             InboxEntry::Redelivery => {
                 tx.rollback().await?;
                 return Ok(Ok(Handled::Duplicate));
             }
         }
-        match self.router.dispatch(checked.schema.key, &checked.payload, ctx, &mut tx).await {
+        match self.pipeline.router.dispatch(checked.schema.key, &checked.payload, ctx, &mut tx).await {
             Ok(()) => {
                 if let Some((payload, headers)) = event {
-                    let topic = self.topics.stream();
+                    let topic = self.pipeline.topics.stream();
                     let event =
                         OutgoingEvent { topic: &topic, key: message.key.as_deref(), payload: payload.as_bytes(), headers };
                     outbox::enqueue(&mut tx, &event, message).await?;
@@ -255,19 +260,25 @@ impl Pipeline {
     ) -> Outcome {
         let fingerprint = message.fingerprint();
         match self
-            .retry("database", message, || async { Ok(dead_letters::is_recorded(&self.pool, message, &fingerprint).await?) })
+            .retry("database", message, || async {
+                Ok(dead_letters::is_recorded(&self.pipeline.pool, message, &fingerprint).await?)
+            })
             .await
         {
             None => return Outcome::Abandoned,
             Some(true) => return Outcome::Duplicate,
             Some(false) => {}
         }
-        let headers = dead_letter_headers(message, rejection, &self.group_id);
-        let topic = self.topics.dead_letter();
+        let headers = dead_letter_headers(message, rejection, &self.pipeline.group_id);
+        let topic = self.pipeline.topics.dead_letter();
         let payload = message.payload.as_deref().unwrap_or_default();
         let published = self
             .retry("dead_letter", message, || async {
-                self.publisher.publish(&topic, message.key.as_deref(), payload, &headers).await.map_err(anyhow::Error::from)
+                self.pipeline
+                    .publisher
+                    .publish(&topic, message.key.as_deref(), payload, &headers)
+                    .await
+                    .map_err(anyhow::Error::from)
             })
             .await;
         let Some(delivery) = published else { return Outcome::Abandoned };
@@ -275,16 +286,20 @@ impl Pipeline {
             message,
             fingerprint: &fingerprint,
             rejection,
-            consumer_group: &self.group_id,
+            consumer_group: &self.pipeline.group_id,
             request_id,
             org_id,
             dead_letter_partition: delivery.partition,
             dead_letter_offset: delivery.offset,
         };
-        if self.retry("database", message, || async { Ok(dead_letters::record(&self.pool, &record).await?) }).await.is_none() {
+        if self
+            .retry("database", message, || async { Ok(dead_letters::record(&self.pipeline.pool, &record).await?) })
+            .await
+            .is_none()
+        {
             return Outcome::Abandoned;
         }
-        self.telemetry.message_dead_lettered(message, rejection, request_id);
+        self.pipeline.telemetry.message_dead_lettered(message, rejection, request_id);
         Outcome::DeadLettered
     }
 
@@ -313,9 +328,9 @@ impl Pipeline {
             match result {
                 Ok(value) => return Some(value),
                 Err(error) => {
-                    let delay = self.backoff.delay(failures);
+                    let delay = self.pipeline.backoff.delay(failures);
                     failures += 1;
-                    self.telemetry.retrying(step, message, failures, delay, &format!("{error:#}"));
+                    self.pipeline.telemetry.retrying(step, message, failures, delay, &format!("{error:#}"));
                     if !self.sleep_unless_abandoned(delay).await {
                         return None;
                     }

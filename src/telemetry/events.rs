@@ -134,6 +134,13 @@ impl Telemetry {
         tracing::warn!(error = %error, "Kafka consumer error; librdkafka retries on its own");
     }
 
+    /// The commit made when partitions are revoked did not land; the next owner redoes what was
+    /// finished since the last background commit (the inbox makes that a no-op).
+    pub fn commit_on_revoke_failed(&self, error: &dyn std::fmt::Display) {
+        self.metrics.consumer_errors.inc();
+        tracing::warn!(error = %error, "offset commit on partition revoke failed; the next owner may redo recent messages");
+    }
+
     pub fn rebalance(&self, kind: &'static str, partitions: &str) {
         self.metrics.rebalances.with_label_values(&[kind]).inc();
         tracing::info!(kind, partitions, "consumer group rebalance");

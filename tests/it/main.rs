@@ -7,5 +7,6 @@ mod happy_path;
 mod operability;
 mod producer;
 mod redelivery;
+mod scaling;
 mod schema_build;
 mod stream_outbox;

@@ -127,6 +127,10 @@ impl TestApp {
         extra: &[(&str, &str)],
         router: Router,
     ) -> TestApp {
+        if std::env::var_os("RUST_LOG").is_some() {
+            // `RUST_LOG=debug cargo test -- --nocapture` shows the service's logs.
+            event_router::telemetry::init_logging(event_router::telemetry::LogFormat::Text);
+        }
         let config = test_config(broker.bootstrap_servers(), &db.url, group, extra);
         let app = Application::build_with_router(config.clone(), router).await.expect("the service starts");
         let http_addr = app.http_addr();
