@@ -8,6 +8,7 @@ CARGO ?= cargo
 help:
 	@echo "make run    build, start PostgreSQL + embedded broker + service + demo traffic"
 	@echo "make test   everything: unit, integration (real broker + PostgreSQL) and build-failure tests"
+	@echo "make soak   the crash test with 200,000 messages, 3 instances, 20 kills"
 	@echo "make lint   rustfmt + clippy"
 
 run:
@@ -17,6 +18,12 @@ test: clean-test-dbs
 	scripts/ensure-build-deps.sh
 	scripts/ensure-postgres.sh
 	$(CARGO) test --workspace --no-fail-fast
+
+# The crash test, longer and with several instances sharing the partitions.
+soak:
+	scripts/ensure-postgres.sh
+	CRASH_MESSAGES=200000 CRASH_KILLS=20 CRASH_INSTANCES=3 CRASH_PARTITIONS=64 \
+	  $(CARGO) test --test it crash -- --nocapture
 
 lint:
 	$(CARGO) fmt --all -- --check
