@@ -97,6 +97,19 @@ impl Publisher {
         payload: &[u8],
         headers: &[Header],
     ) -> Result<Delivery, KafkaError> {
+        self.publish_at(topic, key, payload, headers, None).await
+    }
+
+    /// Like [`Publisher::publish`], with the record's timestamp set (milliseconds since the
+    /// epoch) instead of taken from the clock.
+    pub async fn publish_at(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: &[u8],
+        headers: &[Header],
+        timestamp_ms: Option<i64>,
+    ) -> Result<Delivery, KafkaError> {
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for header in headers {
             owned = owned.insert(KafkaHeader { key: &header.key, value: header.value.as_deref() });
@@ -104,6 +117,9 @@ impl Publisher {
         let mut record = FutureRecord::to(topic).payload(payload).headers(owned);
         if let Some(key) = key {
             record = record.key(key);
+        }
+        if let Some(timestamp) = timestamp_ms {
+            record = record.timestamp(timestamp);
         }
         self.producer
             .send(record, Timeout::Never)

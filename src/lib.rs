@@ -21,6 +21,7 @@
 //! - [`topics`] is generated at build time from `api/event/*.event.json`.
 //! - [`telemetry`] logs and counts; [`http`] serves `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`] assembles it all; [`config`] reads the environment.
+//! - [`replay`] re-injects dead letters once their cause is fixed.
 //! - [`producer`] is the library behind `event-router produce`; [`dev_broker`] hosts librdkafka's
 //!   mock cluster for development and tests; [`demo`] and [`samples`] make traffic.
 
@@ -38,6 +39,7 @@ pub mod message;
 pub mod outbox;
 pub mod pipeline;
 pub mod producer;
+pub mod replay;
 pub mod router;
 pub mod samples;
 pub mod store;

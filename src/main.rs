@@ -10,7 +10,7 @@ use event_router::config::{Config, ProcessEnv};
 use event_router::dev_broker::DevBroker;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing, ProduceError};
 use event_router::telemetry::{init_logging, LogFormat};
-use event_router::{demo, samples, store, topics};
+use event_router::{demo, replay, samples, store, topics};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -64,6 +64,31 @@ enum Command {
         /// Send even if the service would reject the message.
         #[arg(long)]
         no_validate: bool,
+    },
+    /// Re-inject dead letters into their original topics (after fixing what rejected them).
+    /// Replaying twice has no second effect.
+    Replay {
+        /// Where to choose dead letters: the dead_letters table, or the dead-letter topic alone.
+        #[arg(long, value_enum, default_value = "table")]
+        from: replay::Source,
+        /// Original topic: a key such as `todo-created`, or a full topic name.
+        #[arg(long)]
+        topic: Option<String>,
+        /// Reason code, e.g. `schema_violation`.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Dead-lettered at or after this time (RFC 3339).
+        #[arg(long)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// Dead-lettered before this time (RFC 3339).
+        #[arg(long)]
+        until: Option<chrono::DateTime<chrono::Utc>>,
+        /// Also replay dead letters that were replayed before.
+        #[arg(long)]
+        include_replayed: bool,
+        /// Count what would be replayed; send nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Send demo traffic (valid and invalid) and print what the service publishes.
     Demo {
@@ -176,6 +201,13 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             if rejected > 0 {
                 bail!("{rejected} message(s) rejected and not sent (use --no-validate to send anyway)");
             }
+            Ok(())
+        }
+        Command::Replay { from, topic, reason, since, until, include_replayed, dry_run } => {
+            let topic = topic.map(|t| if t.contains('.') { t } else { config.topics.name(&t) });
+            let filter = replay::Filter { topic, reason, since, until, include_replayed };
+            let summary = replay::run(&config, from, &filter, dry_run).await?;
+            println!("{}{summary}", if dry_run { "dry run: " } else { "" });
             Ok(())
         }
         Command::Demo { rate, count } => {

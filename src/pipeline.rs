@@ -22,9 +22,10 @@ use crate::envelope::{self, Checked, Rejection, Validators};
 use crate::kafka::Publisher;
 use crate::message::{Header, RawMessage};
 use crate::outbox::{self, OutgoingEvent};
+use crate::replay;
 use crate::router::{Context, DispatchError, Router};
 use crate::store::dead_letters::{self, DeadLetter};
-use crate::store::{self, InboxEntry};
+use crate::store::{self, InboxEntry, InboxKey};
 use crate::stream;
 use crate::telemetry::Telemetry;
 
@@ -218,7 +219,14 @@ impl Attempt<'_> {
         event: Option<&(String, Vec<Header>)>,
     ) -> anyhow::Result<Result<Handled, Refusal>> {
         let mut tx = self.pipeline.pool.begin().await?;
-        match store::record_in_inbox(&mut tx, message, &ctx.request_id, ctx.org_id()).await? {
+        let mut key = InboxKey::of(message);
+        // A replayed dead letter counts as its original, so that replaying it twice has one effect.
+        if let Some(original) = replay::replay_of(message, key.fingerprint) {
+            if dead_letters::is_recorded(&mut *tx, &original).await? {
+                key = original;
+            }
+        }
+        match store::record_in_inbox(&mut tx, &key, &ctx.request_id, ctx.org_id()).await? {
             InboxEntry::New => {}
             InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(ctx),
             InboxEntry::Redelivery => {
@@ -258,12 +266,9 @@ impl Attempt<'_> {
         request_id: Option<&str>,
         org_id: Option<&str>,
     ) -> Outcome {
-        let fingerprint = message.fingerprint();
-        match self
-            .retry("database", message, || async {
-                Ok(dead_letters::is_recorded(&self.pipeline.pool, message, &fingerprint).await?)
-            })
-            .await
+        let key = InboxKey::of(message);
+        let fingerprint = key.fingerprint;
+        match self.retry("database", message, || async { Ok(dead_letters::is_recorded(&self.pipeline.pool, &key).await?) }).await
         {
             None => return Outcome::Abandoned,
             Some(true) => return Outcome::Duplicate,

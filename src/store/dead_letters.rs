@@ -7,7 +7,9 @@
 //! has them all, which is what `replay` re-injects.
 
 use chrono::{TimeZone, Utc};
-use sqlx::PgPool;
+use sqlx::{PgExecutor, PgPool};
+
+use super::InboxKey;
 
 use crate::envelope::Rejection;
 use crate::message::RawMessage;
@@ -24,18 +26,33 @@ pub struct DeadLetter<'a> {
     pub dead_letter_offset: i64,
 }
 
-/// Whether this very record was dead-lettered before (a redelivery).
-pub async fn is_recorded(pool: &PgPool, message: &RawMessage, fingerprint: &[u8; 32]) -> Result<bool, sqlx::Error> {
+/// Whether this very record was dead-lettered before at these coordinates.
+pub async fn is_recorded<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<bool, sqlx::Error> {
     sqlx::query_scalar(
         "SELECT EXISTS (SELECT 1 FROM dead_letters
                         WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint = $4)",
     )
-    .bind(&message.topic)
-    .bind(message.partition)
-    .bind(message.offset)
-    .bind(&fingerprint[..])
-    .fetch_one(pool)
+    .bind(&key.topic)
+    .bind(key.partition)
+    .bind(key.offset)
+    .bind(&key.fingerprint[..])
+    .fetch_one(executor)
     .await
+}
+
+/// Marks the dead letter of this record as replayed.
+pub async fn mark_replayed(pool: &PgPool, key: &InboxKey) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE dead_letters SET replayed_at = now()
+         WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint = $4",
+    )
+    .bind(&key.topic)
+    .bind(key.partition)
+    .bind(key.offset)
+    .bind(&key.fingerprint[..])
+    .execute(pool)
+    .await?;
+    Ok(())
 }
 
 /// Records a dead letter; recording the same one twice keeps the first row.

@@ -16,6 +16,9 @@ use crate::message::RawMessage;
 
 pub type Tx = Transaction<'static, Postgres>;
 
+/// `application_name` of the service's database sessions.
+pub const APPLICATION_NAME: &str = "event-router";
+
 /// Embedded migrations from `migrations/`.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -33,6 +36,8 @@ pub enum StoreError {
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreError> {
     let options: PgConnectOptions =
         url.parse::<PgConnectOptions>().map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
+    // Named, so operators (and the fault-injection tests) can find the service's sessions.
+    let options = options.application_name(APPLICATION_NAME);
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
@@ -66,10 +71,31 @@ pub enum InboxEntry {
     OffsetReused,
 }
 
+/// What the inbox knows a message by: where it was (or, for a replayed dead letter, where the
+/// original was) and what it looked like.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InboxKey {
+    pub topic: String,
+    pub partition: i32,
+    pub offset: i64,
+    pub fingerprint: [u8; 32],
+}
+
+impl InboxKey {
+    pub fn of(message: &RawMessage) -> Self {
+        InboxKey {
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            fingerprint: message.fingerprint(),
+        }
+    }
+}
+
 /// Records a message in the inbox, in the transaction that will carry its handler's writes.
 pub async fn record_in_inbox(
     tx: &mut Tx,
-    message: &RawMessage,
+    key: &InboxKey,
     request_id: &str,
     org_id: Option<&str>,
 ) -> Result<InboxEntry, sqlx::Error> {
@@ -84,10 +110,10 @@ pub async fn record_in_inbox(
             WHERE processed_messages.fingerprint <> EXCLUDED.fingerprint
          RETURNING xmax = 0",
     )
-    .bind(&message.topic)
-    .bind(message.partition)
-    .bind(message.offset)
-    .bind(&message.fingerprint()[..])
+    .bind(&key.topic)
+    .bind(key.partition)
+    .bind(key.offset)
+    .bind(&key.fingerprint[..])
     .bind(request_id)
     .bind(org_id)
     .fetch_optional(&mut **tx)

@@ -17,7 +17,7 @@ const WAIT: Duration = Duration::from_secs(30);
 
 /// Stores a todo only once its org is registered in `known_orgs`: an ordering dependency on
 /// something that may arrive later, which is what retryable handler errors are for.
-struct TodoForKnownOrg;
+pub struct TodoForKnownOrg;
 
 impl Handler<TodoCreated> for TodoForKnownOrg {
     const REASONS: &'static [&'static str] = &["org_not_registered"];
@@ -42,7 +42,7 @@ impl Handler<TodoCreated> for TodoForKnownOrg {
     }
 }
 
-fn todo(id: u32, org: &str) -> Outgoing {
+pub fn todo(id: u32, org: &str) -> Outgoing {
     Outgoing {
         key: Some("one-partition".into()),
         ..Outgoing::json(&samples::todo_created(id), IdentityHeader::Document(samples::user_identity(org)))

@@ -3,11 +3,13 @@
 
 mod crash;
 mod dead_letters;
+mod faults;
 mod handler_retries;
 mod happy_path;
 mod operability;
 mod producer;
 mod redelivery;
+mod replay;
 mod scaling;
 mod schema_build;
 mod stream_outbox;

@@ -69,3 +69,44 @@ async fn a_graceful_restart_commits_at_the_last_finished_message() {
     assert_eq!(duplicates(&second).await, 0.0);
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_commits_and_exits_zero() {
+    // Only the service process consumes: a broker and a database, no in-process instance.
+    let db = std::sync::Arc::new(testkit::TestDb::create().await);
+    let broker = testkit::start_broker(&testkit::test_config("127.0.0.1:1", &db.url, "probe", &[]));
+    let config = testkit::test_config(broker.bootstrap_servers(), &db.url, "sigterm", &[]);
+    let producer = || EventProducer::new(&config.kafka, &config.topics).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut service = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-router"))
+        .arg("run")
+        .env("KAFKA_BROKERS", broker.bootstrap_servers())
+        .env("KAFKA_GROUP_ID", "sigterm")
+        .env("DATABASE_URL", &db.url)
+        .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("LOG_FORMAT", "json")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually(WAIT, "the service is ready", || async {
+        tokio::net::TcpStream::connect(addr).await.is_ok() && testkit::http_get(addr, "/readyz").await.0 == 200
+    })
+    .await;
+    send_todos(producer(), 0..200).await;
+    eventually(WAIT, "todos stored", || async { db.count("todos").await == 200 }).await;
+
+    let pid = service.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let status = tokio::time::timeout(Duration::from_secs(20), service.wait()).await.expect("exits within the deadline").unwrap();
+    assert_eq!(status.code(), Some(0), "a SIGTERM ends the service cleanly");
+
+    // The same group starts right after the last finished message.
+    let again = TestApp::spawn(broker, db.clone(), "sigterm", &[]).await;
+    eventually(WAIT, "restarted", || async { again.get("/readyz").await.0 == 200 }).await;
+    send_todos(again.producer(), 200..205).await;
+    eventually(WAIT, "new todos stored", || async { db.count("todos").await == 205 }).await;
+    assert_eq!(consumed(&again).await, 5.0, "nothing the stopped service finished is delivered again");
+    again.stop().await;
+}

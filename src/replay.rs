@@ -1,0 +1,275 @@
+//! Recovery: re-inject dead letters into their original topics once the cause is fixed.
+//!
+//! The dead-letter topic holds each rejected message with its original key, value and headers;
+//! the `dead_letters` table says why and when, and where each copy is. `event-router replay`
+//! picks dead letters, from the table or straight from the topic, filtered by topic, reason and
+//! time; reads their copies; and produces them to their original topics with their original
+//! key, value, headers and timestamp, plus [`REPLAY_OF`] naming the original coordinates.
+//!
+//! Replaying twice must not double any effect. Two things see to that: a replayed dead letter is
+//! marked in the table and skipped next time (unless asked otherwise), and the pipeline files a
+//! replayed message in the inbox under its original coordinates, provided a dead letter with the
+//! same fingerprint was recorded there. That proviso keeps a producer from using the header to
+//! make a new message pass for an old one and be skipped.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use chrono::{DateTime, TimeZone, Utc};
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use crate::config::Config;
+use crate::dead_letter;
+use crate::kafka::{self, Publisher};
+use crate::message::{Header, RawMessage};
+use crate::store::{self, dead_letters, InboxKey};
+
+/// Header on a re-injected message: `<topic>/<partition>/<offset>` of the original.
+pub const REPLAY_OF: &str = "x-event-router-replay-of";
+
+/// The original a replayed message claims to be, with the replayed message's own fingerprint
+/// (key, value and timestamp are the original's, so the fingerprints agree when the claim is
+/// true).
+pub fn replay_of(message: &RawMessage, fingerprint: [u8; 32]) -> Option<InboxKey> {
+    let value = std::str::from_utf8(message.header(REPLAY_OF)?).ok()?;
+    let mut parts = value.rsplitn(3, '/');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next()?.to_string();
+    Some(InboxKey { topic, partition, offset, fingerprint })
+}
+
+/// Where the dead letters to replay are chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Source {
+    /// The `dead_letters` table (copies are then read from the dead-letter topic).
+    Table,
+    /// The dead-letter topic alone (for dead letters the table does not have).
+    Topic,
+}
+
+/// Which dead letters to replay.
+#[derive(Debug, Clone, Default)]
+pub struct Filter {
+    /// Original topic (actual Kafka name).
+    pub topic: Option<String>,
+    pub reason: Option<String>,
+    /// Dead-lettered at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Dead-lettered before.
+    pub until: Option<DateTime<Utc>>,
+    /// Replay dead letters that were replayed before, too.
+    pub include_replayed: bool,
+}
+
+/// What a replay did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub matched: u64,
+    pub replayed: u64,
+    pub skipped_already_replayed: u64,
+    /// Chosen in the table, but the copy is no longer in the dead-letter topic (retention).
+    pub missing_copies: u64,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} matched, {} replayed, {} skipped (replayed before; --include-replayed to replay again), {} missing from the dead-letter topic",
+            self.matched, self.replayed, self.skipped_already_replayed, self.missing_copies
+        )
+    }
+}
+
+/// A dead letter's copy, read back from the dead-letter topic.
+struct Copy {
+    message: RawMessage,
+    original: InboxKey,
+    original_timestamp: Option<i64>,
+}
+
+impl Copy {
+    fn parse(message: RawMessage) -> Option<Copy> {
+        let text = |name| message.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned);
+        let original_timestamp = text(dead_letter::ORIGINAL_TIMESTAMP).and_then(|t| t.parse().ok());
+        let original_message = RawMessage {
+            topic: text(dead_letter::ORIGINAL_TOPIC)?,
+            partition: text(dead_letter::ORIGINAL_PARTITION)?.parse().ok()?,
+            offset: text(dead_letter::ORIGINAL_OFFSET)?.parse().ok()?,
+            key: message.key.clone(),
+            payload: message.payload.clone(),
+            headers: Vec::new(),
+            timestamp_ms: original_timestamp,
+        };
+        Some(Copy { original: InboxKey::of(&original_message), original_timestamp, message })
+    }
+
+    fn reason(&self) -> Option<&str> {
+        self.message.header(dead_letter::REASON).and_then(|v| std::str::from_utf8(v).ok())
+    }
+
+    /// The original headers, without the dead-letter ones, plus [`REPLAY_OF`].
+    fn replay_headers(&self) -> Vec<Header> {
+        let mut headers: Vec<Header> = self
+            .message
+            .headers
+            .iter()
+            .filter(|h| {
+                let key = h.key.to_ascii_lowercase();
+                !key.starts_with("x-dlq-") && key != REPLAY_OF
+            })
+            .cloned()
+            .collect();
+        let original = &self.original;
+        let value = format!("{}/{}/{}", original.topic, original.partition, original.offset);
+        headers.push(Header { key: REPLAY_OF.into(), value: Some(value.into_bytes()) });
+        headers
+    }
+}
+
+/// Runs a replay. With `dry_run`, counts what would be replayed and sends nothing.
+pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool) -> anyhow::Result<Summary> {
+    let pool = store::connect(config.database_url.expose(), 2).await?;
+    let mut summary = Summary::default();
+    // From the table: the copies wanted, by their coordinates in the dead-letter topic.
+    let wanted: Option<HashSet<(i32, i64)>> = match source {
+        Source::Topic => None,
+        Source::Table => {
+            let rows: Vec<(i32, i64, bool)> = sqlx::query_as(
+                "SELECT dlq_partition, dlq_offset, replayed_at IS NOT NULL FROM dead_letters
+                 WHERE ($1::text IS NULL OR topic = $1) AND ($2::text IS NULL OR reason = $2)
+                   AND ($3::timestamptz IS NULL OR dead_lettered_at >= $3)
+                   AND ($4::timestamptz IS NULL OR dead_lettered_at < $4)",
+            )
+            .bind(&filter.topic)
+            .bind(&filter.reason)
+            .bind(filter.since)
+            .bind(filter.until)
+            .fetch_all(&pool)
+            .await
+            .context("reading the dead_letters table")?;
+            summary.matched = rows.len() as u64;
+            summary.skipped_already_replayed = rows.iter().filter(|r| r.2 && !filter.include_replayed).count() as u64;
+            Some(rows.into_iter().filter(|r| !r.2 || filter.include_replayed).map(|(p, o, _)| (p, o)).collect())
+        }
+    };
+    let to_find = wanted.as_ref().map(HashSet::len);
+
+    let publisher = Publisher::new(&config.kafka)?;
+    let copies = read_dead_letter_topic(config)?;
+    let progress = indicatif::ProgressBar::new(copies.len() as u64).with_message("dead letters read");
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg} ({eta} left)").expect("a valid progress template"),
+    );
+    let mut found = 0;
+    // The topic may hold a dead letter twice (it is written at least once): replay it once.
+    let mut done: HashSet<(String, i32, i64, [u8; 32])> = HashSet::new();
+    for message in copies {
+        progress.inc(1);
+        let coordinates = (message.partition, message.offset);
+        let Some(copy) = Copy::parse(message) else { continue };
+        match &wanted {
+            Some(wanted) if !wanted.contains(&coordinates) => continue,
+            Some(_) => found += 1,
+            None => {
+                if !matches_headers(&copy, filter) {
+                    continue;
+                }
+                summary.matched += 1;
+                if !filter.include_replayed && was_replayed(&pool, &copy.original).await? {
+                    summary.skipped_already_replayed += 1;
+                    continue;
+                }
+            }
+        }
+        let original = &copy.original;
+        if !done.insert((original.topic.clone(), original.partition, original.offset, original.fingerprint)) {
+            continue;
+        }
+        if !dry_run {
+            publisher
+                .publish_at(
+                    &copy.original.topic,
+                    copy.message.key.as_deref(),
+                    copy.message.payload.as_deref().unwrap_or_default(),
+                    &copy.replay_headers(),
+                    copy.original_timestamp,
+                )
+                .await
+                .with_context(|| format!("re-injecting into {}", copy.original.topic))?;
+            dead_letters::mark_replayed(&pool, &copy.original).await?;
+        }
+        summary.replayed += 1;
+    }
+    progress.finish_and_clear();
+    if let Some(to_find) = to_find {
+        summary.missing_copies = (to_find - found) as u64;
+    }
+    pool.close().await;
+    Ok(summary)
+}
+
+fn matches_headers(copy: &Copy, filter: &Filter) -> bool {
+    let dead_lettered_at = copy.message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+    filter.topic.as_ref().is_none_or(|t| *t == copy.original.topic)
+        && filter.reason.as_deref().is_none_or(|r| copy.reason() == Some(r))
+        && filter.since.is_none_or(|since| dead_lettered_at.is_some_and(|at| at >= since))
+        && filter.until.is_none_or(|until| dead_lettered_at.is_some_and(|at| at < until))
+}
+
+async fn was_replayed(pool: &sqlx::PgPool, original: &InboxKey) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3
+                        AND fingerprint = $4 AND replayed_at IS NOT NULL)",
+    )
+    .bind(&original.topic)
+    .bind(original.partition)
+    .bind(original.offset)
+    .bind(&original.fingerprint[..])
+    .fetch_one(pool)
+    .await
+}
+
+/// Reads the dead-letter topic from its start to its current end, every partition.
+fn read_dead_letter_topic(config: &Config) -> anyhow::Result<Vec<RawMessage>> {
+    let topic = config.topics.dead_letter();
+    let mut client = kafka::client_config(&config.kafka);
+    client.set("group.id", "event-router-replay").set("enable.auto.commit", "false").set("enable.partition.eof", "false");
+    let consumer: BaseConsumer = client.create().context("KAFKA_BROKERS: cannot create the replay consumer")?;
+    let timeout = Duration::from_secs(10);
+    let metadata = consumer.fetch_metadata(Some(&topic), timeout).with_context(|| format!("reading metadata of {topic}"))?;
+    let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect::<Vec<_>>();
+    let mut ends = HashMap::new();
+    let mut assignment = TopicPartitionList::new();
+    for partition in partitions {
+        let (low, high) = consumer.fetch_watermarks(&topic, partition, timeout)?;
+        if high > low {
+            ends.insert(partition, high);
+            assignment.add_partition_offset(&topic, partition, Offset::Offset(low))?;
+        }
+    }
+    consumer.assign(&assignment)?;
+    let mut messages = Vec::new();
+    let mut idle = 0;
+    while !ends.is_empty() {
+        match consumer.poll(Duration::from_millis(500)) {
+            Some(Ok(message)) => {
+                idle = 0;
+                let message = RawMessage::from_kafka(&message);
+                if ends.get(&message.partition).is_some_and(|end| message.offset + 1 >= *end) {
+                    ends.remove(&message.partition);
+                }
+                messages.push(message);
+            }
+            Some(Err(error)) => return Err(error).context("reading the dead-letter topic"),
+            None => {
+                idle += 1;
+                anyhow::ensure!(idle < 60, "the dead-letter topic stopped answering before its end was reached");
+            }
+        }
+    }
+    Ok(messages)
+}
