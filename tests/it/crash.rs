@@ -30,7 +30,9 @@ fn setting(name: &str, default: u64) -> u64 {
 fn message(n: u64) -> (&'static str, Outgoing, bool) {
     let identity = || IdentityHeader::Document(samples::user_identity("crash"));
     let request_id = Some(format!("crash-{n}"));
-    let key = Some(format!("key-{}", n % 97));
+    // Many keys, so every partition gets a fair share: the embedded broker keeps only about
+    // 5 MiB per partition and truncates the oldest messages beyond that.
+    let key = Some(format!("key-{}", n % 1009));
     if n % 10 == 9 {
         // Invalid: alternately a broken identity and a schema violation.
         let outgoing = if n % 20 == 9 {
