@@ -16,8 +16,9 @@ run:
 
 test: clean-test-dbs
 	scripts/ensure-build-deps.sh
-	scripts/ensure-postgres.sh
+	scripts/ensure-test-tools.sh
 	$(CARGO) test --workspace --no-fail-fast
+	python3 deploy/prometheus/render-prometheusrule.py --check
 
 # The crash test, longer and with several instances sharing the partitions.
 soak:

@@ -106,13 +106,14 @@ impl Application {
             config.handler_max_attempts,
         ));
         tracing::info!(topics = ?topics, group = %config.kafka.group_id, "event-router started");
+        let stall_threshold = config.readiness_stall;
         Ok(Application {
             config,
             listener,
             consumer: Arc::new(consumer),
             pipeline,
             relay,
-            http_state: HttpState { telemetry, pool, consumer_joined: joined },
+            http_state: HttpState { telemetry, pool, consumer_joined: joined, stall_threshold },
         })
     }
 
@@ -128,6 +129,7 @@ impl Application {
             let http_stop = http_stop.clone();
             async move { http_stop.cancelled().await }
         }));
+        let sampling = tokio::spawn(sample_outbox(self.http_state.clone(), http_stop.clone()));
         let consuming =
             tokio::spawn(consumer::run(self.consumer.clone(), self.pipeline.clone(), stop.clone(), self.config.shutdown_timeout));
         let relay_stop = CancellationToken::new();
@@ -147,8 +149,27 @@ impl Application {
         }
         http_stop.cancel();
         http.await.context("the HTTP task panicked")??;
+        sampling.await.context("the outbox sampler panicked")?;
         self.http_state.pool.close().await;
         tracing::info!("event-router stopped");
         Ok(())
+    }
+}
+
+/// How often the outbox backlog gauges are refreshed.
+const OUTBOX_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Keeps the outbox backlog gauges current until `stop`.
+async fn sample_outbox(state: HttpState, stop: CancellationToken) {
+    let mut every = tokio::time::interval(OUTBOX_SAMPLE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        // A failed sample leaves the last values; the database trouble shows in /readyz and retries.
+        if let Ok((rows, age)) = crate::outbox::backlog(&state.pool).await {
+            state.telemetry.outbox_backlog(rows, age);
+        }
     }
 }

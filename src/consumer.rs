@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
-use rdkafka::{ClientContext, TopicPartitionList};
+use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -129,6 +129,30 @@ fn describe(partitions: &TopicPartitionList) -> String {
 impl ClientContext for ConsumerEvents {
     fn error(&self, error: KafkaError, reason: &str) {
         self.telemetry.consumer_error(&format!("{error}: {reason}"));
+    }
+
+    fn log(&self, level: rdkafka::config::RDKafkaLogLevel, fac: &str, log_message: &str) {
+        crate::kafka::log_librdkafka(level, fac, log_message);
+    }
+
+    /// librdkafka's periodic statistics: the lag of each owned partition, counted from the last
+    /// *stored* offset (finished messages), so messages fetched but still queued count as lag.
+    fn stats(&self, statistics: Statistics) {
+        for (topic, stats) in &statistics.topics {
+            for (partition, p) in &stats.partitions {
+                if *partition < 0 {
+                    continue; // librdkafka's internal "unassigned" partition
+                }
+                let lag = if p.fetch_state != "active" {
+                    None
+                } else if p.consumer_lag_stored >= 0 {
+                    Some(p.consumer_lag_stored)
+                } else {
+                    (p.consumer_lag >= 0).then_some(p.consumer_lag)
+                };
+                self.telemetry.consumer_lag(topic, *partition, lag);
+            }
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use rdkafka::config::ClientConfig;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::ClientContext;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -53,7 +54,9 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("enable.partition.eof", "false")
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
-        .set("topic.metadata.refresh.interval.ms", "10000");
+        .set("topic.metadata.refresh.interval.ms", "10000")
+        // Feeds the consumer lag gauge.
+        .set("statistics.interval.ms", "5000");
     config
 }
 
@@ -64,10 +67,35 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// Routes librdkafka's own log lines into `tracing` at the service's levels: librdkafka reports a
+/// lost connection as an error, but it reconnects by itself, and the service retries whatever
+/// failed meanwhile; for an operator that is a warning.
+pub fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+    match level {
+        RDKafkaLogLevel::Emerg
+        | RDKafkaLogLevel::Alert
+        | RDKafkaLogLevel::Critical
+        | RDKafkaLogLevel::Error
+        | RDKafkaLogLevel::Warning => tracing::warn!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Notice | RDKafkaLogLevel::Info => tracing::info!(target: "librdkafka", facility, "{message}"),
+        RDKafkaLogLevel::Debug => tracing::debug!(target: "librdkafka", facility, "{message}"),
+    }
+}
+
+/// Client context of the service's producers: librdkafka logs at the service's levels.
+#[derive(Clone, Copy, Default)]
+pub struct ProducerLogs;
+
+impl ClientContext for ProducerLogs {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+}
+
 /// A producer that waits for delivery reports.
 #[derive(Clone)]
 pub struct Publisher {
-    producer: FutureProducer,
+    producer: FutureProducer<ProducerLogs>,
 }
 
 /// What a delivered message got from the broker.
@@ -79,14 +107,14 @@ pub struct Delivery {
 
 impl Publisher {
     pub fn new(kafka: &KafkaConfig) -> Result<Self, KafkaError> {
-        Ok(Publisher { producer: producer_config(kafka).create()? })
+        Ok(Publisher { producer: producer_config(kafka).create_with_context(ProducerLogs)? })
     }
 
     /// A publisher whose sends fail after `timeout` without an acknowledgement.
     pub fn with_timeout(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, KafkaError> {
         let mut config = producer_config(kafka);
         config.set("message.timeout.ms", timeout.as_millis().to_string());
-        Ok(Publisher { producer: config.create()? })
+        Ok(Publisher { producer: config.create_with_context(ProducerLogs)? })
     }
 
     /// Sends one message and waits for the broker to acknowledge it.

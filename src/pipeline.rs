@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
 
 use crate::config::TopicConfig;
 use crate::dead_letter::dead_letter_headers;
@@ -27,7 +28,7 @@ use crate::router::{Context, DispatchError, Router};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::{self, InboxEntry, InboxKey};
 use crate::stream;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{HandlingTime, Telemetry};
 
 /// How a message finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -88,7 +89,7 @@ pub struct Pipeline {
 }
 
 enum Handled {
-    FirstTime,
+    FirstTime(HandlingTime),
     Duplicate,
 }
 
@@ -132,7 +133,17 @@ impl Pipeline {
     /// revoke deadline passed), retries stop and the outcome is [`Outcome::Abandoned`].
     pub async fn process(&self, message: &RawMessage, abandon: &CancellationToken) -> Outcome {
         self.telemetry.message_consumed(message);
-        let outcome = Attempt { pipeline: self, abandon }.process(message).await;
+        // One span per message: every log line about it carries where it is from and, once the
+        // headers are read, its request id and org id (never the identity itself).
+        let span = tracing::info_span!(
+            "message",
+            topic = %message.topic,
+            partition = message.partition,
+            offset = message.offset,
+            request_id = tracing::field::Empty,
+            org_id = tracing::field::Empty,
+        );
+        let outcome = Attempt { pipeline: self, abandon }.process(message).instrument(span).await;
         match outcome {
             Outcome::Abandoned => self.telemetry.message_abandoned(message),
             finished => self.telemetry.message_finished(&message.topic, finished.as_str()),
@@ -154,6 +165,13 @@ impl Attempt<'_> {
         }
         let received_at = Utc::now();
         let opened = envelope::open(message, &self.pipeline.validators);
+        let span = tracing::Span::current();
+        if let Some(request_id) = &opened.request_id {
+            span.record("request_id", request_id.as_str());
+        }
+        if let Ok(checked) = &opened.result {
+            span.record("org_id", checked.identity.org_id.as_deref().unwrap_or("-"));
+        }
         let checked = match opened.result {
             Ok(checked) => checked,
             Err(rejection) => return self.dead_letter(message, &rejection, opened.request_id.as_deref(), None).await,
@@ -172,14 +190,13 @@ impl Attempt<'_> {
             let payload = stream::enriched_event(&checked, message, received_at).to_string();
             (payload, stream::propagated_headers(message, &checked.request_id))
         });
-        let started = Instant::now();
         let mut attempt = 1;
-        let first_time = loop {
+        let (first_time, timing) = loop {
             let handled = self.retry("database", message, || self.handle_once(message, &checked, &ctx, event.as_ref())).await;
             let refusal = match handled {
                 None => return Outcome::Abandoned,
-                Some(Ok(Handled::FirstTime)) => break true,
-                Some(Ok(Handled::Duplicate)) => break false,
+                Some(Ok(Handled::FirstTime(timing))) => break (true, timing),
+                Some(Ok(Handled::Duplicate)) => break (false, HandlingTime::default()),
                 Some(Err(refusal)) => refusal,
             };
             let rejection = match refusal {
@@ -197,7 +214,7 @@ impl Attempt<'_> {
             };
             return self.dead_letter(message, &rejection, Some(&checked.request_id), ctx.org_id()).await;
         };
-        self.pipeline.telemetry.message_handled(&ctx, started.elapsed(), first_time);
+        self.pipeline.telemetry.message_handled(&ctx, &timing, first_time);
         if first_time && event.is_some() {
             self.pipeline.relay_wake.notify_one();
         }
@@ -218,6 +235,7 @@ impl Attempt<'_> {
         ctx: &Context,
         event: Option<&(String, Vec<Header>)>,
     ) -> anyhow::Result<Result<Handled, Refusal>> {
+        let opened = Instant::now();
         let mut tx = self.pipeline.pool.begin().await?;
         let mut key = InboxKey::of(message);
         // A replayed dead letter counts as its original, so that replaying it twice has one effect.
@@ -234,7 +252,10 @@ impl Attempt<'_> {
                 return Ok(Ok(Handled::Duplicate));
             }
         }
-        match self.pipeline.router.dispatch(checked.schema.key, &checked.payload, ctx, &mut tx).await {
+        let handler_started = Instant::now();
+        let dispatched = self.pipeline.router.dispatch(checked.schema.key, &checked.payload, ctx, &mut tx).await;
+        let handler = handler_started.elapsed();
+        match dispatched {
             Ok(()) => {
                 if let Some((payload, headers)) = event {
                     let topic = self.pipeline.topics.stream();
@@ -243,7 +264,7 @@ impl Attempt<'_> {
                     outbox::enqueue(&mut tx, &event, message).await?;
                 }
                 tx.commit().await?;
-                Ok(Ok(Handled::FirstTime))
+                Ok(Ok(Handled::FirstTime(HandlingTime { handler, transaction: opened.elapsed() })))
             }
             Err(DispatchError::Rejected(rejection)) => {
                 tx.rollback().await?;

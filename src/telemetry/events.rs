@@ -1,6 +1,7 @@
 //! Internal events: each is logged and counted here, and nowhere else.
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use super::metrics::{KnownTopic, Metrics, UNKNOWN_TOPIC_LABEL};
@@ -8,16 +9,36 @@ use crate::envelope::Rejection;
 use crate::message::RawMessage;
 use crate::router::Context;
 
+/// Where the time of a handled message went.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct HandlingTime {
+    /// Inside the topic's handler.
+    pub handler: Duration,
+    /// From opening the transaction to its commit (inbox, handler, outbox).
+    pub transaction: Duration,
+}
+
 /// Logs and counts what happens to messages.
 pub struct Telemetry {
     pub metrics: Metrics,
     known_topics: HashSet<String>,
+    /// When a message last reached an outcome (Unix milliseconds), for stall detection.
+    last_progress_ms: AtomicI64,
 }
 
 impl Telemetry {
     pub fn new(topics: Vec<KnownTopic>) -> Self {
         let known_topics = topics.iter().map(|t| t.name.clone()).collect();
-        Telemetry { metrics: Metrics::new(&topics), known_topics }
+        Telemetry { metrics: Metrics::new(&topics), known_topics, last_progress_ms: AtomicI64::new(now_ms()) }
+    }
+
+    /// How long messages have been in flight without any reaching an outcome; zero when nothing
+    /// is in flight.
+    pub fn stalled_for(&self) -> Duration {
+        if self.metrics.in_flight.get() <= 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis((now_ms() - self.last_progress_ms.load(Ordering::Relaxed)).max(0) as u64)
     }
 
     /// The topic as a metric label: known topics by name, anything else collapsed.
@@ -31,6 +52,10 @@ impl Telemetry {
 
     pub fn message_consumed(&self, message: &RawMessage) {
         self.metrics.consumed.with_label_values(&[self.label(&message.topic)]).inc();
+        if self.metrics.in_flight.get() == 0 {
+            // Stall time counts from when work arrived, not from the last message of a quiet spell.
+            self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
+        }
         self.metrics.in_flight.inc();
     }
 
@@ -38,20 +63,30 @@ impl Telemetry {
     pub fn message_finished(&self, topic: &str, outcome: &'static str) {
         self.metrics.processed.with_label_values(&[self.label(topic), outcome]).inc();
         self.metrics.in_flight.dec();
+        self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// A message left unfinished at shutdown; it will be redelivered.
     pub fn message_abandoned(&self, message: &RawMessage) {
         self.metrics.in_flight.dec();
+        self.metrics.processed.with_label_values(&[self.label(&message.topic), "abandoned"]).inc();
         tracing::warn!(
             topic = %message.topic, partition = message.partition, offset = message.offset,
             "shutdown deadline reached; message left unprocessed and will be redelivered"
         );
     }
 
-    pub fn message_handled(&self, ctx: &Context, elapsed: Duration, first_time: bool) {
+    /// A message's effects were committed (or found committed before, for a duplicate).
+    pub fn message_handled(&self, ctx: &Context, timing: &HandlingTime, first_time: bool) {
+        let elapsed = timing.transaction;
         if first_time {
-            self.metrics.handler_seconds.with_label_values(&[self.label(&ctx.topic)]).observe(elapsed.as_secs_f64());
+            let topic = self.label(&ctx.topic);
+            self.metrics.handler_seconds.with_label_values(&[topic]).observe(timing.handler.as_secs_f64());
+            self.metrics.transaction_seconds.with_label_values(&[topic]).observe(timing.transaction.as_secs_f64());
+            if let Some(timestamp) = ctx.timestamp {
+                let latency = (chrono::Utc::now() - timestamp).to_std().unwrap_or_default();
+                self.metrics.end_to_end_seconds.with_label_values(&[topic]).observe(latency.as_secs_f64());
+            }
         }
         tracing::debug!(
             topic = %ctx.topic, partition = ctx.partition, offset = ctx.offset,
@@ -125,6 +160,23 @@ impl Telemetry {
         tracing::warn!("stopping with events still in the outbox; the next instance to run publishes them");
     }
 
+    /// Consumer lag per partition, from librdkafka's statistics. A partition this consumer does
+    /// not own (lag unknown) loses its series.
+    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: Option<i64>) {
+        let partition = partition.to_string();
+        match lag {
+            Some(lag) => self.metrics.consumer_lag.with_label_values(&[self.label(topic), &partition]).set(lag),
+            None => {
+                let _ = self.metrics.consumer_lag.remove_label_values(&[self.label(topic), &partition]);
+            }
+        }
+    }
+
+    pub fn outbox_backlog(&self, rows: i64, oldest_age_seconds: f64) {
+        self.metrics.outbox_backlog.set(rows);
+        self.metrics.outbox_oldest_age_seconds.set(oldest_age_seconds);
+    }
+
     pub fn stream_published(&self, ok: bool) {
         self.metrics.stream_published.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
     }
@@ -145,4 +197,8 @@ impl Telemetry {
         self.metrics.rebalances.with_label_values(&[kind]).inc();
         tracing::info!(kind, partitions, "consumer group rebalance");
     }
+}
+
+fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
 }

@@ -4,13 +4,13 @@
 //! several instances in one process and scrape each separately.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 use crate::envelope::Reason;
 
 /// Outcomes of processing one message.
-pub const OUTCOMES: &[&str] = &["handled", "duplicate", "dead_lettered", "skipped"];
+pub const OUTCOMES: &[&str] = &["handled", "duplicate", "dead_lettered", "skipped", "abandoned"];
 /// Label used for topics that have no schema, to keep label cardinality bounded.
 pub const UNKNOWN_TOPIC_LABEL: &str = "_unknown";
 
@@ -30,6 +30,11 @@ pub struct Metrics {
     pub retries: IntCounterVec,
     pub stream_published: IntCounterVec,
     pub handler_seconds: HistogramVec,
+    pub transaction_seconds: HistogramVec,
+    pub end_to_end_seconds: HistogramVec,
+    pub consumer_lag: IntGaugeVec,
+    pub outbox_backlog: IntGauge,
+    pub outbox_oldest_age_seconds: Gauge,
     pub in_flight: IntGauge,
     pub rebalances: IntCounterVec,
     pub consumer_errors: IntCounter,
@@ -49,7 +54,7 @@ impl Metrics {
         let consumed = counter("event_router_messages_consumed_total", "Messages read from Kafka.", &["topic"]);
         let processed = counter(
             "event_router_messages_processed_total",
-            "Messages fully processed, by outcome (handled, duplicate, dead_lettered, skipped).",
+            "Messages that reached an outcome: handled, duplicate, dead_lettered, skipped, or abandoned at shutdown or revoke.",
             &["topic", "outcome"],
         );
         let rejected = counter(
@@ -73,16 +78,39 @@ impl Metrics {
         let consumer_errors = IntCounter::new("event_router_consumer_errors_total", "Errors returned by the Kafka consumer.")
             .expect("valid metric");
         registry.register(Box::new(consumer_errors.clone())).expect("unique metric");
-        let handler_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "event_router_handler_duration_seconds",
-                "Time from opening the database transaction to its commit, per topic.",
-            )
-            .buckets(vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5]),
-            &["topic"],
+        let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
+            let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["topic"]).expect("valid metric");
+            registry.register(Box::new(metric.clone())).expect("unique metric");
+            metric
+        };
+        let fast = vec![0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5];
+        let handler_seconds =
+            histogram("event_router_handler_duration_seconds", "Time spent in the topic's handler, per topic.", fast.clone());
+        let transaction_seconds = histogram(
+            "event_router_db_transaction_duration_seconds",
+            "Time from opening a message's database transaction (inbox, handler, outbox) to its commit, per topic.",
+            fast,
+        );
+        let end_to_end_seconds = histogram(
+            "event_router_end_to_end_latency_seconds",
+            "Time from a message's Kafka timestamp to the commit of its effects, per topic.",
+            vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0],
+        );
+        let consumer_lag = IntGaugeVec::new(
+            Opts::new("event_router_consumer_lag", "Messages between the consumer's position and the partition's end."),
+            &["topic", "partition"],
         )
         .expect("valid metric");
-        registry.register(Box::new(handler_seconds.clone())).expect("unique metric");
+        registry.register(Box::new(consumer_lag.clone())).expect("unique metric");
+        let outbox_backlog =
+            IntGauge::new("event_router_outbox_backlog", "Stream events waiting in the outbox.").expect("valid metric");
+        registry.register(Box::new(outbox_backlog.clone())).expect("unique metric");
+        let outbox_oldest_age_seconds = Gauge::new(
+            "event_router_outbox_oldest_age_seconds",
+            "Age of the oldest event waiting in the outbox; 0 when it is empty.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(outbox_oldest_age_seconds.clone())).expect("unique metric");
         let in_flight =
             IntGauge::new("event_router_messages_in_flight", "Messages read but not yet fully processed.").expect("valid metric");
         registry.register(Box::new(in_flight.clone())).expect("unique metric");
@@ -106,7 +134,9 @@ impl Metrics {
             }
         }
         for topic in topics {
-            handler_seconds.with_label_values(&[topic.name.as_str()]);
+            for histogram in [&handler_seconds, &transaction_seconds, &end_to_end_seconds] {
+                histogram.with_label_values(&[topic.name.as_str()]);
+            }
         }
         for step in ["database", "stream", "dead_letter", "handler"] {
             retries.with_label_values(&[step]);
@@ -127,6 +157,11 @@ impl Metrics {
             retries,
             stream_published,
             handler_seconds,
+            transaction_seconds,
+            end_to_end_seconds,
+            consumer_lag,
+            outbox_backlog,
+            outbox_oldest_age_seconds,
             in_flight,
             rebalances,
             consumer_errors,

@@ -10,6 +10,6 @@ mod events;
 mod logging;
 mod metrics;
 
-pub use events::Telemetry;
+pub use events::{HandlingTime, Telemetry};
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{KnownTopic, Metrics};

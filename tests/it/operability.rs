@@ -1,4 +1,5 @@
-//! The first operational surface: metrics counters match what happened, probes answer.
+//! What SREs rely on: metrics that match what happened and pass promtool, probes that follow the
+//! database, and deployment files that only use metrics the service really exports.
 
 use std::time::Duration;
 
@@ -40,6 +41,26 @@ async fn metrics_count_consumed_and_processed_messages_per_topic_and_outcome() {
     })
     .await;
 
+    // Latency histograms counted each handled message once; the lag gauge and outbox gauges exist.
+    let histogram_count = |name: &'static str| {
+        let app = &app;
+        let topic = todo_topic.clone();
+        async move { app.metric(&format!("{name}_count"), &[("topic", &topic)]).await }
+    };
+    assert_eq!(histogram_count("event_router_end_to_end_latency_seconds").await, 5.0);
+    assert_eq!(histogram_count("event_router_db_transaction_duration_seconds").await, 5.0);
+    assert_eq!(histogram_count("event_router_handler_duration_seconds").await, 5.0);
+    eventually(Duration::from_secs(30), "lag reported for every owned partition", || async {
+        let (_, body) = app.get("/metrics").await;
+        body.lines().filter(|l| l.starts_with("event_router_consumer_lag{") && l.contains(&todo_topic)).count() == 4
+    })
+    .await;
+    eventually(Duration::from_secs(30), "the outbox backlog is sampled", || async {
+        app.metric("event_router_outbox_backlog", &[]).await == 0.0
+            && app.metric("event_router_outbox_oldest_age_seconds", &[]).await == 0.0
+    })
+    .await;
+
     let (status, body) = app.get("/healthz").await;
     assert_eq!((status, body.as_str()), (200, "ok"));
     let (status, body) = app.get("/readyz").await;
@@ -56,5 +77,89 @@ async fn stream_switched_off_publishes_nothing_but_still_handles() {
     let stream = testkit::drain_topic(app.broker.bootstrap_servers(), &app.topic("events-stream"), Duration::from_secs(2)).await;
     assert!(stream.is_empty(), "nothing is published when the stream is off");
     assert_eq!(app.db.count("outbox").await, 0, "and nothing waits in the outbox");
+    app.stop().await;
+}
+
+/// Runs `promtool` with `args`, feeding `stdin`; returns (success, output).
+fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("promtool")
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool is installed (make test installs the Debian package `prometheus`)");
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let output = child.wait_with_output().unwrap();
+    (output.status.success(), format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_pass_promtool_and_deploy_files_use_only_real_metrics() {
+    let app = spawn_app().await;
+    app.send("todo-created", &Outgoing::json(&samples::todo_created(1), IdentityHeader::Document(samples::user_identity("1"))))
+        .await;
+    eventually(Duration::from_secs(30), "a message handled", || async { app.db.count("todos").await == 1 }).await;
+    // Consumer lag is a series per owned partition, reported from librdkafka's statistics.
+    eventually(Duration::from_secs(30), "consumer lag reported", || async {
+        app.get("/metrics").await.1.contains("event_router_consumer_lag{")
+    })
+    .await;
+    let (_, metrics) = app.get("/metrics").await;
+    let (ok, output) = promtool(&["check", "metrics"], &metrics);
+    assert!(ok && output.trim().is_empty(), "promtool check metrics:\n{output}");
+
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let alerts = root.join("deploy/prometheus/alerts.yaml");
+    let (ok, output) = promtool(&["check", "rules", alerts.to_str().unwrap()], "");
+    assert!(ok, "promtool check rules:\n{output}");
+
+    // Every metric name the dashboard, alerts and manifests use is exported.
+    let exported: std::collections::HashSet<&str> =
+        metrics.lines().filter_map(|l| l.strip_prefix("# TYPE ")).filter_map(|l| l.split(' ').next()).collect();
+    let mut files =
+        vec![alerts, root.join("deploy/grafana/event-router-dashboard.json"), root.join("deploy/kubernetes/prometheusrule.yaml")];
+    files.sort();
+    let word = regress::Regex::new(r"event_router_[a-z_]+").unwrap();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        for found in word.find_iter(&text) {
+            let name = &text[found.range()];
+            let base = ["_bucket", "_sum", "_count"].iter().find_map(|s| name.strip_suffix(s)).filter(|b| exported.contains(b));
+            assert!(
+                exported.contains(name) || base.is_some(),
+                "{} uses `{name}`, which /metrics does not export",
+                file.display()
+            );
+        }
+    }
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_database_away_and_back() {
+    let db = std::sync::Arc::new(testkit::TestDb::create().await);
+    let proxy = testkit::TcpProxy::start("127.0.0.1:5432".parse().unwrap()).await;
+    let proxied = db.url.replace("127.0.0.1:5432", &proxy.addr.to_string());
+    assert_ne!(proxied, db.url, "TEST_DATABASE_URL must point at 127.0.0.1:5432 for this test");
+    let broker = testkit::start_broker(&testkit::test_config("127.0.0.1:1", &db.url, "probe", &[]));
+    let app = testkit::TestApp::spawn(broker, db.clone(), "event-router-test", &[("DATABASE_URL", proxied.as_str())]).await;
+    eventually(Duration::from_secs(30), "ready", || async { app.get("/readyz").await.0 == 200 }).await;
+
+    proxy.cut();
+    eventually(Duration::from_secs(30), "unready while the database is away", || async {
+        let (status, body) = app.get("/readyz").await;
+        status == 503 && body.contains("\"database\":false")
+    })
+    .await;
+    assert_eq!(app.get("/healthz").await.0, 200, "still alive: no restart needed");
+    // A message that arrives meanwhile waits, and is handled once the database is back.
+    app.send("todo-created", &Outgoing::json(&samples::todo_created(77), IdentityHeader::Document(samples::user_identity("1"))))
+        .await;
+
+    proxy.restore();
+    eventually(Duration::from_secs(30), "ready again", || async { app.get("/readyz").await.0 == 200 }).await;
+    eventually(Duration::from_secs(30), "the waiting message handled", || async { db.count("todos").await == 1 }).await;
     app.stop().await;
 }

@@ -73,15 +73,16 @@ pub fn start_broker(config: &Config) -> Arc<DevBroker> {
 
 /// The configuration a test app runs with: test broker, test database, port 0 for HTTP.
 pub fn test_config(brokers: &str, database_url: &str, group: &str, extra: &[(&str, &str)]) -> Config {
-    let mut vars: Vec<(&str, &str)> = vec![
+    // `extra` first: the first setting of a name wins, so a test can override any default.
+    let mut vars: Vec<(&str, &str)> = extra.to_vec();
+    vars.extend_from_slice(&[
         ("KAFKA_BROKERS", brokers),
         ("KAFKA_GROUP_ID", group),
         ("DATABASE_URL", database_url),
         ("METRICS_ADDR", "127.0.0.1:0"),
         ("SHUTDOWN_TIMEOUT_SECONDS", "10"),
         ("RETRY_MAX_BACKOFF_MS", "1000"),
-    ];
-    vars.extend_from_slice(extra);
+    ]);
     Config::from_env(&vars[..]).expect("valid test configuration")
 }
 
@@ -289,4 +290,60 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
 /// The value of header `name` (ignoring case) as text.
 pub fn header(message: &RawMessage, name: &str) -> Option<String> {
     message.header(name).map(|v| String::from_utf8_lossy(v).into_owned())
+}
+
+/// A TCP relay in front of a server (PostgreSQL, say) that a test can cut and restore: a real
+/// outage of that server as the service sees it, without stopping it for other tests.
+pub struct TcpProxy {
+    pub addr: SocketAddr,
+    cut: Arc<std::sync::atomic::AtomicBool>,
+    connections: Arc<std::sync::Mutex<CancellationToken>>,
+    task: JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(target: SocketAddr) -> TcpProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        let addr = listener.local_addr().unwrap();
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let connections = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
+        let task = tokio::spawn({
+            let (cut, connections) = (cut.clone(), connections.clone());
+            async move {
+                while let Ok((mut client, _)) = listener.accept().await {
+                    if cut.load(std::sync::atomic::Ordering::SeqCst) {
+                        continue; // dropped: the connection is refused as soon as it opens
+                    }
+                    let closed = connections.lock().unwrap().clone();
+                    tokio::spawn(async move {
+                        let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
+                        tokio::select! {
+                            _ = closed.cancelled() => {}
+                            _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        }
+                    });
+                }
+            }
+        });
+        TcpProxy { addr, cut, connections, task }
+    }
+
+    /// Closes every connection and refuses new ones.
+    pub fn cut(&self) {
+        self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        let mut connections = self.connections.lock().unwrap();
+        connections.cancel();
+        *connections = CancellationToken::new();
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.cut.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }

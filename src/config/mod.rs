@@ -4,9 +4,12 @@
 //! without touching the process environment. Every error names the setting it is about, and
 //! secrets (passwords, the database URL's password) never appear in `Debug` output or errors.
 
+pub mod clowder;
+
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// Where settings come from.
@@ -34,6 +37,18 @@ impl<S: std::hash::BuildHasher> Env for HashMap<String, String, S> {
 impl Env for [(&str, &str)] {
     fn var(&self, name: &str) -> Option<String> {
         self.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string()).filter(|v| !v.trim().is_empty())
+    }
+}
+
+/// One source of settings, then another for what the first does not set.
+struct Layered<'a, E: ?Sized> {
+    first: &'a E,
+    then: &'a HashMap<String, String>,
+}
+
+impl<E: Env + ?Sized> Env for Layered<'_, E> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.first.var(name).or_else(|| self.then.var(name))
     }
 }
 
@@ -129,6 +144,8 @@ pub struct Config {
     pub max_backoff: Duration,
     /// Attempts a handler's retryable failure gets before the message is dead-lettered.
     pub handler_max_attempts: u32,
+    /// `/readyz` fails when messages are in flight and none has finished for this long.
+    pub readiness_stall: Duration,
 }
 
 impl fmt::Debug for Config {
@@ -144,6 +161,7 @@ impl fmt::Debug for Config {
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("max_backoff", &self.max_backoff)
             .field("handler_max_attempts", &self.handler_max_attempts)
+            .field("readiness_stall", &self.readiness_stall)
             .finish()
     }
 }
@@ -168,7 +186,19 @@ pub const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
 
 impl Config {
     /// Reads the configuration; the first missing or invalid setting is the error.
+    /// With `ACG_CONFIG` set, the platform's Clowder file fills in what the environment does not
+    /// set (see [`clowder`]).
     pub fn from_env(env: &(impl Env + ?Sized)) -> Result<Config, ConfigError> {
+        let Some(path) = env.var("ACG_CONFIG") else {
+            return Self::from_settings(env, HashMap::new());
+        };
+        let cert_dir =
+            env.var("EVENT_ROUTER_CERT_DIR").map(PathBuf::from).unwrap_or_else(|| std::env::temp_dir().join("event-router"));
+        let clowder = clowder::load(Path::new(&path), &cert_dir)?;
+        Self::from_settings(&Layered { first: env, then: &clowder.settings }, clowder.translations)
+    }
+
+    fn from_settings(env: &(impl Env + ?Sized), translations: HashMap<String, String>) -> Result<Config, ConfigError> {
         let brokers = env.var("KAFKA_BROKERS").unwrap_or_else(|| DEFAULT_BROKERS.to_string());
         check_brokers("KAFKA_BROKERS", &brokers)?;
 
@@ -265,6 +295,7 @@ impl Config {
         if handler_max_attempts == 0 {
             return Err(invalid("HANDLER_MAX_ATTEMPTS", "must be at least 1"));
         }
+        let readiness_stall = Duration::from_secs(parse_number(env, "READINESS_STALL_SECONDS", 120u64)?);
 
         let kafka = KafkaConfig {
             brokers,
@@ -280,13 +311,14 @@ impl Config {
             stream_kafka: KafkaConfig { brokers: stream_brokers, ..kafka.clone() },
             stream_publish_timeout,
             kafka,
-            topics: TopicConfig { prefix, translations: HashMap::new(), pattern, stream_enabled },
+            topics: TopicConfig { prefix, translations, pattern, stream_enabled },
             database_url: Secret::new(database_url),
             database_max_connections,
             metrics_addr,
             shutdown_timeout,
             max_backoff,
             handler_max_attempts,
+            readiness_stall,
         })
     }
 }
@@ -361,6 +393,7 @@ mod tests {
             (&[("DATABASE_MAX_CONNECTIONS", "0")], "DATABASE_MAX_CONNECTIONS"),
             (&[("METRICS_ADDR", "9000")], "METRICS_ADDR"),
             (&[("HANDLER_MAX_ATTEMPTS", "0")], "HANDLER_MAX_ATTEMPTS"),
+            (&[("READINESS_STALL_SECONDS", "a while")], "READINESS_STALL_SECONDS"),
             (&[("SHUTDOWN_TIMEOUT_SECONDS", "-1")], "SHUTDOWN_TIMEOUT_SECONDS"),
         ];
         for (vars, setting) in cases {
