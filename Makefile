@@ -3,12 +3,13 @@ SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
 
-.PHONY: help run test test-unit test-it lint soak bench clean-test-dbs
+.PHONY: help run test lint soak bench clean-test-dbs
 
 help:
 	@echo "make run    build, start PostgreSQL + embedded broker + service + demo traffic"
 	@echo "make test   everything: unit, integration (real broker + PostgreSQL) and build-failure tests"
 	@echo "make soak   the crash test with 200,000 messages, 3 instances, 20 kills"
+	@echo "make bench  end-to-end throughput and latency next to same-run ceilings"
 	@echo "make lint   rustfmt + clippy"
 
 run:
@@ -25,6 +26,13 @@ soak:
 	scripts/ensure-postgres.sh
 	CRASH_MESSAGES=200000 CRASH_KILLS=20 CRASH_INSTANCES=3 CRASH_PARTITIONS=64 \
 	  $(CARGO) test --test it crash -- --nocapture
+
+# Throughput and latency next to same-run ceilings; results in bench/results/. BENCH_ARGS passes
+# options, e.g. make bench BENCH_ARGS="--messages 100000 --partitions 32".
+bench:
+	scripts/ensure-postgres.sh
+	$(CARGO) build --release --bin event-router --bin event-router-bench
+	target/release/event-router-bench $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

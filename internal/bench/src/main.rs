@@ -1,0 +1,586 @@
+//! `make bench`: how fast event-router drains a backlog, next to the ceilings of the parts it is
+//! made of, all measured in the same run on the same machine (a shared, noisy machine makes
+//! figures from different runs incomparable; ratios within one run are what count).
+//!
+//! 1. Preload N messages (the sample topics, about 2% invalid) over P partitions of the embedded
+//!    broker, hosted by this process.
+//! 2. Ceiling "consume only": a bare rdkafka consumer drains the backlog and does nothing else.
+//! 3. Ceiling "database only": the rows the service would write (table rows, inbox, outbox) are
+//!    written with COPY, PostgreSQL's bulk path, without Kafka.
+//! 4. "Service insert path": the service's pipeline processes the same messages from memory
+//!    (validation, handler, inbox, outbox), one task per partition, without a Kafka consumer.
+//! 5. End to end: the service binary drains the backlog; throughput, latency percentiles (from
+//!    its own histogram), peak RSS and CPU time of the process.
+//! 6. Steady rate (optional): messages at a fixed rate, p99 end-to-end latency.
+//!
+//! Results go to `bench/results/<timestamp>.{json,md}`.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context as _};
+use clap::Parser;
+use event_router::config::Config;
+use event_router::dev_broker::DevBroker;
+use event_router::envelope::Validators;
+use event_router::kafka::Publisher;
+use event_router::message::RawMessage;
+use event_router::pipeline::{Backoff, Pipeline};
+use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
+use event_router::samples;
+use event_router::telemetry::{KnownTopic, Telemetry};
+use event_router::topics::REGISTRY;
+use futures::stream::{self, StreamExt};
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use serde_json::{json, Value};
+use testkit::TestDb;
+use tokio_util::sync::CancellationToken;
+
+/// The embedded broker keeps about 5 MiB per partition and drops the oldest beyond that.
+const PARTITION_BUDGET: usize = 4 * 1024 * 1024;
+const TOPICS: [&str; 3] = ["todo-created", "host-status-changed", "cluster-install-progressed"];
+
+#[derive(Parser, Debug, Clone)]
+#[command(about = "Benchmark event-router against same-run ceilings.")]
+struct Args {
+    /// Messages to preload.
+    #[arg(long, default_value_t = 200_000)]
+    messages: u64,
+    /// Partitions of every topic.
+    #[arg(long, default_value_t = 64)]
+    partitions: i32,
+    /// Extra bytes of text in each todo description (payload size).
+    #[arg(long, default_value_t = 0)]
+    payload_padding: usize,
+    /// Service instances sharing the backlog.
+    #[arg(long, default_value_t = 1)]
+    instances: usize,
+    /// After the drain, send at this rate (messages/s) for --steady-seconds and report latency.
+    #[arg(long, default_value_t = 2000)]
+    steady_rate: u64,
+    #[arg(long, default_value_t = 20)]
+    steady_seconds: u64,
+    /// The service binary (built by `make bench` in release mode).
+    #[arg(long, default_value = "target/release/event-router")]
+    service: PathBuf,
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+/// Message `n`: topic key, outgoing message, and whether the service must accept it.
+fn message(n: u64, padding: usize) -> (&'static str, Outgoing, bool) {
+    let identity = IdentityHeader::Document(samples::user_identity("bench"));
+    let key = Some(format!("key-{}", n % 4099));
+    if n % 50 == 49 {
+        let invalid = json!({"id": n, "title": "missing its description"});
+        return ("todo-created", Outgoing { key, ..Outgoing::json(&invalid, identity) }, false);
+    }
+    let topic = TOPICS[(n % 3) as usize];
+    let mut payload = samples::payload_for(topic, n).expect("sample topic");
+    if topic == "todo-created" && padding > 0 {
+        let description = format!("{} {}", payload["description"].as_str().unwrap_or_default(), "x".repeat(padding));
+        payload["description"] = Value::String(description.chars().take(4096).collect());
+    }
+    (topic, Outgoing { key, ..Outgoing::json(&payload, identity) }, true)
+}
+
+fn config(brokers: &str, database_url: &str, group: &str) -> Config {
+    testkit::test_config(brokers, database_url, group, &[])
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    ensure!(args.service.exists(), "{} not found: run `make bench` (it builds it)", args.service.display());
+    let mut report = Report::new(&args);
+
+    let broker = DevBroker::start(1)?;
+    let base = config(broker.bootstrap_servers(), "postgres://postgres@127.0.0.1:5432/unused", "bench");
+    for schema in REGISTRY {
+        broker.create_topic(&base.topics.name(schema.key), args.partitions)?;
+    }
+    broker.create_topic(&base.topics.stream(), args.partitions)?;
+    broker.create_topic(&base.topics.dead_letter(), args.partitions)?;
+
+    // 1. Preload, checking the backlog fits the embedded broker.
+    let producer = EventProducer::new(&base.kafka, &base.topics)?;
+    let built: Vec<RawMessage> = (0..args.messages)
+        .map(|n| {
+            let (topic, outgoing, _) = message(n, args.payload_padding);
+            producer.build(topic, &outgoing)
+        })
+        .collect();
+    let largest = built.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len) + 400).max().unwrap_or(0);
+    let per_partition = (args.messages as usize / TOPICS.len()) / args.partitions as usize * (largest * 3);
+    ensure!(
+        per_partition < PARTITION_BUDGET,
+        "{} messages over {} partitions need about {} KiB per partition of the stream topic; the embedded broker keeps \
+         about 5 MiB: use more partitions or fewer messages",
+        args.messages,
+        args.partitions,
+        per_partition / 1024
+    );
+    let started = Instant::now();
+    stream::iter(&built)
+        .map(|m| producer.send_raw(m))
+        .buffer_unordered(10_000)
+        .for_each(|r| async {
+            r.expect("the broker accepts the message");
+        })
+        .await;
+    report.add("preload", args.messages, started.elapsed(), json!({}));
+    let invalid = (0..args.messages).filter(|n| !message(*n, 0).2).count() as u64;
+    let valid = args.messages - invalid;
+
+    // 2. Ceiling: consume only.
+    let elapsed = consume_only(&base, args.messages).await?;
+    report.add("ceiling: consume only (rdkafka)", args.messages, elapsed, json!({}));
+
+    // 3. Ceiling: database only, COPY.
+    let db = TestDb::create().await;
+    let elapsed = copy_rows(&db, &built, &base).await?;
+    report.add("ceiling: database only (COPY)", valid, elapsed, json!({}));
+
+    // 4. The service's insert path, without Kafka.
+    let db = TestDb::create().await;
+    let elapsed = service_insert_path(&db, &broker, &built).await?;
+    report.add("service insert path (no Kafka)", args.messages, elapsed, json!({}));
+
+    // 5. End to end.
+    let db = TestDb::create().await;
+    let e2e = end_to_end(&args, &broker, &db, valid, invalid).await?;
+    report.add(
+        "end to end (service)",
+        args.messages,
+        e2e.elapsed,
+        json!({
+            "p50_latency_ms": e2e.p50_ms, "p99_latency_ms": e2e.p99_ms,
+            "peak_rss_mib": e2e.peak_rss_mib, "cpu_seconds": e2e.cpu_seconds,
+            "steady_rate": args.steady_rate, "steady_p50_ms": e2e.steady_p50_ms, "steady_p99_ms": e2e.steady_p99_ms,
+        }),
+    );
+    report.finish(&args.out)
+}
+
+/// Drains every sample topic with a bare consumer in a fresh group.
+async fn consume_only(base: &Config, total: u64) -> anyhow::Result<Duration> {
+    let consumer: StreamConsumer = event_router::kafka::client_config(&base.kafka)
+        .set("group.id", format!("bench-consume-only-{}", uuid::Uuid::new_v4()))
+        .set("auto.offset.reset", "earliest")
+        .set("enable.auto.commit", "false")
+        .create()?;
+    let topics: Vec<String> = TOPICS.iter().map(|t| base.topics.name(t)).collect();
+    consumer.subscribe(&topics.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // The clock starts at the first message, after the group join.
+    consumer.recv().await?;
+    let started = Instant::now();
+    let mut seen = 1;
+    while seen < total {
+        let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.context("consume-only stalled")??;
+        let _ = RawMessage::from_kafka(&message);
+        seen += 1;
+    }
+    Ok(started.elapsed())
+}
+
+/// Writes, with COPY, the rows the service would write for the valid messages: each table row,
+/// its inbox row and its outbox row.
+async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config) -> anyhow::Result<Duration> {
+    fn csv(fields: &[String]) -> String {
+        let quoted: Vec<String> = fields.iter().map(|f| format!("\"{}\"", f.replace('"', "\"\""))).collect();
+        quoted.join(",") + "\n"
+    }
+    fn hex(bytes: &[u8]) -> String {
+        let mut out = String::from("\\x");
+        for b in bytes {
+            out.push_str(&format!("{b:02x}"));
+        }
+        out
+    }
+    let mut tables: HashMap<&str, (String, String)> = HashMap::new();
+    let columns = [
+        ("todos", "todos (id, title, description, org_id, request_id)"),
+        (
+            "host_statuses",
+            "host_statuses (host_id, cluster_id, status, status_info, validations, updated_at, org_id, request_id)",
+        ),
+        ("cluster_install_progress", "cluster_install_progress (cluster_id, stage, progress, hosts, org_id, request_id)"),
+        ("processed_messages", "processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)"),
+        ("outbox", "outbox (topic, message_key, payload, headers, source_topic, source_partition, source_offset)"),
+    ];
+    for (table, spec) in columns {
+        tables.insert(table, (spec.to_string(), String::new()));
+    }
+    // Inbox coordinates: one sequence per topic (partition 0) keeps the primary key unique.
+    let mut offsets: HashMap<String, i64> = HashMap::new();
+    let stream_topic = base.topics.stream();
+    for message in messages {
+        let payload: Value = serde_json::from_slice(message.payload.as_deref().unwrap_or_default())?;
+        let key = message.topic.rsplit('.').next().unwrap_or_default();
+        let request_id = String::from_utf8_lossy(message.header("x-rh-insights-request-id").unwrap_or_default()).into_owned();
+        let text = |v: &Value| v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+        let row = match key {
+            "todo-created" if payload.get("description").is_some() => Some((
+                "todos",
+                vec![
+                    text(&payload["id"]),
+                    text(&payload["title"]),
+                    text(&payload["description"]),
+                    "bench".into(),
+                    request_id.clone(),
+                ],
+            )),
+            "host-status-changed" => Some((
+                "host_statuses",
+                vec![
+                    text(&payload["host_id"]),
+                    text(&payload["cluster_id"]),
+                    text(&payload["status"]),
+                    text(&payload["status_info"]),
+                    payload["validations"].to_string(),
+                    text(&payload["updated_at"]),
+                    "bench".into(),
+                    request_id.clone(),
+                ],
+            )),
+            "cluster-install-progressed" => Some((
+                "cluster_install_progress",
+                vec![
+                    text(&payload["cluster_id"]),
+                    text(&payload["stage"]),
+                    text(&payload["progress"]),
+                    payload["hosts"].to_string(),
+                    "bench".into(),
+                    request_id.clone(),
+                ],
+            )),
+            _ => None,
+        };
+        let Some((table, fields)) = row else { continue };
+        tables.get_mut(table).unwrap().1.push_str(&csv(&fields));
+        let offset = offsets.entry(message.topic.clone()).or_insert(0);
+        let partition = 0;
+        tables.get_mut("processed_messages").unwrap().1.push_str(&csv(&[
+            message.topic.clone(),
+            partition.to_string(),
+            offset.to_string(),
+            hex(&message.fingerprint()),
+            request_id.clone(),
+            "bench".into(),
+        ]));
+        tables.get_mut("outbox").unwrap().1.push_str(&csv(&[
+            stream_topic.clone(),
+            hex(message.key.as_deref().unwrap_or_default()),
+            hex(&serde_json::to_vec(&json!({"name": key, "payload": payload}))?),
+            "[]".into(),
+            message.topic.clone(),
+            partition.to_string(),
+            offset.to_string(),
+        ]));
+        *offset += 1;
+    }
+    let started = Instant::now();
+    let mut connection = db.pool.acquire().await?;
+    for (table, _) in columns {
+        let (spec, data) = &tables[table];
+        let mut copy = connection.copy_in_raw(&format!("COPY {spec} FROM STDIN (FORMAT csv)")).await?;
+        copy.send(data.as_bytes()).await?;
+        copy.finish().await?;
+    }
+    Ok(started.elapsed())
+}
+
+/// Runs the service's pipeline over the messages from memory: one task per partition, in order,
+/// as the consumer would.
+async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMessage]) -> anyhow::Result<Duration> {
+    let config = config(broker.bootstrap_servers(), &db.url, "bench-insert-path");
+    let router = event_router::handlers::router();
+    let validators = Validators::compile(&config.topics)?;
+    let known =
+        validators.topics().map(|(name, key)| KnownTopic { name: name.into(), handler_reasons: router.reasons(key) }).collect();
+    let pool = event_router::store::connect(config.database_url.expose(), config.database_max_connections).await?;
+    let pipeline = Arc::new(Pipeline::new(
+        validators,
+        router,
+        pool,
+        Publisher::new(&config.kafka)?,
+        config.topics.clone(),
+        "bench-insert-path".into(),
+        Arc::new(Telemetry::new(known)),
+        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) },
+        Default::default(),
+        config.handler_max_attempts,
+    ));
+    // Give each message the coordinates a consumer would see.
+    let mut partitions: HashMap<(String, i32), Vec<RawMessage>> = HashMap::new();
+    for (n, message) in messages.iter().enumerate() {
+        let mut message = message.clone();
+        message.partition = (n % 64) as i32;
+        let list = partitions.entry((message.topic.clone(), message.partition)).or_default();
+        message.offset = list.len() as i64;
+        list.push(message);
+    }
+    let started = Instant::now();
+    let tasks: Vec<_> = partitions
+        .into_values()
+        .map(|list| {
+            let pipeline = pipeline.clone();
+            tokio::spawn(async move {
+                let never = CancellationToken::new();
+                for message in &list {
+                    pipeline.process(message, &never).await;
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await?;
+    }
+    Ok(started.elapsed())
+}
+
+struct EndToEnd {
+    elapsed: Duration,
+    p50_ms: f64,
+    p99_ms: f64,
+    peak_rss_mib: f64,
+    cpu_seconds: f64,
+    steady_p50_ms: Option<f64>,
+    steady_p99_ms: Option<f64>,
+}
+
+/// Starts the service binary and waits until it drained the backlog.
+async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, invalid: u64) -> anyhow::Result<EndToEnd> {
+    let mut children = Vec::new();
+    let mut metrics_ports = Vec::new();
+    std::fs::create_dir_all(&args.out)?;
+    let log_path = args.out.join("service.log");
+    let log = std::fs::File::create(&log_path)?;
+    println!("service logs: {}", log_path.display());
+    for _ in 0..args.instances {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        metrics_ports.push(port);
+        children.push(
+            tokio::process::Command::new(&args.service)
+                .arg("run")
+                .env("KAFKA_BROKERS", broker.bootstrap_servers())
+                .env("KAFKA_GROUP_ID", "bench-e2e")
+                .env("DATABASE_URL", &db.url)
+                .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+                .env("LOG_FORMAT", "json")
+                .env("RUST_LOG", "warn")
+                .stdout(log.try_clone()?)
+                .stderr(log.try_clone()?)
+                .kill_on_drop(true)
+                .spawn()
+                .context("start the service")?,
+        );
+    }
+    let first = metrics_ports[0];
+    // The clock starts when the first message is consumed (after the group join).
+    let scrape = |port: u16| async move { testkit::http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics").await.1 };
+    let wait_start = Instant::now();
+    loop {
+        let consumed: f64 = match tokio::net::TcpStream::connect(("127.0.0.1", first)).await {
+            Ok(_) => sum_metric(&scrape(first).await, "event_router_messages_consumed_total"),
+            Err(_) => 0.0,
+        };
+        if consumed > 0.0 {
+            break;
+        }
+        ensure!(wait_start.elapsed() < Duration::from_secs(120), "the service consumed nothing in 2 minutes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    loop {
+        let (processed, dead) = (db.count("processed_messages").await as u64, db.count("dead_letters").await as u64);
+        if processed == valid && dead == invalid {
+            break;
+        }
+        ensure!(processed <= valid && dead <= invalid, "more rows than messages: processed {processed}, dead letters {dead}");
+        ensure!(
+            started.elapsed() < Duration::from_secs(1800),
+            "not drained in 30 minutes: {processed}/{valid}, {dead}/{invalid}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let elapsed = started.elapsed();
+    let body = scrape(first).await;
+    let (p50_ms, p99_ms) = (quantile(&body, 0.50) * 1e3, quantile(&body, 0.99) * 1e3);
+
+    let (mut steady_p50_ms, mut steady_p99_ms) = (None, None);
+    if args.steady_rate > 0 && args.steady_seconds > 0 {
+        let before = body;
+        let base = config(broker.bootstrap_servers(), &db.url, "bench");
+        let producer = EventProducer::new(&base.kafka, &base.topics)?;
+        let total = args.steady_rate * args.steady_seconds;
+        let started = Instant::now();
+        stream::iter(0..total)
+            .map(|i| {
+                let producer = &producer;
+                async move {
+                    let due = Duration::from_secs_f64(i as f64 / args.steady_rate as f64);
+                    tokio::time::sleep_until((started + due).into()).await;
+                    let n = 10_000_000 + i * 50; // valid messages only (n % 50 == 0)
+                    let (topic, outgoing, _) = message(n, args.payload_padding);
+                    producer.send_raw(&producer.build(topic, &outgoing)).await.expect("broker accepts");
+                }
+            })
+            .buffer_unordered(1000)
+            .for_each(|()| async {})
+            .await;
+        let target = valid + total;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while (db.count("processed_messages").await as u64) < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = scrape(first).await;
+        steady_p50_ms = Some(quantile_between(&before, &after, 0.50) * 1e3);
+        steady_p99_ms = Some(quantile_between(&before, &after, 0.99) * 1e3);
+    }
+
+    let (mut peak_rss_mib, mut cpu_seconds) = (0.0f64, 0.0);
+    for child in &children {
+        let pid = child.id().context("service pid")?;
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let hwm_kib: f64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0.0);
+        peak_rss_mib = peak_rss_mib.max(hwm_kib / 1024.0);
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
+        let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
+            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
+        cpu_seconds += ticks / 100.0;
+    }
+    for mut child in children {
+        child.kill().await?;
+    }
+    Ok(EndToEnd { elapsed, p50_ms, p99_ms, peak_rss_mib, cpu_seconds, steady_p50_ms, steady_p99_ms })
+}
+
+fn sum_metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Cumulative end-to-end latency buckets summed over topics: (upper bound, count).
+fn buckets(body: &str) -> Vec<(f64, f64)> {
+    let mut by_bound: Vec<(f64, f64)> = Vec::new();
+    for line in body.lines().filter(|l| l.starts_with("event_router_end_to_end_latency_seconds_bucket{")) {
+        let Some(le) = line.split("le=\"").nth(1).and_then(|r| r.split('"').next()) else { continue };
+        let bound = if le == "+Inf" { f64::INFINITY } else { le.parse().unwrap_or(f64::INFINITY) };
+        let count: f64 = line.rsplit_once(' ').and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0);
+        match by_bound.iter_mut().find(|(b, _)| *b == bound) {
+            Some(entry) => entry.1 += count,
+            None => by_bound.push((bound, count)),
+        }
+    }
+    by_bound.sort_by(|a, b| a.0.total_cmp(&b.0));
+    by_bound
+}
+
+/// The q-quantile of cumulative buckets, interpolated linearly within a bucket (as PromQL's
+/// histogram_quantile does).
+fn quantile_of(buckets: &[(f64, f64)], q: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    if total == 0.0 {
+        return f64::NAN;
+    }
+    let rank = q * total;
+    let mut previous = (0.0, 0.0);
+    for &(bound, count) in buckets {
+        if count >= rank {
+            if bound.is_infinite() {
+                return previous.0;
+            }
+            let width = count - previous.1;
+            return previous.0 + (bound - previous.0) * if width > 0.0 { (rank - previous.1) / width } else { 1.0 };
+        }
+        previous = (bound, count);
+    }
+    previous.0
+}
+
+fn quantile(body: &str, q: f64) -> f64 {
+    quantile_of(&buckets(body), q)
+}
+
+fn quantile_between(before: &str, after: &str, q: f64) -> f64 {
+    let earlier = buckets(before);
+    let delta: Vec<(f64, f64)> = buckets(after)
+        .into_iter()
+        .map(|(bound, count)| (bound, count - earlier.iter().find(|(b, _)| *b == bound).map_or(0.0, |e| e.1)))
+        .collect();
+    quantile_of(&delta, q)
+}
+
+/// The run's figures.
+struct Report {
+    args: Args,
+    rows: Vec<(String, u64, Duration, Value)>,
+}
+
+impl Report {
+    fn new(args: &Args) -> Self {
+        Report { args: args.clone(), rows: Vec::new() }
+    }
+
+    fn add(&mut self, name: &str, messages: u64, elapsed: Duration, extra: Value) {
+        let rate = messages as f64 / elapsed.as_secs_f64();
+        println!("{name:<40} {messages:>9} messages in {:>8.2} s = {rate:>10.0} /s {extra}", elapsed.as_secs_f64());
+        self.rows.push((name.to_string(), messages, elapsed, extra));
+    }
+
+    fn rate(&self, prefix: &str) -> f64 {
+        self.rows.iter().find(|r| r.0.starts_with(prefix)).map_or(f64::NAN, |r| r.1 as f64 / r.2.as_secs_f64())
+    }
+
+    fn finish(self, out: &std::path::Path) -> anyhow::Result<()> {
+        let consume = self.rate("ceiling: consume only");
+        let database = self.rate("ceiling: database only");
+        let e2e = self.rate("end to end");
+        let lower = consume.min(database);
+        let ratio = e2e / lower;
+        println!("end to end / lower ceiling = {:.0} / {:.0} = {:.2}", e2e, lower, ratio);
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
+        std::fs::create_dir_all(out)?;
+        let rows: Vec<Value> = self
+            .rows
+            .iter()
+            .map(|(name, n, elapsed, extra)| {
+                json!({"step": name, "messages": n, "seconds": elapsed.as_secs_f64(), "per_second": *n as f64 / elapsed.as_secs_f64(), "extra": extra})
+            })
+            .collect();
+        let args = &self.args;
+        let document = json!({
+            "when": stamp,
+            "messages": args.messages, "partitions": args.partitions, "payload_padding": args.payload_padding, "instances": args.instances,
+            "steps": rows,
+            "ratio_end_to_end_to_lower_ceiling": ratio,
+        });
+        std::fs::write(out.join(format!("{stamp}.json")), serde_json::to_string_pretty(&document)?)?;
+        let mut md = format!(
+            "# Benchmark {stamp}\n\n{} messages, {} partitions, payload padding {}, {} instance(s)\n\n| step | messages | seconds | per second | details |\n|---|---:|---:|---:|---|\n",
+            args.messages, args.partitions, args.payload_padding, args.instances
+        );
+        for (name, n, elapsed, extra) in &self.rows {
+            md.push_str(&format!(
+                "| {name} | {n} | {:.2} | {:.0} | {} |\n",
+                elapsed.as_secs_f64(),
+                *n as f64 / elapsed.as_secs_f64(),
+                if extra.as_object().is_some_and(|o| o.is_empty()) { String::new() } else { extra.to_string() }
+            ));
+        }
+        md.push_str(&format!("\nEnd to end / lower ceiling: {e2e:.0} / {lower:.0} = **{ratio:.2}**\n"));
+        std::fs::write(out.join(format!("{stamp}.md")), md)?;
+        println!("results: {}", out.join(format!("{stamp}.md")).display());
+        Ok(())
+    }
+}
