@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Tools the tests call besides cargo: promtool (Debian package `prometheus`) checks the metrics
-# output and the alert rules.
+# output and the alert rules; tansu is the second Kafka implementation.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 if ! command -v promtool >/dev/null && command -v dpkg-query >/dev/null; then
@@ -9,3 +9,10 @@ if ! command -v promtool >/dev/null && command -v dpkg-query >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 command -v promtool >/dev/null || { echo "promtool is required by the tests: install Prometheus' promtool" >&2; exit 1; }
+
+# tansu 0.6.0, the second broker implementation the happy path and group scaling also run
+# against (a cold `cargo install` takes about ten minutes on two cores).
+if ! tansu --version 2>/dev/null | grep -q '^tansu 0\.6\.0$'; then
+  say "installing tansu 0.6.0 (cargo install; about ten minutes the first time)"
+  cargo install tansu --version 0.6.0 --locked --features dynostore --quiet
+fi

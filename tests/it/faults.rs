@@ -74,14 +74,15 @@ async fn broker_request_errors_and_an_outage_lose_and_duplicate_nothing() {
     let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 30];
     let sending = tokio::spawn(send_mix(app.producer(), 300));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    app.broker.push_request_errors(RDKafkaApiKey::Produce, &errors);
+    app.broker.embedded().push_request_errors(RDKafkaApiKey::Produce, &errors);
     app.broker
+        .embedded()
         .push_request_errors(RDKafkaApiKey::OffsetCommit, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_COORDINATOR_NOT_AVAILABLE; 5]);
     // Then the broker goes away for three seconds.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    app.broker.broker_down(1).unwrap();
+    app.broker.embedded().broker_down(1).unwrap();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    app.broker.broker_up(1).unwrap();
+    app.broker.embedded().broker_up(1).unwrap();
     sending.await.unwrap();
     assert_exact(&app, 300).await;
     let stream = testkit::drain_topic(app.broker.bootstrap_servers(), &app.topic("events-stream"), Duration::from_secs(3)).await;

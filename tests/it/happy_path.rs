@@ -6,7 +6,7 @@ use event_router::envelope::{IDENTITY_HEADER, REQUEST_ID_HEADER};
 use event_router::producer::{IdentityHeader, Outgoing};
 use event_router::samples;
 use serde_json::Value;
-use testkit::{header, spawn_app};
+use testkit::{header, spawn_app, TestApp};
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -20,7 +20,11 @@ fn outgoing(payload: &Value, key: &str, request_id: &str) -> Outgoing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_sample_topic_lands_in_its_table_and_in_the_stream() {
-    let app = spawn_app().await;
+    lands_in_its_table_and_in_the_stream(spawn_app().await).await;
+}
+
+/// The happy path on any broker (see also `tansu.rs`).
+pub async fn lands_in_its_table_and_in_the_stream(app: TestApp) {
     let todo = samples::todo_created(7);
     let host = samples::host_status_changed(3);
     let progress = samples::cluster_install_progressed(5);

@@ -13,3 +13,4 @@ mod replay;
 mod scaling;
 mod schema_build;
 mod stream_outbox;
+mod tansu;

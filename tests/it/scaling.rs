@@ -28,7 +28,12 @@ async fn send_todos(producer: EventProducer, ids: std::ops::Range<u32>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn instances_share_partitions_and_hand_them_over_without_loss_or_duplicate_rows() {
-    let first = spawn_app().await;
+    share_partitions_and_hand_them_over(spawn_app().await).await;
+}
+
+/// Group scaling on any broker (see also `tansu.rs`): `first` is an instance in group
+/// `event-router-test`.
+pub async fn share_partitions_and_hand_them_over(first: TestApp) {
     send_todos(first.producer(), 0..300).await;
     eventually(WAIT, "the first instance handled the first batch", || async { first.db.count("todos").await == 300 }).await;
 

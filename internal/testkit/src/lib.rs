@@ -60,14 +60,97 @@ impl TestDb {
     }
 }
 
-/// A mock cluster with the service's topics created.
-pub fn start_broker(config: &Config) -> Arc<DevBroker> {
-    let broker = DevBroker::start(1).expect("start the mock cluster");
-    for schema in REGISTRY {
-        broker.create_topic(&config.topics.name(schema.key), PARTITIONS).expect("create topic");
+/// The broker a test runs against: the embedded one (librdkafka's mock cluster, with fault
+/// injection) or tansu, a second, independent Kafka implementation run as its own process.
+pub enum TestBroker {
+    Embedded(DevBroker),
+    Tansu(Tansu),
+}
+
+impl TestBroker {
+    pub fn bootstrap_servers(&self) -> &str {
+        match self {
+            TestBroker::Embedded(broker) => broker.bootstrap_servers(),
+            TestBroker::Tansu(tansu) => &tansu.bootstrap,
+        }
     }
-    broker.create_topic(&config.topics.stream(), PARTITIONS).expect("create stream topic");
-    broker.create_topic(&config.topics.dead_letter(), PARTITIONS).expect("create dead-letter topic");
+
+    pub fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        match self {
+            TestBroker::Embedded(broker) => broker.create_topic(topic, partitions),
+            TestBroker::Tansu(tansu) => tansu.create_topic(topic, partitions),
+        }
+    }
+
+    /// The embedded broker, for fault injection.
+    pub fn embedded(&self) -> &DevBroker {
+        match self {
+            TestBroker::Embedded(broker) => broker,
+            TestBroker::Tansu(_) => panic!("fault injection needs the embedded broker"),
+        }
+    }
+
+    /// Creates the service's topics (schema topics, stream, dead letters).
+    fn create_service_topics(&self, config: &Config) {
+        let mut topics: Vec<String> = REGISTRY.iter().map(|schema| config.topics.name(schema.key)).collect();
+        topics.push(config.topics.stream());
+        topics.push(config.topics.dead_letter());
+        for topic in topics {
+            self.create_topic(&topic, PARTITIONS).unwrap_or_else(|e| panic!("create topic {topic}: {e:#}"));
+        }
+    }
+}
+
+/// A tansu broker process (in-memory storage), advertised on 127.0.0.1. Stopped when dropped.
+pub struct Tansu {
+    bootstrap: String,
+    url: String,
+    _process: tokio::process::Child,
+}
+
+impl Tansu {
+    /// Starts `tansu broker` on a free port and waits until it accepts connections.
+    pub async fn start() -> Tansu {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("tcp://127.0.0.1:{port}");
+        let process = tokio::process::Command::new("tansu")
+            .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
+            .args(["--cluster-id", &format!("test-{port}")])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect(
+                "tansu is installed (make test installs it: cargo install tansu --version 0.6.0 --locked --features dynostore)",
+            );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            assert!(Instant::now() < deadline, "tansu did not listen on port {port} within 30 s");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Tansu { bootstrap: format!("127.0.0.1:{port}"), url, _process: process }
+    }
+
+    fn create_topic(&self, topic: &str, partitions: i32) -> anyhow::Result<()> {
+        let output = std::process::Command::new("tansu")
+            .args(["topic", "create", "--broker", &self.url, "--partitions", &partitions.to_string(), topic])
+            .output()?;
+        anyhow::ensure!(output.status.success(), "tansu topic create: {}", String::from_utf8_lossy(&output.stderr));
+        Ok(())
+    }
+}
+
+/// An embedded broker with the service's topics created.
+pub fn start_broker(config: &Config) -> Arc<TestBroker> {
+    let broker = TestBroker::Embedded(DevBroker::start(1).expect("start the mock cluster"));
+    broker.create_service_topics(config);
+    Arc::new(broker)
+}
+
+/// A tansu broker with the service's topics created.
+pub async fn start_tansu(config: &Config) -> Arc<TestBroker> {
+    let broker = TestBroker::Tansu(Tansu::start().await);
+    broker.create_service_topics(config);
     Arc::new(broker)
 }
 
@@ -88,7 +171,7 @@ pub fn test_config(brokers: &str, database_url: &str, group: &str, extra: &[(&st
 
 /// A running service instance.
 pub struct TestApp {
-    pub broker: Arc<DevBroker>,
+    pub broker: Arc<TestBroker>,
     pub db: Arc<TestDb>,
     pub config: Config,
     pub http_addr: SocketAddr,
@@ -116,13 +199,13 @@ pub async fn spawn_app_with_router(extra: &[(&str, &str)], router: Router) -> Te
 
 impl TestApp {
     /// Spawns an instance on an existing broker and database, in consumer group `group`.
-    pub async fn spawn(broker: Arc<DevBroker>, db: Arc<TestDb>, group: &str, extra: &[(&str, &str)]) -> TestApp {
+    pub async fn spawn(broker: Arc<TestBroker>, db: Arc<TestDb>, group: &str, extra: &[(&str, &str)]) -> TestApp {
         Self::spawn_with_router(broker, db, group, extra, event_router::handlers::router()).await
     }
 
     /// Like [`TestApp::spawn`], with a routing table of the test's own.
     pub async fn spawn_with_router(
-        broker: Arc<DevBroker>,
+        broker: Arc<TestBroker>,
         db: Arc<TestDb>,
         group: &str,
         extra: &[(&str, &str)],
