@@ -52,7 +52,7 @@ impl Application {
     /// Builds the service with another routing table (a binary with its own handlers, a test).
     pub async fn build_with_router(config: Config, router: Router) -> anyhow::Result<Self> {
         router.check_complete()?;
-        let validators = Validators::compile(&config.topics)?;
+        let validators = Validators::compile(&config.topics)?.with_max_payload_bytes(config.max_message_bytes);
         let mut topics: Vec<String> = validators.topic_names().map(str::to_owned).collect();
         topics.sort();
 

@@ -146,6 +146,8 @@ pub struct Config {
     pub handler_max_attempts: u32,
     /// `/readyz` fails when messages are in flight and none has finished for this long.
     pub readiness_stall: Duration,
+    /// Message values larger than this are dead-lettered as `payload_too_large`.
+    pub max_message_bytes: usize,
 }
 
 impl fmt::Debug for Config {
@@ -162,6 +164,7 @@ impl fmt::Debug for Config {
             .field("max_backoff", &self.max_backoff)
             .field("handler_max_attempts", &self.handler_max_attempts)
             .field("readiness_stall", &self.readiness_stall)
+            .field("max_message_bytes", &self.max_message_bytes)
             .finish()
     }
 }
@@ -296,6 +299,11 @@ impl Config {
             return Err(invalid("HANDLER_MAX_ATTEMPTS", "must be at least 1"));
         }
         let readiness_stall = Duration::from_secs(parse_number(env, "READINESS_STALL_SECONDS", 120u64)?);
+        let max_message_bytes =
+            parse_number(env, "MAX_MESSAGE_BYTES", crate::envelope::validate::DEFAULT_MAX_PAYLOAD_BYTES as u64)? as usize;
+        if max_message_bytes == 0 {
+            return Err(invalid("MAX_MESSAGE_BYTES", "must be at least 1"));
+        }
 
         let kafka = KafkaConfig {
             brokers,
@@ -319,6 +327,7 @@ impl Config {
             max_backoff,
             handler_max_attempts,
             readiness_stall,
+            max_message_bytes,
         })
     }
 }
@@ -394,6 +403,7 @@ mod tests {
             (&[("METRICS_ADDR", "9000")], "METRICS_ADDR"),
             (&[("HANDLER_MAX_ATTEMPTS", "0")], "HANDLER_MAX_ATTEMPTS"),
             (&[("READINESS_STALL_SECONDS", "a while")], "READINESS_STALL_SECONDS"),
+            (&[("MAX_MESSAGE_BYTES", "0")], "MAX_MESSAGE_BYTES"),
             (&[("SHUTDOWN_TIMEOUT_SECONDS", "-1")], "SHUTDOWN_TIMEOUT_SECONDS"),
         ];
         for (vars, setting) in cases {

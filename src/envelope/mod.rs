@@ -68,6 +68,17 @@ fn check(message: &RawMessage, validators: &Validators, request_id: Option<&str>
         .payload
         .as_deref()
         .ok_or_else(|| Rejection::new(Reason::PayloadMissing, format!("topic {}: the message has no value", message.topic)))?;
+    if bytes.len() > validators.max_payload_bytes {
+        return Err(Rejection::new(
+            Reason::PayloadTooLarge,
+            format!(
+                "topic {}: the value has {} bytes, over the limit of {} (MAX_MESSAGE_BYTES)",
+                message.topic,
+                bytes.len(),
+                validators.max_payload_bytes
+            ),
+        ));
+    }
     let payload: Value = serde_json::from_slice(bytes)
         .map_err(|e| Rejection::new(Reason::PayloadNotJson, format!("topic {}: the value is not JSON: {e}", message.topic)))?;
     validators.check_payload(&message.topic, &topic.validator, &payload)?;

@@ -40,6 +40,7 @@ pub enum Reason {
     IdentitySchemaViolation,
     RequestIdMissing,
     PayloadMissing,
+    PayloadTooLarge,
     PayloadNotJson,
     SchemaViolation,
     PayloadTypeMismatch,
@@ -63,6 +64,7 @@ impl Reason {
         Reason::IdentitySchemaViolation,
         Reason::RequestIdMissing,
         Reason::PayloadMissing,
+        Reason::PayloadTooLarge,
         Reason::PayloadNotJson,
         Reason::SchemaViolation,
         Reason::PayloadTypeMismatch,
@@ -82,6 +84,7 @@ impl Reason {
             Reason::IdentitySchemaViolation => "identity_schema_violation",
             Reason::RequestIdMissing => "request_id_missing",
             Reason::PayloadMissing => "payload_missing",
+            Reason::PayloadTooLarge => "payload_too_large",
             Reason::PayloadNotJson => "payload_not_json",
             Reason::SchemaViolation => "schema_violation",
             Reason::PayloadTypeMismatch => "payload_type_mismatch",
@@ -102,7 +105,7 @@ impl Reason {
             | Reason::IdentityTypeUnknown
             | Reason::IdentitySchemaViolation
             | Reason::RequestIdMissing => Stage::Headers,
-            Reason::PayloadMissing | Reason::PayloadNotJson => Stage::Payload,
+            Reason::PayloadMissing | Reason::PayloadTooLarge | Reason::PayloadNotJson => Stage::Payload,
             Reason::SchemaViolation | Reason::PayloadTypeMismatch => Stage::Schema,
             Reason::UnknownTopic => Stage::Routing,
             Reason::Handler(_) | Reason::DatabaseRejected => Stage::Handler,

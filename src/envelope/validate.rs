@@ -42,7 +42,12 @@ pub struct TopicValidator {
 pub struct Validators {
     topics: HashMap<String, TopicValidator>,
     pub(crate) identity: jsonschema::Validator,
+    /// Larger values are rejected before they are parsed.
+    pub(crate) max_payload_bytes: usize,
 }
+
+/// The default limit on a message value: Kafka's own default `message.max.bytes` is about 1 MB.
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 
 impl Validators {
     /// Compiles the identity schema and every registry schema, naming topics through `topics`.
@@ -52,7 +57,16 @@ impl Validators {
             let validator = compile_schema(schema.schema, schema.file)?;
             by_topic.insert(topics.name(schema.key), TopicValidator { schema, validator });
         }
-        Ok(Validators { topics: by_topic, identity: compile_schema(IDENTITY_SCHEMA, "x-rh-identity")? })
+        Ok(Validators {
+            topics: by_topic,
+            identity: compile_schema(IDENTITY_SCHEMA, "x-rh-identity")?,
+            max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
+        })
+    }
+
+    /// Rejects values larger than `bytes` (`MAX_MESSAGE_BYTES`).
+    pub fn with_max_payload_bytes(self, bytes: usize) -> Self {
+        Validators { max_payload_bytes: bytes, ..self }
     }
 
     /// The validator for a Kafka topic, if the topic has a schema.

@@ -68,6 +68,13 @@ fn cases() -> Vec<Case> {
         case("no-identity", "todo-created", with(&todo, IdentityHeader::Absent), "identity_missing", "headers"),
         missing_request,
         case(
+            "too-large",
+            "todo-created",
+            with(&json!({"id": 4, "title": "big", "description": "x".repeat(3000)}), user()),
+            "payload_too_large",
+            "payload",
+        ),
+        case(
             "non-json",
             "todo-created",
             Outgoing { value: b"<xml/>".to_vec(), ..with(&todo, user()) },
@@ -85,7 +92,9 @@ fn cases() -> Vec<Case> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_invalid_kind_is_dead_lettered_with_its_reason_and_valid_traffic_flows_on() {
     // A pattern subscription, so a topic without a schema is consumed (and dead-lettered).
-    let app = spawn_app_with(&[("EVENT_ROUTER_TOPIC_PATTERN", r"^platform\.event-router\.no-schema.*")]).await;
+    let app =
+        spawn_app_with(&[("EVENT_ROUTER_TOPIC_PATTERN", r"^platform\.event-router\.no-schema.*"), ("MAX_MESSAGE_BYTES", "2048")])
+            .await;
     app.broker.create_topic(&app.topic("no-schema-here"), 1).unwrap();
     let producer = app.producer();
     let cases = cases();
@@ -171,7 +180,9 @@ async fn each_invalid_kind_is_dead_lettered_with_its_reason_and_valid_traffic_fl
     assert!(!stored_columns.iter().any(|c| c.contains("header") || c.contains("identity")), "{stored_columns:?}");
 
     // A redelivery of the invalid messages (a second group) publishes no second copy.
-    let again = app.spawn_sibling("event-router-redelivery").await;
+    let again =
+        testkit::TestApp::spawn(app.broker.clone(), app.db.clone(), "event-router-redelivery", &[("MAX_MESSAGE_BYTES", "2048")])
+            .await;
     testkit::eventually(WAIT, "the redelivered dead letters are recognised", || async {
         let mut duplicates = 0.0;
         for key in ["todo-created", "host-status-changed", "cluster-install-progressed"] {

@@ -88,3 +88,28 @@ async fn retryable_failures_are_retried_then_dead_lettered_with_their_attempt_co
     );
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_one_partition_retries_the_others_go_on() {
+    let mut routes = router();
+    routes.register::<TodoCreated>(TodoForKnownOrg);
+    let app = spawn_app_with_router(&[("HANDLER_MAX_ATTEMPTS", "1000"), ("RETRY_MAX_BACKOFF_MS", "200")], routes).await;
+    sqlx::query("CREATE TABLE known_orgs (org_id TEXT PRIMARY KEY)").execute(&app.db.pool).await.unwrap();
+    let waiting = app.send("todo-created", &todo(1, "late")).await;
+    eventually(WAIT, "the handler retried", || async {
+        app.metric("event_router_retries_total", &[("step", "handler")]).await >= 1.0
+    })
+    .await;
+    // Meanwhile another partition goes on: a host status on another topic is stored.
+    let other = Outgoing {
+        key: Some("elsewhere".into()),
+        ..Outgoing::json(&samples::host_status_changed(1), IdentityHeader::Document(samples::user_identity("other")))
+    };
+    let elsewhere = app.send("host-status-changed", &other).await;
+    assert_ne!(elsewhere.topic, waiting.topic);
+    eventually(WAIT, "another partition is handled while one waits", || async { app.db.count("host_statuses").await == 1 }).await;
+    assert_eq!(app.db.count("todos").await, 0, "the waiting todo is still waiting");
+    sqlx::query("INSERT INTO known_orgs VALUES ('late')").execute(&app.db.pool).await.unwrap();
+    eventually(WAIT, "the waiting todo stored once its org arrived", || async { app.db.count("todos").await == 1 }).await;
+    app.stop().await;
+}
