@@ -31,7 +31,8 @@ soak:
 # options, e.g. make bench BENCH_ARGS="--messages 100000 --partitions 32".
 bench:
 	scripts/ensure-postgres.sh
-	$(CARGO) build --release --bin event-router --bin event-router-bench
+	$(CARGO) build --release -p event-router --bin event-router
+	$(CARGO) build --release -p bench --bin event-router-bench
 	target/release/event-router-bench $(BENCH_ARGS)
 
 lint:

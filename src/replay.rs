@@ -24,7 +24,8 @@ use crate::config::Config;
 use crate::dead_letter;
 use crate::kafka::{self, Publisher};
 use crate::message::{Header, RawMessage};
-use crate::store::{self, dead_letters, InboxKey};
+use crate::store::dead_letters::{self, Recorded};
+use crate::store::{self, InboxKey};
 
 /// Header on a re-injected message: `<topic>/<partition>/<offset>` of the original.
 pub const REPLAY_OF: &str = "x-event-router-replay-of";
@@ -179,7 +180,7 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
                     continue;
                 }
                 summary.matched += 1;
-                if !filter.include_replayed && was_replayed(&pool, &copy.original).await? {
+                if !filter.include_replayed && dead_letters::lookup(&pool, &copy.original).await? == Recorded::Replayed {
                     summary.skipped_already_replayed += 1;
                     continue;
                 }
@@ -218,19 +219,6 @@ fn matches_headers(copy: &Copy, filter: &Filter) -> bool {
         && filter.reason.as_deref().is_none_or(|r| copy.reason() == Some(r))
         && filter.since.is_none_or(|since| dead_lettered_at.is_some_and(|at| at >= since))
         && filter.until.is_none_or(|until| dead_lettered_at.is_some_and(|at| at < until))
-}
-
-async fn was_replayed(pool: &sqlx::PgPool, original: &InboxKey) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM dead_letters WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3
-                        AND fingerprint = $4 AND replayed_at IS NOT NULL)",
-    )
-    .bind(&original.topic)
-    .bind(original.partition)
-    .bind(original.offset)
-    .bind(&original.fingerprint[..])
-    .fetch_one(pool)
-    .await
 }
 
 /// Reads the dead-letter topic from its start to its current end, every partition.

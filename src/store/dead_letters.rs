@@ -26,18 +26,36 @@ pub struct DeadLetter<'a> {
     pub dead_letter_offset: i64,
 }
 
-/// Whether this very record was dead-lettered before at these coordinates.
-pub async fn is_recorded<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<bool, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM dead_letters
-                        WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint = $4)",
+/// What the table knows of this very record at these coordinates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    No,
+    DeadLettered,
+    Replayed,
+}
+
+/// Looks the record up.
+pub async fn lookup<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<Recorded, sqlx::Error> {
+    let replayed: Option<bool> = sqlx::query_scalar(
+        "SELECT bool_or(replayed_at IS NOT NULL) FROM dead_letters
+         WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint = $4",
     )
     .bind(&key.topic)
     .bind(key.partition)
     .bind(key.offset)
     .bind(&key.fingerprint[..])
     .fetch_one(executor)
-    .await
+    .await?;
+    Ok(match replayed {
+        None => Recorded::No,
+        Some(false) => Recorded::DeadLettered,
+        Some(true) => Recorded::Replayed,
+    })
+}
+
+/// Whether this very record was dead-lettered before at these coordinates.
+pub async fn is_recorded<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<bool, sqlx::Error> {
+    Ok(lookup(executor, key).await? != Recorded::No)
 }
 
 /// Marks the dead letter of this record as replayed.

@@ -11,7 +11,7 @@ use event_router::router::{Context, Handler, HandlerError};
 use event_router::samples;
 use event_router::store::Tx;
 use event_router::topics::TodoCreated;
-use testkit::{eventually, header, spawn_app_with_router};
+use testkit::{eventually, header, spawn_app_with_router, TestApp};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -42,6 +42,15 @@ impl Handler<TodoCreated> for TodoForKnownOrg {
     }
 }
 
+/// The service with [`TodoForKnownOrg`] for `todo-created` and an empty `known_orgs` table.
+pub async fn app_waiting_for_orgs(extra: &[(&str, &str)]) -> TestApp {
+    let mut routes = router();
+    routes.register::<TodoCreated>(TodoForKnownOrg);
+    let app = spawn_app_with_router(extra, routes).await;
+    sqlx::query("CREATE TABLE known_orgs (org_id TEXT PRIMARY KEY)").execute(&app.db.pool).await.unwrap();
+    app
+}
+
 pub fn todo(id: u32, org: &str) -> Outgoing {
     Outgoing {
         key: Some("one-partition".into()),
@@ -51,10 +60,7 @@ pub fn todo(id: u32, org: &str) -> Outgoing {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retryable_failures_are_retried_then_dead_lettered_with_their_attempt_count() {
-    let mut routes = router();
-    routes.register::<TodoCreated>(TodoForKnownOrg);
-    let app = spawn_app_with_router(&[("HANDLER_MAX_ATTEMPTS", "4"), ("RETRY_MAX_BACKOFF_MS", "300")], routes).await;
-    sqlx::query("CREATE TABLE known_orgs (org_id TEXT PRIMARY KEY)").execute(&app.db.pool).await.unwrap();
+    let app = app_waiting_for_orgs(&[("HANDLER_MAX_ATTEMPTS", "4"), ("RETRY_MAX_BACKOFF_MS", "300")]).await;
     let todo_topic = app.topic("todo-created");
 
     // An org that is registered while the handler is retrying: the todo goes through.
@@ -91,10 +97,7 @@ async fn retryable_failures_are_retried_then_dead_lettered_with_their_attempt_co
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn while_one_partition_retries_the_others_go_on() {
-    let mut routes = router();
-    routes.register::<TodoCreated>(TodoForKnownOrg);
-    let app = spawn_app_with_router(&[("HANDLER_MAX_ATTEMPTS", "1000"), ("RETRY_MAX_BACKOFF_MS", "200")], routes).await;
-    sqlx::query("CREATE TABLE known_orgs (org_id TEXT PRIMARY KEY)").execute(&app.db.pool).await.unwrap();
+    let app = app_waiting_for_orgs(&[("HANDLER_MAX_ATTEMPTS", "1000"), ("RETRY_MAX_BACKOFF_MS", "200")]).await;
     let waiting = app.send("todo-created", &todo(1, "late")).await;
     eventually(WAIT, "the handler retried", || async {
         app.metric("event_router_retries_total", &[("step", "handler")]).await >= 1.0

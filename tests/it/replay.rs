@@ -4,11 +4,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use event_router::handlers::router;
-use event_router::topics::TodoCreated;
-use testkit::{eventually, spawn_app_with_router, TestApp};
+use testkit::{eventually, TestApp};
 
-use crate::handler_retries::{todo, TodoForKnownOrg};
+use crate::handler_retries::{app_waiting_for_orgs, todo};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -28,10 +26,7 @@ fn replay(app: &TestApp, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replaying_fixed_dead_letters_applies_them_once() {
-    let mut routes = router();
-    routes.register::<TodoCreated>(TodoForKnownOrg);
-    let app = spawn_app_with_router(&[("HANDLER_MAX_ATTEMPTS", "2"), ("RETRY_MAX_BACKOFF_MS", "200")], routes).await;
-    sqlx::query("CREATE TABLE known_orgs (org_id TEXT PRIMARY KEY)").execute(&app.db.pool).await.unwrap();
+    let app = app_waiting_for_orgs(&[("HANDLER_MAX_ATTEMPTS", "2"), ("RETRY_MAX_BACKOFF_MS", "200")]).await;
 
     // Three todos of an unregistered org are dead-lettered; one schema violation too.
     for id in 1..=3 {
