@@ -33,8 +33,10 @@ use crate::message::RawMessage;
 use crate::pipeline::{Outcome, Pipeline};
 use crate::telemetry::Telemetry;
 
-/// Messages buffered per partition between the fetch loop and the partition's worker.
-const PARTITION_BUFFER: usize = 256;
+/// Messages buffered per partition between the fetch loop and the partition's worker. With one
+/// worker per owned partition this bounds the messages held in the service; librdkafka's own
+/// pre-fetch queue is bounded separately (`queued.max.messages.kbytes`).
+const PARTITION_BUFFER: usize = 32;
 
 type Slot = (String, i32);
 

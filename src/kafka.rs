@@ -56,7 +56,10 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("heartbeat.interval.ms", "1000")
         .set("topic.metadata.refresh.interval.ms", "10000")
         // Feeds the consumer lag gauge.
-        .set("statistics.interval.ms", "5000");
+        .set("statistics.interval.ms", "5000")
+        // librdkafka pre-fetches up to this much (all partitions together; 64 MiB by default):
+        // enough to keep every worker busy, small enough to bound memory.
+        .set("queued.max.messages.kbytes", "16384");
     config
 }
 
