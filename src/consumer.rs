@@ -30,13 +30,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::message::RawMessage;
-use crate::pipeline::{Outcome, Pipeline};
+use crate::pipeline::Pipeline;
 use crate::telemetry::Telemetry;
 
-/// Messages buffered per partition between the fetch loop and the partition's worker. With one
-/// worker per owned partition this bounds the messages held in the service; librdkafka's own
-/// pre-fetch queue is bounded separately (`queued.max.messages.kbytes`).
-const PARTITION_BUFFER: usize = 32;
+/// Messages buffered per partition between the fetch loop and the partition's worker, and the
+/// largest batch a worker writes in one transaction. With one worker per owned partition this
+/// bounds the messages held in the service; librdkafka's own pre-fetch queue is bounded
+/// separately (`queued.max.messages.kbytes`).
+const PARTITION_BUFFER: usize = 64;
 
 type Slot = (String, i32);
 
@@ -251,8 +252,9 @@ async fn partition_worker(
     stop: CancellationToken,
     abandon: CancellationToken,
 ) {
+    let mut batch = Vec::with_capacity(PARTITION_BUFFER);
     loop {
-        let message = tokio::select! {
+        let first = tokio::select! {
             biased;
             _ = stop.cancelled() => return,
             message = messages.recv() => match message {
@@ -260,16 +262,27 @@ async fn partition_worker(
                 None => return,
             },
         };
-        match pipeline.process(&message, &abandon).await {
-            Outcome::Abandoned => return,
-            _ => {
-                if let Err(error) = consumer.store_offset(&message.topic, message.partition, message.offset) {
-                    // Only possible if the partition was revoked without this worker being
-                    // stopped first; its new owner reprocesses from the last commit, and the
-                    // inbox makes that a no-op for what was handled here.
-                    tracing::debug!(%error, topic = %message.topic, partition = message.partition, "offset not stored");
-                }
+        // Whatever else is already waiting joins the batch: under load a partition's backlog is
+        // written a batch per transaction; a lone message goes through at once.
+        batch.clear();
+        batch.push(first);
+        while batch.len() < PARTITION_BUFFER {
+            match messages.try_recv() {
+                Ok(message) => batch.push(message),
+                Err(_) => break,
             }
+        }
+        let finished = pipeline.process_batch(&batch, &abandon).await;
+        if let Some(last) = finished.checked_sub(1).map(|i| &batch[i]) {
+            if let Err(error) = consumer.store_offset(&last.topic, last.partition, last.offset) {
+                // Only possible if the partition was revoked without this worker being stopped
+                // first; its new owner reprocesses from the last commit, and the inbox makes that
+                // a no-op for what was handled here.
+                tracing::debug!(%error, topic = %last.topic, partition = last.partition, "offset not stored");
+            }
+        }
+        if finished < batch.len() {
+            return; // abandoned: nothing after the last finished message may be stored
         }
     }
 }

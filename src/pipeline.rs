@@ -88,6 +88,22 @@ pub struct Pipeline {
     output_topics: [String; 2],
 }
 
+/// A message that passed every check, ready for its database work.
+struct Prepared<'m> {
+    message: &'m RawMessage,
+    checked: Checked,
+    ctx: Context,
+    /// The enriched stream event and its headers, when the stream is on.
+    event: Option<(String, Vec<Header>)>,
+}
+
+/// What a batch transaction did.
+enum BatchWrite {
+    Committed(Vec<Handled>),
+    /// The message at this index was refused; nothing was committed.
+    RefusedAt(usize),
+}
+
 enum Handled {
     FirstTime(HandlingTime),
     Duplicate,
@@ -129,10 +145,118 @@ impl Pipeline {
         }
     }
 
+    fn prepared<'m>(&self, message: &'m RawMessage, checked: Checked, received_at: chrono::DateTime<Utc>) -> Prepared<'m> {
+        let ctx = Context {
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            key: message.key_text(),
+            timestamp: message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
+            identity: checked.identity.clone(),
+            request_id: checked.request_id.clone(),
+        };
+        let event = self.topics.stream_enabled.then(|| {
+            let payload = stream::enriched_event(&checked, message, received_at).to_string();
+            (payload, stream::propagated_headers(message, &checked.request_id))
+        });
+        Prepared { message, checked, ctx, event }
+    }
+
+    /// `message` ready for the batch path, or `None` when it needs the single-message path (an
+    /// own output topic, or a rejection to dead-letter).
+    fn prepare<'m>(&self, message: &'m RawMessage) -> Option<Prepared<'m>> {
+        if self.output_topics.contains(&message.topic) {
+            return None;
+        }
+        let checked = envelope::open(message, &self.validators).result.ok()?;
+        Some(self.prepared(message, checked, Utc::now()))
+    }
+
+    /// Processes the messages of one partition, in order. Runs of messages that pass their
+    /// checks are written in one transaction each; anything else takes the single-message path.
+    /// Returns how many messages, from the first, are finished: fewer than all only when the
+    /// abandon token fired, and then the rest must not have their offsets stored.
+    pub async fn process_batch(&self, messages: &[RawMessage], abandon: &CancellationToken) -> usize {
+        let attempt = Attempt { pipeline: self, abandon };
+        let mut done = 0;
+        while done < messages.len() {
+            let run: Vec<Prepared<'_>> = messages[done..].iter().map_while(|m| self.prepare(m)).collect();
+            if run.len() < 2 {
+                if self.process(&messages[done], abandon).await == Outcome::Abandoned {
+                    return done;
+                }
+                done += 1;
+                continue;
+            }
+            for p in &run {
+                self.telemetry.message_started(p.message);
+            }
+            let written = attempt.retry("database", run[0].message, || attempt.write_batch(&run)).await;
+            let handled = match written {
+                Some(BatchWrite::Committed(handled)) => handled,
+                Some(BatchWrite::RefusedAt(index)) => {
+                    // Commit the messages before the refused one next time round; the refused one
+                    // then reaches the single-message path (retries, dead letter).
+                    for _ in &run {
+                        self.telemetry.message_unstarted();
+                    }
+                    if index == 0 {
+                        if self.process(&messages[done], abandon).await == Outcome::Abandoned {
+                            return done;
+                        }
+                        done += 1;
+                    } else {
+                        let committed = attempt.retry("database", run[0].message, || attempt.write_batch(&run[..index])).await;
+                        match committed {
+                            Some(BatchWrite::Committed(handled)) => {
+                                for p in &run[..index] {
+                                    self.telemetry.message_started(p.message);
+                                }
+                                self.finish_batch(&run[..index], handled);
+                                done += index;
+                            }
+                            // Refused again (the data changed meanwhile): the next round sorts it out.
+                            Some(BatchWrite::RefusedAt(_)) => {}
+                            None => return done,
+                        }
+                    }
+                    continue;
+                }
+                None => {
+                    for p in &run {
+                        self.telemetry.message_abandoned(p.message);
+                    }
+                    return done;
+                }
+            };
+            self.finish_batch(&run, handled);
+            done += run.len();
+        }
+        done
+    }
+
+    fn finish_batch(&self, run: &[Prepared<'_>], handled: Vec<Handled>) {
+        let mut wrote_events = false;
+        for (p, result) in run.iter().zip(handled) {
+            let (outcome, first_time, timing) = match result {
+                Handled::FirstTime(timing) => (Outcome::Handled, true, timing),
+                Handled::Duplicate => (Outcome::Duplicate, false, HandlingTime::default()),
+            };
+            wrote_events |= first_time && p.event.is_some();
+            self.telemetry.message_handled(&p.ctx, &timing, first_time);
+            self.telemetry.message_counted(p.message);
+            self.telemetry.message_finished(&p.message.topic, outcome.as_str());
+        }
+        if wrote_events {
+            self.relay_wake.notify_one();
+        }
+    }
+
     /// Processes `message` to a final outcome. When `abandon` is cancelled (the shutdown or
     /// revoke deadline passed), retries stop and the outcome is [`Outcome::Abandoned`].
     pub async fn process(&self, message: &RawMessage, abandon: &CancellationToken) -> Outcome {
-        self.telemetry.message_consumed(message);
+        self.telemetry.message_started(message);
+        self.telemetry.message_counted(message);
         // One span per message: every log line about it carries where it is from and, once the
         // headers are read, its request id and org id (never the identity itself).
         let span = tracing::info_span!(
@@ -176,20 +300,7 @@ impl Attempt<'_> {
             Ok(checked) => checked,
             Err(rejection) => return self.dead_letter(message, &rejection, opened.request_id.as_deref(), None).await,
         };
-        let ctx = Context {
-            topic: message.topic.clone(),
-            partition: message.partition,
-            offset: message.offset,
-            key: message.key_text(),
-            timestamp: message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
-            identity: checked.identity.clone(),
-            request_id: checked.request_id.clone(),
-        };
-
-        let event = self.pipeline.topics.stream_enabled.then(|| {
-            let payload = stream::enriched_event(&checked, message, received_at).to_string();
-            (payload, stream::propagated_headers(message, &checked.request_id))
-        });
+        let Prepared { ctx, event, .. } = self.pipeline.prepared(message, checked.clone(), received_at);
         let mut attempt = 1;
         let (first_time, timing) = loop {
             let handled = self.retry("database", message, || self.handle_once(message, &checked, &ctx, event.as_ref())).await;
@@ -237,23 +348,71 @@ impl Attempt<'_> {
     ) -> anyhow::Result<Result<Handled, Refusal>> {
         let opened = Instant::now();
         let mut tx = self.pipeline.pool.begin().await?;
+        match self.write_effects(&mut tx, message, checked, ctx, event).await? {
+            Ok(Handled::FirstTime(timing)) => {
+                tx.commit().await?;
+                self.pipeline.telemetry.transaction_committed(1);
+                Ok(Ok(Handled::FirstTime(HandlingTime { transaction: opened.elapsed(), ..timing })))
+            }
+            other => {
+                tx.rollback().await?;
+                Ok(other)
+            }
+        }
+    }
+
+    /// Writes every message of `batch` in one transaction, in order, so that a partition's
+    /// backlog costs one commit per batch instead of one per message. The first refusal undoes the
+    /// whole transaction and names the message: the caller commits the ones before it again and
+    /// sends that one down the single-message path (retries, dead letters).
+    async fn write_batch(&self, batch: &[Prepared<'_>]) -> anyhow::Result<BatchWrite> {
+        let opened = Instant::now();
+        let mut tx = self.pipeline.pool.begin().await?;
+        let mut handled = Vec::with_capacity(batch.len());
+        for (index, p) in batch.iter().enumerate() {
+            match self.write_effects(&mut tx, p.message, &p.checked, &p.ctx, p.event.as_ref()).await? {
+                Ok(result) => handled.push(result),
+                Err(_) => {
+                    tx.rollback().await?;
+                    return Ok(BatchWrite::RefusedAt(index));
+                }
+            }
+        }
+        tx.commit().await?;
+        self.pipeline.telemetry.transaction_committed(batch.len());
+        let transaction = opened.elapsed();
+        for result in &mut handled {
+            if let Handled::FirstTime(timing) = result {
+                timing.transaction = transaction;
+            }
+        }
+        Ok(BatchWrite::Committed(handled))
+    }
+
+    /// One message's database work inside `tx`: inbox row, handler writes, outbox row. Commits
+    /// nothing; on a refusal the caller must roll `tx` back.
+    async fn write_effects(
+        &self,
+        tx: &mut store::Tx,
+        message: &RawMessage,
+        checked: &Checked,
+        ctx: &Context,
+        event: Option<&(String, Vec<Header>)>,
+    ) -> anyhow::Result<Result<Handled, Refusal>> {
         let mut key = InboxKey::of(message);
         // A replayed dead letter counts as its original, so that replaying it twice has one effect.
         if let Some(original) = replay::replay_of(message, key.fingerprint) {
-            if dead_letters::is_recorded(&mut *tx, &original).await? {
+            if dead_letters::is_recorded(&mut **tx, &original).await? {
                 key = original;
             }
         }
-        match store::record_in_inbox(&mut tx, &key, &ctx.request_id, ctx.org_id()).await? {
+        match store::record_in_inbox(tx, &key, &ctx.request_id, ctx.org_id()).await? {
             InboxEntry::New => {}
             InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(ctx),
-            InboxEntry::Redelivery => {
-                tx.rollback().await?;
-                return Ok(Ok(Handled::Duplicate));
-            }
+            InboxEntry::Redelivery => return Ok(Ok(Handled::Duplicate)),
         }
         let handler_started = Instant::now();
-        let dispatched = self.pipeline.router.dispatch(checked.schema.key, &checked.payload, ctx, &mut tx).await;
+        let dispatched = self.pipeline.router.dispatch(checked.schema.key, &checked.payload, ctx, tx).await;
         let handler = handler_started.elapsed();
         match dispatched {
             Ok(()) => {
@@ -261,19 +420,12 @@ impl Attempt<'_> {
                     let topic = self.pipeline.topics.stream();
                     let event =
                         OutgoingEvent { topic: &topic, key: message.key.as_deref(), payload: payload.as_bytes(), headers };
-                    outbox::enqueue(&mut tx, &event, message).await?;
+                    outbox::enqueue(tx, &event, message).await?;
                 }
-                tx.commit().await?;
-                Ok(Ok(Handled::FirstTime(HandlingTime { handler, transaction: opened.elapsed() })))
+                Ok(Ok(Handled::FirstTime(HandlingTime { handler, transaction: Duration::ZERO })))
             }
-            Err(DispatchError::Rejected(rejection)) => {
-                tx.rollback().await?;
-                Ok(Err(Refusal::Rejected(rejection)))
-            }
-            Err(DispatchError::Retryable(rejection)) => {
-                tx.rollback().await?;
-                Ok(Err(Refusal::Retryable(rejection)))
-            }
+            Err(DispatchError::Rejected(rejection)) => Ok(Err(Refusal::Rejected(rejection))),
+            Err(DispatchError::Retryable(rejection)) => Ok(Err(Refusal::Retryable(rejection))),
             Err(DispatchError::Transient(error)) => Err(error),
         }
     }

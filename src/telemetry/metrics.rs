@@ -4,7 +4,8 @@
 //! several instances in one process and scrape each separately.
 
 use prometheus::{
-    Encoder, Gauge, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Gauge, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::envelope::Reason;
@@ -33,6 +34,7 @@ pub struct Metrics {
     pub transaction_seconds: HistogramVec,
     pub end_to_end_seconds: HistogramVec,
     pub consumer_lag: IntGaugeVec,
+    pub transaction_messages: Histogram,
     pub outbox_backlog: IntGauge,
     pub outbox_oldest_age_seconds: Gauge,
     pub in_flight: IntGauge,
@@ -102,6 +104,15 @@ impl Metrics {
         )
         .expect("valid metric");
         registry.register(Box::new(consumer_lag.clone())).expect("unique metric");
+        let transaction_messages = Histogram::with_opts(
+            HistogramOpts::new(
+                "event_router_transaction_messages",
+                "Messages written per database transaction (a partition's backlog is written in batches).",
+            )
+            .buckets(vec![1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0]),
+        )
+        .expect("valid metric");
+        registry.register(Box::new(transaction_messages.clone())).expect("unique metric");
         let outbox_backlog =
             IntGauge::new("event_router_outbox_backlog", "Stream events waiting in the outbox.").expect("valid metric");
         registry.register(Box::new(outbox_backlog.clone())).expect("unique metric");
@@ -160,6 +171,7 @@ impl Metrics {
             transaction_seconds,
             end_to_end_seconds,
             consumer_lag,
+            transaction_messages,
             outbox_backlog,
             outbox_oldest_age_seconds,
             in_flight,

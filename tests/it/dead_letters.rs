@@ -225,3 +225,48 @@ async fn a_taken_todo_id_is_rejected_by_the_handler_not_merged() {
     assert_eq!(title, "Todo number 9", "the first todo is kept");
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_a_batch_dead_letters_that_message_alone_and_keeps_order() {
+    // The backlog is produced before the service starts, so its partition is written in batches.
+    let db = std::sync::Arc::new(testkit::TestDb::create().await);
+    let config = testkit::test_config("127.0.0.1:1", &db.url, "probe", &[]);
+    let broker = testkit::start_broker(&config);
+    let config = testkit::test_config(broker.bootstrap_servers(), &db.url, "event-router-test", &[]);
+    let producer = event_router::producer::EventProducer::new(&config.kafka, &config.topics).unwrap();
+    let messages: Vec<_> = (0..40u32)
+        .map(|n| {
+            // The 21st message reuses id 7 with another title: its handler refuses it.
+            let payload =
+                if n == 20 { json!({"id": 7, "title": "taken", "description": "id 7 again"}) } else { samples::todo_created(n) };
+            producer.build("todo-created", &Outgoing { key: Some("one-key".into()), ..Outgoing::json(&payload, user()) })
+        })
+        .collect();
+    // Queued together, in order: one partition, offsets in this order.
+    futures::future::join_all(messages.iter().map(|m| producer.send_raw(m))).await.into_iter().for_each(|r| {
+        r.unwrap();
+    });
+    let app = testkit::TestApp::spawn(broker, db.clone(), "event-router-test", &[]).await;
+
+    let dead = app.read_topic(&app.topic("dlq"), 1, WAIT).await;
+    assert_eq!(header(&dead[0], dead_letter::REASON).as_deref(), Some("todo_id_taken"));
+    testkit::eventually(WAIT, "the other 39 todos stored", || async { db.count("todos").await == 39 }).await;
+    let title: String = sqlx::query_scalar("SELECT title FROM todos WHERE id = 7").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(title, "Todo number 7");
+    let stream = app.read_topic(&app.topic("events-stream"), 39, WAIT).await;
+    let offsets: Vec<i64> = stream
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Value>(m.payload.as_deref().unwrap()).unwrap()["metadata"]["source"]["offset"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let mut sorted = offsets.clone();
+    sorted.sort();
+    assert_eq!(offsets, sorted, "stream events keep source order across the split batch");
+    assert!(!offsets.contains(&20), "the refused message has no event");
+    let transactions = app.metric("event_router_transaction_messages_count", &[]).await;
+    assert!(transactions < 39.0, "messages were written in batches ({transactions} transactions for 39 messages)");
+    app.stop().await;
+}
