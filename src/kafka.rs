@@ -59,7 +59,10 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("statistics.interval.ms", "5000")
         // librdkafka pre-fetches up to this much (all partitions together; 64 MiB by default):
         // enough to keep every worker busy, small enough to bound memory.
-        .set("queued.max.messages.kbytes", "16384");
+        .set("queued.max.messages.kbytes", "16384")
+        // A fetch returns as soon as data is there, or after this long when there is none
+        // (librdkafka's 500 ms default puts up to half a second on a quiet partition's latency).
+        .set("fetch.wait.max.ms", "10");
     config
 }
 
