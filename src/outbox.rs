@@ -70,6 +70,42 @@ pub async fn enqueue(tx: &mut Tx, event: &OutgoingEvent<'_>, source: &RawMessage
     Ok(())
 }
 
+/// Writes several events into the outbox with one statement, in order (their ids follow the
+/// order of `events`, which keeps the relay's per-key order).
+pub async fn enqueue_all(tx: &mut Tx, events: &[(OutgoingEvent<'_>, &RawMessage)]) -> Result<(), sqlx::Error> {
+    if events.is_empty() {
+        return Ok(());
+    }
+    let headers: Vec<String> = events
+        .iter()
+        .map(|(event, _)| {
+            let pairs: Vec<(&str, Option<String>)> = event
+                .headers
+                .iter()
+                .map(|h| (h.key.as_str(), h.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned())))
+                .collect();
+            serde_json::to_string(&pairs).expect("headers serialise")
+        })
+        .collect();
+    sqlx::query(
+        "INSERT INTO outbox (topic, message_key, payload, headers, source_topic, source_partition, source_offset)
+         SELECT topic, message_key, payload, headers::jsonb, source_topic, source_partition, source_offset
+         FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[], $6::int4[], $7::int8[])
+              WITH ORDINALITY AS e(topic, message_key, payload, headers, source_topic, source_partition, source_offset, n)
+         ORDER BY n",
+    )
+    .bind(events.iter().map(|(e, _)| e.topic).collect::<Vec<_>>())
+    .bind(events.iter().map(|(e, _)| e.key.map(<[u8]>::to_vec)).collect::<Vec<_>>())
+    .bind(events.iter().map(|(e, _)| e.payload.to_vec()).collect::<Vec<_>>())
+    .bind(headers)
+    .bind(events.iter().map(|(_, m)| m.topic.as_str()).collect::<Vec<_>>())
+    .bind(events.iter().map(|(_, m)| m.partition).collect::<Vec<_>>())
+    .bind(events.iter().map(|(_, m)| m.offset).collect::<Vec<_>>())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,

@@ -368,16 +368,42 @@ impl Attempt<'_> {
     async fn write_batch(&self, batch: &[Prepared<'_>]) -> anyhow::Result<BatchWrite> {
         let opened = Instant::now();
         let mut tx = self.pipeline.pool.begin().await?;
+        // The inbox rows of the whole batch in one statement, then each handler, then the outbox
+        // rows in one statement: round trips per batch, not per message, where SQL allows.
+        let mut keys = Vec::with_capacity(batch.len());
+        for p in batch {
+            keys.push(self.inbox_key(&mut tx, p.message).await?);
+        }
+        let request_ids: Vec<&str> = batch.iter().map(|p| p.ctx.request_id.as_str()).collect();
+        let org_ids: Vec<Option<&str>> = batch.iter().map(|p| p.ctx.org_id()).collect();
+        let entries = store::record_all_in_inbox(&mut tx, &keys, &request_ids, &org_ids).await?;
+        let stream_topic = self.pipeline.topics.stream();
         let mut handled = Vec::with_capacity(batch.len());
-        for (index, p) in batch.iter().enumerate() {
-            match self.write_effects(&mut tx, p.message, &p.checked, &p.ctx, p.event.as_ref()).await? {
-                Ok(result) => handled.push(result),
-                Err(_) => {
+        let mut events = Vec::new();
+        for (index, (p, entry)) in batch.iter().zip(entries).enumerate() {
+            match entry {
+                InboxEntry::Redelivery => {
+                    handled.push(Handled::Duplicate);
+                    continue;
+                }
+                InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(&p.ctx),
+                InboxEntry::New => {}
+            }
+            let started = Instant::now();
+            match self.pipeline.router.dispatch(p.checked.schema.key, &p.checked.payload, &p.ctx, &mut tx).await {
+                Ok(()) => handled.push(Handled::FirstTime(HandlingTime { handler: started.elapsed(), transaction: Duration::ZERO })),
+                Err(DispatchError::Rejected(_) | DispatchError::Retryable(_)) => {
                     tx.rollback().await?;
                     return Ok(BatchWrite::RefusedAt(index));
                 }
+                Err(DispatchError::Transient(error)) => return Err(error),
+            }
+            if let Some((payload, headers)) = &p.event {
+                let event = OutgoingEvent { topic: &stream_topic, key: p.message.key.as_deref(), payload: payload.as_bytes(), headers };
+                events.push((event, p.message));
             }
         }
+        outbox::enqueue_all(&mut tx, &events).await?;
         tx.commit().await?;
         self.pipeline.telemetry.transaction_committed(batch.len());
         let transaction = opened.elapsed();
@@ -387,6 +413,18 @@ impl Attempt<'_> {
             }
         }
         Ok(BatchWrite::Committed(handled))
+    }
+
+    /// What the inbox knows `message` by. A replayed dead letter counts as its original, so that
+    /// replaying it twice has one effect.
+    async fn inbox_key(&self, tx: &mut store::Tx, message: &RawMessage) -> anyhow::Result<InboxKey> {
+        let key = InboxKey::of(message);
+        if let Some(original) = replay::replay_of(message, key.fingerprint) {
+            if dead_letters::is_recorded(&mut **tx, &original).await? {
+                return Ok(original);
+            }
+        }
+        Ok(key)
     }
 
     /// One message's database work inside `tx`: inbox row, handler writes, outbox row. Commits
@@ -399,13 +437,7 @@ impl Attempt<'_> {
         ctx: &Context,
         event: Option<&(String, Vec<Header>)>,
     ) -> anyhow::Result<Result<Handled, Refusal>> {
-        let mut key = InboxKey::of(message);
-        // A replayed dead letter counts as its original, so that replaying it twice has one effect.
-        if let Some(original) = replay::replay_of(message, key.fingerprint) {
-            if dead_letters::is_recorded(&mut **tx, &original).await? {
-                key = original;
-            }
-        }
+        let key = self.inbox_key(tx, message).await?;
         match store::record_in_inbox(tx, &key, &ctx.request_id, ctx.org_id()).await? {
             InboxEntry::New => {}
             InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(ctx),

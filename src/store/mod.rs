@@ -125,6 +125,53 @@ pub async fn record_in_inbox(
     })
 }
 
+/// Records a batch of messages in the inbox with one statement, in the batch's transaction; the
+/// entries come back in the order of `keys`. Keys that repeat within the batch (two replays of
+/// one dead letter) are recorded one by one, as one statement cannot update a row twice.
+pub async fn record_all_in_inbox(
+    tx: &mut Tx,
+    keys: &[InboxKey],
+    request_ids: &[&str],
+    org_ids: &[Option<&str>],
+) -> Result<Vec<InboxEntry>, sqlx::Error> {
+    let distinct: std::collections::HashSet<(&str, i32, i64)> =
+        keys.iter().map(|k| (k.topic.as_str(), k.partition, k.offset)).collect();
+    if distinct.len() < keys.len() {
+        let mut entries = Vec::with_capacity(keys.len());
+        for ((key, request_id), org_id) in keys.iter().zip(request_ids).zip(org_ids) {
+            entries.push(record_in_inbox(tx, key, request_id, *org_id).await?);
+        }
+        return Ok(entries);
+    }
+    let rows: Vec<(String, i32, i64, bool)> = sqlx::query_as(
+        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)
+         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[])
+         ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE
+            SET fingerprint = EXCLUDED.fingerprint, request_id = EXCLUDED.request_id,
+                org_id = EXCLUDED.org_id, processed_at = now()
+            WHERE processed_messages.fingerprint <> EXCLUDED.fingerprint
+         RETURNING topic, kafka_partition, kafka_offset, xmax = 0",
+    )
+    .bind(keys.iter().map(|k| k.topic.as_str()).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.partition).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.offset).collect::<Vec<_>>())
+    .bind(keys.iter().map(|k| k.fingerprint.to_vec()).collect::<Vec<_>>())
+    .bind(request_ids)
+    .bind(org_ids)
+    .fetch_all(&mut **tx)
+    .await?;
+    let written: std::collections::HashMap<(String, i32, i64), bool> =
+        rows.into_iter().map(|(topic, partition, offset, fresh)| ((topic, partition, offset), fresh)).collect();
+    Ok(keys
+        .iter()
+        .map(|k| match written.get(&(k.topic.clone(), k.partition, k.offset)) {
+            Some(true) => InboxEntry::New,
+            Some(false) => InboxEntry::OffsetReused,
+            None => InboxEntry::Redelivery,
+        })
+        .collect())
+}
+
 /// Whether a database error is about the data (retrying cannot help) rather than the database
 /// being unavailable. SQLSTATE classes 22 (data exception) and 23 (integrity constraint).
 pub fn is_data_error(error: &sqlx::Error) -> bool {
