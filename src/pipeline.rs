@@ -1,12 +1,17 @@
-//! What happens to one consumed message, from raw bytes to a final outcome.
+//! What happens to consumed messages, from raw bytes to a final outcome.
 //!
 //! open (envelope) → handle (inbox row, handler writes and the enriched event's outbox row in one
 //! transaction) → done; the outbox relay publishes the event. A rejection at any step
-//! dead-letters the message. A transient failure (database or
-//! broker unavailable) is retried with exponential backoff and jitter while the partition waits:
-//! its offset cannot pass the message, and other partitions carry on. The pipeline only returns
-//! once the message is finished (or abandoned at shutdown), which is when the consumer may store
-//! its offset.
+//! dead-letters the message. A transient failure (database or broker unavailable) is retried
+//! with exponential backoff and jitter while the partition waits: its offset cannot pass the
+//! message, and other partitions carry on. The pipeline only returns once the messages are
+//! finished (or abandoned at shutdown), which is when the consumer may store their offsets.
+//!
+//! A partition's backlog goes through [`Pipeline::process_batch`]: the run of messages that pass
+//! their checks is written in one transaction (set-based inbox and outbox rows, one handler call
+//! each), because a commit per message is what limits throughput. Anything unusual (a rejection,
+//! a handler's refusal, a retry) takes the single-message path, [`Pipeline::process`], so the
+//! batch path never has to know about dead letters or retries.
 
 use std::future::Future;
 use std::sync::Arc;
