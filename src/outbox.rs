@@ -47,29 +47,6 @@ pub struct OutgoingEvent<'a> {
     pub headers: &'a [Header],
 }
 
-/// Writes `event` for `source` into the outbox, inside the handler's transaction.
-pub async fn enqueue(tx: &mut Tx, event: &OutgoingEvent<'_>, source: &RawMessage) -> Result<(), sqlx::Error> {
-    let headers: Vec<(String, Option<String>)> = event
-        .headers
-        .iter()
-        .map(|h| (h.key.clone(), h.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned())))
-        .collect();
-    sqlx::query(
-        "INSERT INTO outbox (topic, message_key, payload, headers, source_topic, source_partition, source_offset)
-         VALUES ($1, $2, $3, $4, $5, $6, $7)",
-    )
-    .bind(event.topic)
-    .bind(event.key)
-    .bind(event.payload)
-    .bind(Json(headers))
-    .bind(&source.topic)
-    .bind(source.partition)
-    .bind(source.offset)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// Writes several events into the outbox with one statement, in order (their ids follow the
 /// order of `events`, which keeps the relay's per-key order).
 pub async fn enqueue_all(tx: &mut Tx, events: &[(OutgoingEvent<'_>, &RawMessage)]) -> Result<(), sqlx::Error> {

@@ -7,11 +7,12 @@
 //! message, and other partitions carry on. The pipeline only returns once the messages are
 //! finished (or abandoned at shutdown), which is when the consumer may store their offsets.
 //!
-//! A partition's backlog goes through [`Pipeline::process_batch`]: the run of messages that pass
-//! their checks is written in one transaction (set-based inbox and outbox rows, one handler call
-//! each), because a commit per message is what limits throughput. Anything unusual (a rejection,
-//! a handler's refusal, a retry) takes the single-message path, [`Pipeline::process`], so the
-//! batch path never has to know about dead letters or retries.
+//! A partition's messages go through [`Pipeline::process_batch`]. Each is checked once; the run
+//! of messages that pass is written in one transaction (set-based inbox and outbox rows, one
+//! handler call each), because a commit per message is what limits throughput. Anything unusual
+//! (a rejection, a handler's refusal, a retry) takes the single-message path, whose transaction is
+//! the same write over a batch of one, so the batch path never has to know about dead letters
+//! or retries.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -102,11 +103,35 @@ struct Prepared<'m> {
     event: Option<(String, Vec<Header>)>,
 }
 
-/// What a batch transaction did.
+/// What the checks made of a message. Each message is opened once, whichever path it then takes.
+// `Ready` is the common, large variant; boxing it would add an allocation per message.
+#[allow(clippy::large_enum_variant)]
+enum Step<'m> {
+    /// A message on one of the service's own output topics (pattern subscriptions only).
+    Skip,
+    /// Rejected by its headers, JSON or schema: dead-letter it.
+    Reject {
+        message: &'m RawMessage,
+        rejection: Rejection,
+        request_id: Option<String>,
+    },
+    Ready(Prepared<'m>),
+}
+
+impl<'m> Step<'m> {
+    fn ready(&self) -> Option<&Prepared<'m>> {
+        match self {
+            Step::Ready(prepared) => Some(prepared),
+            _ => None,
+        }
+    }
+}
+
+/// What a transaction over one or more prepared messages did.
 enum BatchWrite {
     Committed(Vec<Handled>),
     /// The message at this index was refused; nothing was committed.
-    RefusedAt(usize),
+    Refused(usize, Refusal),
 }
 
 enum Handled {
@@ -150,7 +175,17 @@ impl Pipeline {
         }
     }
 
-    fn prepared<'m>(&self, message: &'m RawMessage, checked: Checked, received_at: chrono::DateTime<Utc>) -> Prepared<'m> {
+    /// Runs every check on `message` and, when it passes, builds its context and stream event.
+    fn open<'m>(&self, message: &'m RawMessage) -> Step<'m> {
+        if self.output_topics.contains(&message.topic) {
+            return Step::Skip;
+        }
+        let received_at = Utc::now();
+        let opened = envelope::open(message, &self.validators);
+        let checked = match opened.result {
+            Ok(checked) => checked,
+            Err(rejection) => return Step::Reject { message, rejection, request_id: opened.request_id },
+        };
         let ctx = Context {
             topic: message.topic.clone(),
             partition: message.partition,
@@ -164,92 +199,63 @@ impl Pipeline {
             let payload = stream::enriched_event(&checked, message, received_at).to_string();
             (payload, stream::propagated_headers(message, &checked.request_id))
         });
-        Prepared { message, checked, ctx, event }
+        Step::Ready(Prepared { message, checked, ctx, event })
     }
 
-    /// `message` ready for the batch path, or `None` when it needs the single-message path (an
-    /// own output topic, or a rejection to dead-letter).
-    fn prepare<'m>(&self, message: &'m RawMessage) -> Option<Prepared<'m>> {
-        if self.output_topics.contains(&message.topic) {
-            return None;
-        }
-        let checked = envelope::open(message, &self.validators).result.ok()?;
-        Some(self.prepared(message, checked, Utc::now()))
-    }
-
-    /// Processes the messages of one partition, in order. Runs of messages that pass their
-    /// checks are written in one transaction each; anything else takes the single-message path.
-    /// Returns how many messages, from the first, are finished: fewer than all only when the
-    /// abandon token fired, and then the rest must not have their offsets stored.
+    /// Processes the messages of one partition, in order, each to a final outcome. Runs of
+    /// messages that pass their checks are written in one transaction each; anything else (a
+    /// rejection, a handler's refusal, a lone message) takes the single-message path, with its
+    /// retries and dead letters. Returns how many messages, from the first, are finished: fewer
+    /// than all only when `abandon` fired (the shutdown or revoke deadline passed), and then the
+    /// rest must not have their offsets stored.
     pub async fn process_batch(&self, messages: &[RawMessage], abandon: &CancellationToken) -> usize {
+        for message in messages {
+            self.telemetry.message_consumed(message);
+        }
+        let steps: Vec<Step<'_>> = messages.iter().map(|m| self.open(m)).collect();
         let attempt = Attempt { pipeline: self, abandon };
         let mut done = 0;
-        while done < messages.len() {
-            let run: Vec<Prepared<'_>> = messages[done..].iter().map_while(|m| self.prepare(m)).collect();
-            if run.len() < 2 {
-                if self.process(&messages[done], abandon).await == Outcome::Abandoned {
-                    return done;
-                }
-                done += 1;
-                continue;
-            }
-            for p in &run {
-                self.telemetry.message_started(p.message);
-            }
-            let written = attempt.retry("database", run[0].message, || attempt.write_batch(&run)).await;
-            let handled = match written {
-                Some(BatchWrite::Committed(handled)) => handled,
-                Some(BatchWrite::RefusedAt(index)) => {
-                    // Commit the messages before the refused one next time round; the refused one
-                    // then reaches the single-message path (retries, dead letter).
-                    for _ in &run {
-                        self.telemetry.message_unstarted();
+        while done < steps.len() {
+            let run: Vec<&Prepared<'_>> = steps[done..].iter().map_while(Step::ready).collect();
+            if run.len() >= 2 {
+                match attempt.retry("database", run[0].message, || attempt.write(&run)).await {
+                    None => return self.abandoned_from(messages, done),
+                    Some(BatchWrite::Committed(handled)) => {
+                        self.finish_handled(&run, handled);
+                        done += run.len();
+                        continue;
                     }
-                    if index == 0 {
-                        if self.process(&messages[done], abandon).await == Outcome::Abandoned {
-                            return done;
-                        }
-                        done += 1;
-                    } else {
-                        let committed = attempt.retry("database", run[0].message, || attempt.write_batch(&run[..index])).await;
-                        match committed {
+                    Some(BatchWrite::Refused(0, _)) => {}
+                    Some(BatchWrite::Refused(index, _)) => {
+                        // Commit the messages before the refused one; the refused one then takes
+                        // the single-message path below.
+                        match attempt.retry("database", run[0].message, || attempt.write(&run[..index])).await {
+                            None => return self.abandoned_from(messages, done),
                             Some(BatchWrite::Committed(handled)) => {
-                                for p in &run[..index] {
-                                    self.telemetry.message_started(p.message);
-                                }
-                                self.finish_batch(&run[..index], handled);
+                                self.finish_handled(&run[..index], handled);
                                 done += index;
                             }
-                            // Refused again (the data changed meanwhile): the next round sorts it out.
-                            Some(BatchWrite::RefusedAt(_)) => {}
-                            None => return done,
+                            // Refused again: the data changed meanwhile; the next round sorts it out.
+                            Some(BatchWrite::Refused(..)) => continue,
                         }
                     }
-                    continue;
                 }
-                None => {
-                    for p in &run {
-                        self.telemetry.message_abandoned(p.message);
-                    }
-                    return done;
-                }
-            };
-            self.finish_batch(&run, handled);
-            done += run.len();
+            }
+            let outcome = attempt.process(&steps[done]).instrument(message_span(&messages[done], &steps[done])).await;
+            if outcome == Outcome::Abandoned {
+                return self.abandoned_from(messages, done);
+            }
+            self.telemetry.message_finished(&messages[done].topic, outcome.as_str());
+            done += 1;
         }
         done
     }
 
-    fn finish_batch(&self, run: &[Prepared<'_>], handled: Vec<Handled>) {
+    fn finish_handled(&self, run: &[&Prepared<'_>], handled: Vec<Handled>) {
         let mut wrote_events = false;
         for (p, result) in run.iter().zip(handled) {
-            let (outcome, first_time, timing) = match result {
-                Handled::FirstTime(timing) => (Outcome::Handled, true, timing),
-                Handled::Duplicate => (Outcome::Duplicate, false, HandlingTime::default()),
-            };
-            wrote_events |= first_time && p.event.is_some();
-            self.telemetry.message_handled(&p.ctx, &timing, first_time);
-            self.telemetry.message_counted(p.message);
+            let outcome = self.handled(p, result);
+            wrote_events |= outcome == Outcome::Handled && p.event.is_some();
             self.telemetry.message_finished(&p.message.topic, outcome.as_str());
         }
         if wrote_events {
@@ -257,68 +263,75 @@ impl Pipeline {
         }
     }
 
-    /// Processes `message` to a final outcome. When `abandon` is cancelled (the shutdown or
-    /// revoke deadline passed), retries stop and the outcome is [`Outcome::Abandoned`].
-    pub async fn process(&self, message: &RawMessage, abandon: &CancellationToken) -> Outcome {
-        self.telemetry.message_started(message);
-        self.telemetry.message_counted(message);
-        // One span per message: every log line about it carries where it is from and, once the
-        // headers are read, its request id and org id (never the identity itself).
-        let span = tracing::info_span!(
-            "message",
-            topic = %message.topic,
-            partition = message.partition,
-            offset = message.offset,
-            request_id = tracing::field::Empty,
-            org_id = tracing::field::Empty,
-        );
-        let outcome = Attempt { pipeline: self, abandon }.process(message).instrument(span).await;
-        match outcome {
-            Outcome::Abandoned => self.telemetry.message_abandoned(message),
-            finished => self.telemetry.message_finished(&message.topic, finished.as_str()),
+    /// Records a committed message; its outcome.
+    fn handled(&self, p: &Prepared<'_>, result: Handled) -> Outcome {
+        match result {
+            Handled::FirstTime(timing) => {
+                self.telemetry.message_handled(&p.ctx, &timing, true);
+                Outcome::Handled
+            }
+            Handled::Duplicate => {
+                self.telemetry.message_handled(&p.ctx, &HandlingTime::default(), false);
+                Outcome::Duplicate
+            }
         }
-        outcome
+    }
+
+    /// Counts the messages from `done` on as abandoned; returns `done`.
+    fn abandoned_from(&self, messages: &[RawMessage], done: usize) -> usize {
+        for message in &messages[done..] {
+            self.telemetry.message_abandoned(message);
+        }
+        done
     }
 }
 
-/// One message's trip through the pipeline, with the token that abandons it.
+/// One span per message on the single-message path: every log line about it carries where it is
+/// from, its request id and org id (never the identity itself).
+fn message_span(message: &RawMessage, step: &Step<'_>) -> tracing::Span {
+    let (request_id, org_id) = match step {
+        Step::Ready(p) => (Some(p.ctx.request_id.as_str()), Some(p.ctx.org_id().unwrap_or("-"))),
+        Step::Reject { request_id, .. } => (request_id.as_deref(), None),
+        Step::Skip => (None, None),
+    };
+    tracing::info_span!(
+        "message",
+        topic = %message.topic,
+        partition = message.partition,
+        offset = message.offset,
+        request_id = request_id,
+        org_id = org_id,
+    )
+}
+
+/// Work on messages with the token that abandons it.
 struct Attempt<'a> {
     pipeline: &'a Pipeline,
     abandon: &'a CancellationToken,
 }
 
 impl Attempt<'_> {
-    async fn process(&self, message: &RawMessage) -> Outcome {
-        if self.pipeline.output_topics.contains(&message.topic) {
-            return Outcome::Skipped;
-        }
-        let received_at = Utc::now();
-        let opened = envelope::open(message, &self.pipeline.validators);
-        let span = tracing::Span::current();
-        if let Some(request_id) = &opened.request_id {
-            span.record("request_id", request_id.as_str());
-        }
-        if let Ok(checked) = &opened.result {
-            span.record("org_id", checked.identity.org_id.as_deref().unwrap_or("-"));
-        }
-        let checked = match opened.result {
-            Ok(checked) => checked,
-            Err(rejection) => return self.dead_letter(message, &rejection, opened.request_id.as_deref(), None).await,
+    /// The single-message path: a skip, a dead letter, or the database work with retries.
+    async fn process(&self, step: &Step<'_>) -> Outcome {
+        let p = match step {
+            Step::Skip => return Outcome::Skipped,
+            Step::Reject { message, rejection, request_id } => {
+                return self.dead_letter(message, rejection, request_id.as_deref(), None).await;
+            }
+            Step::Ready(p) => p,
         };
-        let Prepared { ctx, event, .. } = self.pipeline.prepared(message, checked.clone(), received_at);
+        let alone = [p];
         let mut attempt = 1;
-        let (first_time, timing) = loop {
-            let handled = self.retry("database", message, || self.handle_once(message, &checked, &ctx, event.as_ref())).await;
-            let refusal = match handled {
+        let result = loop {
+            let refusal = match self.retry("database", p.message, || self.write(&alone)).await {
                 None => return Outcome::Abandoned,
-                Some(Ok(Handled::FirstTime(timing))) => break (true, timing),
-                Some(Ok(Handled::Duplicate)) => break (false, HandlingTime::default()),
-                Some(Err(refusal)) => refusal,
+                Some(BatchWrite::Committed(mut handled)) => break handled.remove(0),
+                Some(BatchWrite::Refused(_, refusal)) => refusal,
             };
             let rejection = match refusal {
                 Refusal::Retryable(rejection) if attempt < self.pipeline.max_attempts => {
                     let delay = self.pipeline.backoff.delay(attempt - 1);
-                    self.pipeline.telemetry.handler_retrying(&ctx, &rejection, attempt, self.pipeline.max_attempts, delay);
+                    self.pipeline.telemetry.handler_retrying(&p.ctx, &rejection, attempt, self.pipeline.max_attempts, delay);
                     if !self.sleep_unless_abandoned(delay).await {
                         return Outcome::Abandoned;
                     }
@@ -328,53 +341,22 @@ impl Attempt<'_> {
                 Refusal::Retryable(rejection) => rejection.retries_exhausted(attempt),
                 Refusal::Rejected(rejection) => rejection,
             };
-            return self.dead_letter(message, &rejection, Some(&checked.request_id), ctx.org_id()).await;
+            return self.dead_letter(p.message, &rejection, Some(&p.checked.request_id), p.ctx.org_id()).await;
         };
-        self.pipeline.telemetry.message_handled(&ctx, &timing, first_time);
-        if first_time && event.is_some() {
+        let outcome = self.pipeline.handled(p, result);
+        if outcome == Outcome::Handled && p.event.is_some() {
             self.pipeline.relay_wake.notify_one();
         }
-        if first_time {
-            Outcome::Handled
-        } else {
-            Outcome::Duplicate
-        }
+        outcome
     }
 
-    /// One attempt at the database work: inbox row, handler writes and outbox row in one
-    /// transaction.
-    /// `Ok(Err(refusal))` is the handler's refusal; `Err` is transient and retried.
-    async fn handle_once(
-        &self,
-        message: &RawMessage,
-        checked: &Checked,
-        ctx: &Context,
-        event: Option<&(String, Vec<Header>)>,
-    ) -> anyhow::Result<Result<Handled, Refusal>> {
+    /// Writes `batch` in one transaction, in order: the inbox rows with one statement, then each
+    /// handler, then the outbox rows with one statement, so a partition's backlog costs one
+    /// commit per batch and round trips per batch where SQL allows. The first refusal undoes the
+    /// whole transaction and names the message. `Err` is a transient failure, to be retried.
+    async fn write(&self, batch: &[&Prepared<'_>]) -> anyhow::Result<BatchWrite> {
         let opened = Instant::now();
         let mut tx = self.pipeline.pool.begin().await?;
-        match self.write_effects(&mut tx, message, checked, ctx, event).await? {
-            Ok(Handled::FirstTime(timing)) => {
-                tx.commit().await?;
-                self.pipeline.telemetry.transaction_committed(1);
-                Ok(Ok(Handled::FirstTime(HandlingTime { transaction: opened.elapsed(), ..timing })))
-            }
-            other => {
-                tx.rollback().await?;
-                Ok(other)
-            }
-        }
-    }
-
-    /// Writes every message of `batch` in one transaction, in order, so that a partition's
-    /// backlog costs one commit per batch instead of one per message. The first refusal undoes the
-    /// whole transaction and names the message: the caller commits the ones before it again and
-    /// sends that one down the single-message path (retries, dead letters).
-    async fn write_batch(&self, batch: &[Prepared<'_>]) -> anyhow::Result<BatchWrite> {
-        let opened = Instant::now();
-        let mut tx = self.pipeline.pool.begin().await?;
-        // The inbox rows of the whole batch in one statement, then each handler, then the outbox
-        // rows in one statement: round trips per batch, not per message, where SQL allows.
         let mut keys = Vec::with_capacity(batch.len());
         for p in batch {
             keys.push(self.inbox_key(&mut tx, p.message).await?);
@@ -395,16 +377,20 @@ impl Attempt<'_> {
                 InboxEntry::New => {}
             }
             let started = Instant::now();
-            match self.pipeline.router.dispatch(p.checked.schema.key, &p.checked.payload, &p.ctx, &mut tx).await {
-                Ok(()) => handled.push(Handled::FirstTime(HandlingTime { handler: started.elapsed(), transaction: Duration::ZERO })),
-                Err(DispatchError::Rejected(_) | DispatchError::Retryable(_)) => {
-                    tx.rollback().await?;
-                    return Ok(BatchWrite::RefusedAt(index));
-                }
+            let refusal = match self.pipeline.router.dispatch(p.checked.schema.key, &p.checked.payload, &p.ctx, &mut tx).await {
+                Ok(()) => None,
+                Err(DispatchError::Rejected(rejection)) => Some(Refusal::Rejected(rejection)),
+                Err(DispatchError::Retryable(rejection)) => Some(Refusal::Retryable(rejection)),
                 Err(DispatchError::Transient(error)) => return Err(error),
+            };
+            if let Some(refusal) = refusal {
+                tx.rollback().await?;
+                return Ok(BatchWrite::Refused(index, refusal));
             }
+            handled.push(Handled::FirstTime(HandlingTime { handler: started.elapsed(), transaction: Duration::ZERO }));
             if let Some((payload, headers)) = &p.event {
-                let event = OutgoingEvent { topic: &stream_topic, key: p.message.key.as_deref(), payload: payload.as_bytes(), headers };
+                let event =
+                    OutgoingEvent { topic: &stream_topic, key: p.message.key.as_deref(), payload: payload.as_bytes(), headers };
                 events.push((event, p.message));
             }
         }
@@ -430,41 +416,6 @@ impl Attempt<'_> {
             }
         }
         Ok(key)
-    }
-
-    /// One message's database work inside `tx`: inbox row, handler writes, outbox row. Commits
-    /// nothing; on a refusal the caller must roll `tx` back.
-    async fn write_effects(
-        &self,
-        tx: &mut store::Tx,
-        message: &RawMessage,
-        checked: &Checked,
-        ctx: &Context,
-        event: Option<&(String, Vec<Header>)>,
-    ) -> anyhow::Result<Result<Handled, Refusal>> {
-        let key = self.inbox_key(tx, message).await?;
-        match store::record_in_inbox(tx, &key, &ctx.request_id, ctx.org_id()).await? {
-            InboxEntry::New => {}
-            InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(ctx),
-            InboxEntry::Redelivery => return Ok(Ok(Handled::Duplicate)),
-        }
-        let handler_started = Instant::now();
-        let dispatched = self.pipeline.router.dispatch(checked.schema.key, &checked.payload, ctx, tx).await;
-        let handler = handler_started.elapsed();
-        match dispatched {
-            Ok(()) => {
-                if let Some((payload, headers)) = event {
-                    let topic = self.pipeline.topics.stream();
-                    let event =
-                        OutgoingEvent { topic: &topic, key: message.key.as_deref(), payload: payload.as_bytes(), headers };
-                    outbox::enqueue(tx, &event, message).await?;
-                }
-                Ok(Ok(Handled::FirstTime(HandlingTime { handler, transaction: Duration::ZERO })))
-            }
-            Err(DispatchError::Rejected(rejection)) => Ok(Err(Refusal::Rejected(rejection))),
-            Err(DispatchError::Retryable(rejection)) => Ok(Err(Refusal::Retryable(rejection))),
-            Err(DispatchError::Transient(error)) => Err(error),
-        }
     }
 
     /// Publishes `message` to the dead-letter topic and records it in `dead_letters`. A message

@@ -50,23 +50,14 @@ impl Telemetry {
         }
     }
 
-    /// A message read from Kafka, counted once whichever path processes it.
-    pub fn message_counted(&self, message: &RawMessage) {
+    /// A message read from Kafka: counted, and in flight until it finishes or is abandoned.
+    pub fn message_consumed(&self, message: &RawMessage) {
         self.metrics.consumed.with_label_values(&[self.label(&message.topic)]).inc();
-    }
-
-    /// Work on a message began: it is in flight until it finishes or is abandoned.
-    pub fn message_started(&self, _message: &RawMessage) {
         if self.metrics.in_flight.get() == 0 {
             // Stall time counts from when work arrived, not from the last message of a quiet spell.
             self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
         }
         self.metrics.in_flight.inc();
-    }
-
-    /// Work on a message was set back to be started again (a batch split).
-    pub fn message_unstarted(&self) {
-        self.metrics.in_flight.dec();
     }
 
     /// A message reached a final outcome; its offset may now advance.
