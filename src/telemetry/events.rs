@@ -102,6 +102,7 @@ impl Telemetry {
     pub fn offset_reused(&self, ctx: &Context) {
         tracing::warn!(
             topic = %ctx.topic, partition = ctx.partition, offset = ctx.offset, request_id = %ctx.request_id,
+            org_id = ctx.org_id().unwrap_or("-"),
             "a different record was handled at this offset before: the topic was recreated or its log lost; handling it as new"
         );
     }
