@@ -73,7 +73,7 @@ async fn replaying_fixed_dead_letters_applies_them_once() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_forged_replay_header_does_not_hide_a_new_message() {
+async fn a_forged_replay_header_neither_hides_a_new_message_nor_displaces_the_original() {
     let app = testkit::spawn_app().await;
     // A message whose replay header points at a handled message, without a matching dead letter.
     let sent = app.send("todo-created", &todo(1, "o")).await;
@@ -86,5 +86,18 @@ async fn a_forged_replay_header_does_not_hide_a_new_message() {
         .push(event_router::message::Header { key: event_router::replay::REPLAY_OF.into(), value: Some(first.into_bytes()) });
     producer.send_raw(&forged).await.unwrap();
     eventually(WAIT, "the forged message is handled as new", || async { app.db.count("todos").await == 2 }).await;
+
+    // Nor did it take the original's place in the inbox: redelivering both changes nothing.
+    let again = app.spawn_sibling("event-router-redelivery").await;
+    eventually(WAIT, "both redelivered messages recognised", || async {
+        again
+            .metric("event_router_messages_processed_total", &[("topic", &app.topic("todo-created")), ("outcome", "duplicate")])
+            .await
+            == 2.0
+    })
+    .await;
+    assert_eq!(app.db.count("todos").await, 2);
+    assert_eq!(app.db.count("dead_letters").await, 0, "the original was not mistaken for a new todo with a taken id");
+    again.stop().await;
     app.stop().await;
 }
