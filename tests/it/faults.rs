@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use event_router::kafka::Publisher;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
 use event_router::samples;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -13,8 +14,16 @@ const WAIT: Duration = Duration::from_secs(90);
 const TOPICS: [&str; 3] = ["todo-created", "host-status-changed", "cluster-install-progressed"];
 
 /// Sends `count` valid messages spread over the three topics and many keys, and every tenth an
-/// invalid one (a schema violation).
-async fn send_mix(producer: EventProducer, count: u64) {
+/// invalid one (a schema violation). The test's own producer waits up to two minutes for each
+/// acknowledgement: under injected broker faults on a loaded machine librdkafka's usual 30 s
+/// delivery timeout can expire, which would fail the test for the sender, not the service.
+fn send_mix(app: &TestApp, count: u64) -> impl std::future::Future<Output = ()> + 'static {
+    let producer = app.producer();
+    let publisher = Publisher::with_timeout(&app.config.kafka, Duration::from_secs(120)).unwrap();
+    async move { send_with(producer, publisher, count).await }
+}
+
+async fn send_with(producer: EventProducer, publisher: Publisher, count: u64) {
     for n in 0..count {
         let identity = IdentityHeader::Document(samples::user_identity("9"));
         let key = Some(format!("k{}", n % 32));
@@ -24,7 +33,11 @@ async fn send_mix(producer: EventProducer, count: u64) {
             let topic = TOPICS[(n % 3) as usize];
             (topic, Outgoing { key, ..Outgoing::json(&samples::payload_for(topic, n).unwrap(), identity) })
         };
-        producer.send_raw(&producer.build(topic, &outgoing)).await.unwrap();
+        let message = producer.build(topic, &outgoing);
+        publisher
+            .publish(&message.topic, message.key.as_deref(), message.payload.as_deref().unwrap_or_default(), &message.headers)
+            .await
+            .unwrap();
     }
 }
 
@@ -46,7 +59,7 @@ async fn assert_exact(app: &TestApp, count: u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn database_connections_terminated_mid_flow_lose_and_duplicate_nothing() {
     let app = spawn_app().await;
-    let sending = tokio::spawn(send_mix(app.producer(), 600));
+    let sending = tokio::spawn(send_mix(&app, 600));
     let mut terminated = 0i64;
     while !sending.is_finished() {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -72,7 +85,7 @@ async fn broker_request_errors_and_an_outage_lose_and_duplicate_nothing() {
     let app = spawn_app().await;
     // Produce requests fail for a while: dead-letter publishes and the outbox relay retry.
     let errors = vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 30];
-    let sending = tokio::spawn(send_mix(app.producer(), 300));
+    let sending = tokio::spawn(send_mix(&app, 300));
     tokio::time::sleep(Duration::from_millis(300)).await;
     app.broker.embedded().push_request_errors(RDKafkaApiKey::Produce, &errors);
     app.broker
