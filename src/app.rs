@@ -130,8 +130,13 @@ impl Application {
             async move { http_stop.cancelled().await }
         }));
         let sampling = tokio::spawn(sample_outbox(self.http_state.clone(), http_stop.clone()));
-        let consuming =
-            tokio::spawn(consumer::run(self.consumer.clone(), self.pipeline.clone(), stop.clone(), self.config.shutdown_timeout));
+        let consuming = tokio::spawn(consumer::run(
+            self.consumer.clone(),
+            self.pipeline.clone(),
+            stop.clone(),
+            self.config.shutdown_timeout,
+            self.config.batching,
+        ));
         let relay_stop = CancellationToken::new();
         let relaying = self.relay.map(|relay| tokio::spawn(relay.run(relay_stop.clone(), RELAY_DRAIN_DEADLINE)));
 

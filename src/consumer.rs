@@ -29,15 +29,10 @@ use rdkafka::{ClientContext, Statistics, TopicPartitionList};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
+use crate::config::Batching;
 use crate::message::RawMessage;
 use crate::pipeline::Pipeline;
 use crate::telemetry::Telemetry;
-
-/// Messages buffered per partition between the fetch loop and the partition's worker, and the
-/// largest batch a worker writes in one transaction. With one worker per owned partition this
-/// bounds the messages held in the service; librdkafka's own pre-fetch queue is bounded
-/// separately (`queued.max.messages.kbytes`).
-const PARTITION_BUFFER: usize = 64;
 
 type Slot = (String, i32);
 
@@ -188,7 +183,18 @@ pub type RouterConsumer = StreamConsumer<ConsumerEvents>;
 
 /// Reads messages until `stop` is cancelled, then stops every worker (each finishes its message
 /// in hand, or abandons it after `shutdown_deadline`) and commits what was stored.
-pub async fn run(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, stop: CancellationToken, shutdown_deadline: Duration) {
+///
+/// Each partition buffers up to `batching.max_messages` messages between this loop and its
+/// worker, which is also the largest batch the worker writes in one transaction. With one worker
+/// per owned partition that bounds the messages held in the service; librdkafka's own pre-fetch
+/// queue is bounded separately (`queued.max.messages.kbytes`).
+pub async fn run(
+    consumer: Arc<RouterConsumer>,
+    pipeline: Arc<Pipeline>,
+    stop: CancellationToken,
+    shutdown_deadline: Duration,
+    batching: Batching,
+) {
     loop {
         let received = tokio::select! {
             biased;
@@ -203,7 +209,7 @@ pub async fn run(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, stop: C
                 continue;
             }
         };
-        dispatch(&consumer, &pipeline, message).await;
+        dispatch(&consumer, &pipeline, batching, message).await;
     }
     let workers = consumer.context().workers.take_all();
     // An error here means the runtime is shutting down under us; there is nothing left to wait for.
@@ -213,11 +219,11 @@ pub async fn run(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, stop: C
 
 /// Hands `message` to its partition's worker, starting one if needed. A full buffer makes the
 /// fetch loop wait, so memory stays bounded.
-async fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, message: RawMessage) {
+async fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, message: RawMessage) {
     let slot = (message.topic.clone(), message.partition);
     let sender = {
         let mut running = consumer.context().workers.running.lock().expect("workers lock");
-        let worker = running.entry(slot).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone()));
+        let worker = running.entry(slot).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone(), batching));
         worker.messages.clone()
     };
     if let Err(mpsc::error::SendError(message)) = sender.send(message).await {
@@ -230,14 +236,14 @@ async fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, mess
     }
 }
 
-fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>) -> Worker {
-    let (messages, receiver) = mpsc::channel(PARTITION_BUFFER);
+fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching: Batching) -> Worker {
+    let (messages, receiver) = mpsc::channel(batching.max_messages);
     let (stop, abandon) = (CancellationToken::new(), CancellationToken::new());
     let (finished, done) = oneshot::channel();
     tokio::spawn({
         let (stop, abandon) = (stop.clone(), abandon.clone());
         async move {
-            partition_worker(consumer, pipeline, receiver, stop, abandon).await;
+            partition_worker(consumer, pipeline, receiver, batching, stop, abandon).await;
             let _ = finished.send(());
         }
     });
@@ -249,10 +255,11 @@ async fn partition_worker(
     consumer: Arc<RouterConsumer>,
     pipeline: Arc<Pipeline>,
     mut messages: mpsc::Receiver<RawMessage>,
+    batching: Batching,
     stop: CancellationToken,
     abandon: CancellationToken,
 ) {
-    let mut batch = Vec::with_capacity(PARTITION_BUFFER);
+    let mut batch = Vec::with_capacity(batching.max_messages);
     loop {
         let first = tokio::select! {
             biased;
@@ -263,13 +270,27 @@ async fn partition_worker(
             },
         };
         // Whatever else is already waiting joins the batch: under load a partition's backlog is
-        // written a batch per transaction; a lone message goes through at once.
+        // written a batch per transaction; a lone message goes through at once, unless a linger
+        // is configured, in which case the batch waits that long to fill.
         batch.clear();
         batch.push(first);
-        while batch.len() < PARTITION_BUFFER {
+        let linger_until = tokio::time::Instant::now() + batching.linger;
+        while batch.len() < batching.max_messages {
             match messages.try_recv() {
                 Ok(message) => batch.push(message),
-                Err(_) => break,
+                Err(_) if batching.linger.is_zero() => break,
+                Err(_) => {
+                    let more = tokio::select! {
+                        biased;
+                        _ = stop.cancelled() => None,
+                        _ = tokio::time::sleep_until(linger_until) => None,
+                        message = messages.recv() => message,
+                    };
+                    match more {
+                        Some(message) => batch.push(message),
+                        None => break,
+                    }
+                }
             }
         }
         let finished = pipeline.process_batch(&batch, &abandon).await;

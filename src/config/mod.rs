@@ -148,6 +148,23 @@ pub struct Config {
     pub readiness_stall: Duration,
     /// Message values larger than this are dead-lettered as `payload_too_large`.
     pub max_message_bytes: usize,
+    pub batching: Batching,
+}
+
+/// How a partition's messages are grouped into one database transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Batching {
+    /// The most messages in one transaction; also how many a partition buffers.
+    pub max_messages: usize,
+    /// How long a batch that is not full waits for more messages. Zero takes what is waiting:
+    /// under a backlog batches fill anyway, and a lone message is not held back.
+    pub linger: Duration,
+}
+
+impl Default for Batching {
+    fn default() -> Self {
+        Batching { max_messages: 64, linger: Duration::ZERO }
+    }
 }
 
 impl fmt::Debug for Config {
@@ -165,6 +182,7 @@ impl fmt::Debug for Config {
             .field("handler_max_attempts", &self.handler_max_attempts)
             .field("readiness_stall", &self.readiness_stall)
             .field("max_message_bytes", &self.max_message_bytes)
+            .field("batching", &self.batching)
             .finish()
     }
 }
@@ -304,6 +322,14 @@ impl Config {
         if max_message_bytes == 0 {
             return Err(invalid("MAX_MESSAGE_BYTES", "must be at least 1"));
         }
+        let defaults = Batching::default();
+        let batching = Batching {
+            max_messages: parse_number(env, "BATCH_MAX_MESSAGES", defaults.max_messages as u64)? as usize,
+            linger: Duration::from_millis(parse_number(env, "BATCH_LINGER_MS", defaults.linger.as_millis() as u64)?),
+        };
+        if !(1..=10_000).contains(&batching.max_messages) {
+            return Err(invalid("BATCH_MAX_MESSAGES", "must be between 1 and 10000"));
+        }
 
         let kafka = KafkaConfig {
             brokers,
@@ -328,6 +354,7 @@ impl Config {
             handler_max_attempts,
             readiness_stall,
             max_message_bytes,
+            batching,
         })
     }
 }
@@ -380,6 +407,13 @@ mod tests {
         assert_eq!(config.topics.dead_letter(), "platform.event-router.dlq");
         assert!(config.topics.stream_enabled);
         assert_eq!(config.metrics_addr.port(), 9000);
+        assert_eq!(config.batching, Batching::default());
+    }
+
+    #[test]
+    fn batching_is_configurable() {
+        let config = parse(&[("BATCH_MAX_MESSAGES", "500"), ("BATCH_LINGER_MS", "20")]).unwrap();
+        assert_eq!(config.batching, Batching { max_messages: 500, linger: Duration::from_millis(20) });
     }
 
     #[test]
@@ -404,6 +438,9 @@ mod tests {
             (&[("HANDLER_MAX_ATTEMPTS", "0")], "HANDLER_MAX_ATTEMPTS"),
             (&[("READINESS_STALL_SECONDS", "a while")], "READINESS_STALL_SECONDS"),
             (&[("MAX_MESSAGE_BYTES", "0")], "MAX_MESSAGE_BYTES"),
+            (&[("BATCH_MAX_MESSAGES", "0")], "BATCH_MAX_MESSAGES"),
+            (&[("BATCH_MAX_MESSAGES", "20000")], "BATCH_MAX_MESSAGES"),
+            (&[("BATCH_LINGER_MS", "-5")], "BATCH_LINGER_MS"),
             (&[("SHUTDOWN_TIMEOUT_SECONDS", "-1")], "SHUTDOWN_TIMEOUT_SECONDS"),
         ];
         for (vars, setting) in cases {
