@@ -9,7 +9,8 @@
 //!
 //! A partition's messages go through [`Pipeline::process_batch`]. Each is checked once; the run
 //! of messages that pass is written in one transaction (set-based inbox and outbox rows, one
-//! handler call each), because a commit per message is what limits throughput. Anything unusual
+//! handler call for the run), because a commit, and then a round trip, per message is what
+//! limits throughput. Anything unusual
 //! (a rejection, a handler's refusal, a retry) takes the single-message path, whose transaction is
 //! the same write over a batch of one, so the batch path never has to know about dead letters
 //! or retries.
@@ -218,27 +219,23 @@ impl Pipeline {
         while done < steps.len() {
             let run: Vec<&Prepared<'_>> = steps[done..].iter().map_while(Step::ready).collect();
             if run.len() >= 2 {
-                match attempt.retry("database", run[0].message, || attempt.write(&run)).await {
-                    None => return self.abandoned_from(messages, done),
-                    Some(BatchWrite::Committed(handled)) => {
-                        self.finish_handled(&run, handled);
-                        done += run.len();
-                        continue;
-                    }
-                    Some(BatchWrite::Refused(0, _)) => {}
-                    Some(BatchWrite::Refused(index, _)) => {
-                        // Commit the messages before the refused one; the refused one then takes
-                        // the single-message path below.
-                        match attempt.retry("database", run[0].message, || attempt.write(&run[..index])).await {
-                            None => return self.abandoned_from(messages, done),
-                            Some(BatchWrite::Committed(handled)) => {
-                                self.finish_handled(&run[..index], handled);
-                                done += index;
-                            }
-                            // Refused again: the data changed meanwhile; the next round sorts it out.
-                            Some(BatchWrite::Refused(..)) => continue,
+                // The first refusal names a message; the messages before it are written again
+                // without it, until a prefix commits. The refused message then takes the
+                // single-message path below.
+                let mut end = run.len();
+                while end > 0 {
+                    match attempt.retry("database", run[0].message, || attempt.write(&run[..end])).await {
+                        None => return self.abandoned_from(messages, done),
+                        Some(BatchWrite::Committed(handled)) => {
+                            self.finish_handled(&run[..end], handled);
+                            done += end;
+                            break;
                         }
+                        Some(BatchWrite::Refused(index, _)) => end = index.min(end - 1),
                     }
+                }
+                if end == run.len() {
+                    continue;
                 }
             }
             let outcome = attempt.process(&steps[done]).instrument(message_span(&messages[done], &steps[done])).await;
@@ -350,9 +347,9 @@ impl Attempt<'_> {
         outcome
     }
 
-    /// Writes `batch` in one transaction, in order: the inbox rows with one statement, then each
-    /// handler, then the outbox rows with one statement, so a partition's backlog costs one
-    /// commit per batch and round trips per batch where SQL allows. The first refusal undoes the
+    /// Writes `batch` in one transaction, in order: the inbox rows with one statement, then the
+    /// handler once per run of one topic, then the outbox rows with one statement, so a
+    /// partition's backlog costs one commit and a few round trips per batch. The first refusal undoes the
     /// whole transaction and names the message. `Err` is a transient failure, to be retried.
     async fn write(&self, batch: &[&Prepared<'_>]) -> anyhow::Result<BatchWrite> {
         let opened = Instant::now();
@@ -364,30 +361,45 @@ impl Attempt<'_> {
         let request_ids: Vec<&str> = batch.iter().map(|p| p.ctx.request_id.as_str()).collect();
         let org_ids: Vec<Option<&str>> = batch.iter().map(|p| p.ctx.org_id()).collect();
         let entries = store::record_all_in_inbox(&mut tx, &keys, &request_ids, &org_ids).await?;
-        let stream_topic = self.pipeline.topics.stream();
-        let mut handled = Vec::with_capacity(batch.len());
-        let mut events = Vec::new();
+        // Redeliveries have no new effects; the rest go to their handlers, a call per run of
+        // consecutive messages of the same topic (a partition's batch is one run).
+        let mut fresh: Vec<usize> = Vec::with_capacity(batch.len());
         for (index, (p, entry)) in batch.iter().zip(entries).enumerate() {
             match entry {
-                InboxEntry::Redelivery => {
-                    handled.push(Handled::Duplicate);
-                    continue;
-                }
+                InboxEntry::Redelivery => continue,
                 InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(&p.ctx),
                 InboxEntry::New => {}
             }
+            fresh.push(index);
+        }
+        let mut handler_time = Duration::ZERO;
+        for run in fresh.chunk_by(|a, b| batch[*a].checked.schema.key == batch[*b].checked.schema.key) {
+            let events: Vec<_> = run.iter().map(|&i| (&batch[i].checked.payload, &batch[i].ctx)).collect();
             let started = Instant::now();
-            let refusal = match self.pipeline.router.dispatch(p.checked.schema.key, &p.checked.payload, &p.ctx, &mut tx).await {
+            let refusal = match self.pipeline.router.dispatch(batch[run[0]].checked.schema.key, &events, &mut tx).await {
                 Ok(()) => None,
-                Err(DispatchError::Rejected(rejection)) => Some(Refusal::Rejected(rejection)),
-                Err(DispatchError::Retryable(rejection)) => Some(Refusal::Retryable(rejection)),
-                Err(DispatchError::Transient(error)) => return Err(error),
+                Err((i, DispatchError::Rejected(rejection))) => Some((run[i], Refusal::Rejected(rejection))),
+                Err((i, DispatchError::Retryable(rejection))) => Some((run[i], Refusal::Retryable(rejection))),
+                Err((_, DispatchError::Transient(error))) => return Err(error),
             };
-            if let Some(refusal) = refusal {
+            if let Some((index, refusal)) = refusal {
                 tx.rollback().await?;
                 return Ok(BatchWrite::Refused(index, refusal));
             }
-            handled.push(Handled::FirstTime(HandlingTime { handler: started.elapsed(), transaction: Duration::ZERO }));
+            handler_time += started.elapsed();
+        }
+        // A set-based handler's time is shared out over the messages it wrote.
+        let handler = handler_time / fresh.len().max(1) as u32;
+        let stream_topic = self.pipeline.topics.stream();
+        let mut handled = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
+        let mut fresh = fresh.into_iter().peekable();
+        for (index, p) in batch.iter().enumerate() {
+            if fresh.next_if_eq(&index).is_none() {
+                handled.push(Handled::Duplicate);
+                continue;
+            }
+            handled.push(Handled::FirstTime(HandlingTime { handler, transaction: Duration::ZERO }));
             if let Some((payload, headers)) = &p.event {
                 let event =
                     OutgoingEvent { topic: &stream_topic, key: p.message.key.as_deref(), payload: payload.as_bytes(), headers };

@@ -132,6 +132,54 @@ pub trait Handler<T: Topic>: Send + Sync + 'static {
     const REASONS: &'static [&'static str] = &[];
 
     fn handle(&self, event: T, ctx: &Context, tx: &mut Tx) -> impl Future<Output = Result<(), HandlerError>> + Send;
+
+    /// Handles consecutive events of one partition, in order, in one transaction. The default
+    /// calls [`handle`](Handler::handle) for each, a round trip per event; under a backlog that
+    /// round trip is what limits throughput, so a handler may override this with set-based
+    /// statements (and let `handle` call it with one event, so there is one code path).
+    ///
+    /// The effects must be those of calling `handle` for each event in order. On failure, name the
+    /// *first* event that failed: the pipeline rolls the transaction back, commits the events
+    /// before it and retries that one alone. An error that cannot be pinned on one event (a set
+    /// statement the database refused) is named with [`BatchError::unattributed`]: the events are
+    /// then retried one at a time.
+    fn handle_batch<'a>(
+        &'a self,
+        events: Vec<(T, &'a Context)>,
+        tx: &'a mut Tx,
+    ) -> impl Future<Output = Result<(), BatchError>> + Send + 'a {
+        async move {
+            for (index, (event, ctx)) in events.into_iter().enumerate() {
+                self.handle(event, ctx, tx).await.map_err(|error| BatchError { index, error })?;
+            }
+            Ok(())
+        }
+    }
+}
+
+/// Why [`Handler::handle_batch`] did not complete: the first event that failed, and why.
+#[derive(Debug)]
+pub struct BatchError {
+    /// Index into the batch.
+    pub index: usize,
+    pub error: HandlerError,
+}
+
+impl BatchError {
+    pub fn at(index: usize, error: HandlerError) -> Self {
+        BatchError { index, error }
+    }
+
+    /// A failure of the batch as a whole, pinned on its first event.
+    pub fn unattributed(error: impl Into<HandlerError>) -> Self {
+        BatchError { index: 0, error: error.into() }
+    }
+}
+
+impl From<sqlx::Error> for BatchError {
+    fn from(error: sqlx::Error) -> Self {
+        BatchError::unattributed(error)
+    }
 }
 
 /// Outcome of a dispatch that did not succeed.
@@ -146,7 +194,11 @@ pub enum DispatchError {
 }
 
 trait ErasedHandler: Send + Sync {
-    fn call<'a>(&'a self, payload: &'a Value, ctx: &'a Context, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), DispatchError>>;
+    fn call<'a>(
+        &'a self,
+        events: &'a [(&'a Value, &'a Context)],
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), (usize, DispatchError)>>;
 }
 
 struct Typed<T, H> {
@@ -155,23 +207,36 @@ struct Typed<T, H> {
 }
 
 impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
-    fn call<'a>(&'a self, payload: &'a Value, ctx: &'a Context, tx: &'a mut Tx) -> BoxFuture<'a, Result<(), DispatchError>> {
+    fn call<'a>(
+        &'a self,
+        events: &'a [(&'a Value, &'a Context)],
+        tx: &'a mut Tx,
+    ) -> BoxFuture<'a, Result<(), (usize, DispatchError)>> {
         Box::pin(async move {
-            // Schema-valid but not typeable means the schema and the generated type disagree.
-            let event = T::deserialize(payload).map_err(|e| {
-                DispatchError::Rejected(Rejection::new(
-                    Reason::PayloadTypeMismatch,
-                    format!("topic {}: the payload passed its schema but not its type: {e}", ctx.topic),
-                ))
-            })?;
-            self.handler.handle(event, ctx, tx).await.map_err(|e| match e {
-                HandlerError::Rejected { code, message } => {
-                    DispatchError::Rejected(Rejection::new(Reason::Handler(code), format!("topic {}: {message}", ctx.topic)))
-                }
-                HandlerError::Retryable { code, message } => {
-                    DispatchError::Retryable(Rejection::new(Reason::Handler(code), format!("topic {}: {message}", ctx.topic)))
-                }
-                HandlerError::Transient(error) => DispatchError::Transient(error),
+            let mut typed = Vec::with_capacity(events.len());
+            for (index, (payload, ctx)) in events.iter().enumerate() {
+                // Schema-valid but not typeable means the schema and the generated type disagree.
+                let event = T::deserialize(*payload).map_err(|e| {
+                    let rejection = Rejection::new(
+                        Reason::PayloadTypeMismatch,
+                        format!("topic {}: the payload passed its schema but not its type: {e}", ctx.topic),
+                    );
+                    (index, DispatchError::Rejected(rejection))
+                })?;
+                typed.push((event, *ctx));
+            }
+            self.handler.handle_batch(typed, tx).await.map_err(|BatchError { index, error }| {
+                let topic = &events.get(index).unwrap_or(&events[0]).1.topic;
+                let error = match error {
+                    HandlerError::Rejected { code, message } => {
+                        DispatchError::Rejected(Rejection::new(Reason::Handler(code), format!("topic {topic}: {message}")))
+                    }
+                    HandlerError::Retryable { code, message } => {
+                        DispatchError::Retryable(Rejection::new(Reason::Handler(code), format!("topic {topic}: {message}")))
+                    }
+                    HandlerError::Transient(error) => DispatchError::Transient(error),
+                };
+                (index.min(events.len() - 1), error)
             })
         })
     }
@@ -219,12 +284,17 @@ impl Router {
         }
     }
 
-    /// Calls the handler registered for topic key `key`.
-    pub async fn dispatch(&self, key: &str, payload: &Value, ctx: &Context, tx: &mut Tx) -> Result<(), DispatchError> {
+    /// Calls the handler registered for topic key `key` with `events` (payload and context), in
+    /// order, in one transaction. On failure: the index of the first event that failed, and why.
+    pub async fn dispatch(&self, key: &str, events: &[(&Value, &Context)], tx: &mut Tx) -> Result<(), (usize, DispatchError)> {
+        if events.is_empty() {
+            return Ok(());
+        }
         match self.handlers.get(key) {
-            Some(handler) => handler.call(payload, ctx, tx).await,
+            Some(handler) => handler.call(events, tx).await,
             None => {
-                Err(DispatchError::Rejected(Rejection::new(Reason::UnknownTopic, format!("topic {} has no handler", ctx.topic))))
+                let rejection = Rejection::new(Reason::UnknownTopic, format!("topic {} has no handler", events[0].1.topic));
+                Err((0, DispatchError::Rejected(rejection)))
             }
         }
     }

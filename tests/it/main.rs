@@ -1,6 +1,7 @@
 //! The one integration test binary: the real service on the embedded broker and PostgreSQL, a
 //! fresh broker and database per test. A module per capability.
 
+mod batches;
 mod crash;
 mod dead_letters;
 mod faults;

@@ -197,6 +197,21 @@ pub async fn spawn_app_with_router(extra: &[(&str, &str)], router: Router) -> Te
     TestApp::spawn_with_router(broker, db, "event-router-test", extra, router).await
 }
 
+/// Sends `messages` (topic key and message, in this order) before the service starts, then
+/// starts it: each partition has a backlog from the start, which the service writes in batches.
+pub async fn spawn_app_after_backlog(messages: &[(&str, Outgoing)], extra: &[(&str, &str)]) -> TestApp {
+    let db = Arc::new(TestDb::create().await);
+    let broker = start_broker(&test_config("127.0.0.1:1", &db.url, "probe", extra));
+    let config = test_config(broker.bootstrap_servers(), &db.url, "event-router-test", extra);
+    let producer = EventProducer::new(&config.kafka, &config.topics).expect("producer");
+    let built: Vec<RawMessage> = messages.iter().map(|(topic, outgoing)| producer.build(topic, outgoing)).collect();
+    // Queued together, in order: a partition's offsets follow the order of `messages`.
+    for sent in futures::future::join_all(built.iter().map(|m| producer.send_raw(m))).await {
+        sent.expect("broker accepts the message");
+    }
+    TestApp::spawn(broker, db, "event-router-test", extra).await
+}
+
 impl TestApp {
     /// Spawns an instance on an existing broker and database, in consumer group `group`.
     pub async fn spawn(broker: Arc<TestBroker>, db: Arc<TestDb>, group: &str, extra: &[(&str, &str)]) -> TestApp {

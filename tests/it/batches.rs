@@ -1,0 +1,150 @@
+//! A partition's backlog is written in batches, and a batch has exactly the effects of its
+//! messages handled one by one: the same rows, the same dead letters, the same order.
+
+use std::time::Duration;
+
+use event_router::dead_letter;
+use event_router::producer::{IdentityHeader, Outgoing};
+use event_router::samples;
+use serde_json::{json, Value};
+use testkit::{header, spawn_app_after_backlog, TestApp};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn message(key: &str, payload: &Value, request_id: &str) -> Outgoing {
+    Outgoing {
+        key: Some(key.into()),
+        request_id: Some(request_id.into()),
+        ..Outgoing::json(payload, IdentityHeader::Document(samples::user_identity("12345")))
+    }
+}
+
+fn host_status(host: u64, status: &str, updated_at: &str) -> Value {
+    let mut payload = samples::host_status_changed(0);
+    payload["host_id"] = json!(samples::uuid_from(host, 9).to_string());
+    payload["status"] = json!(status);
+    payload["updated_at"] = json!(updated_at);
+    payload
+}
+
+fn progress(stage: &str, percent: i64) -> Value {
+    let mut payload = samples::cluster_install_progressed(7);
+    payload["stage"] = json!(stage);
+    payload["progress"] = json!(percent);
+    payload
+}
+
+/// Sends a backlog that exercises each handler's batch rules (late and tied host updates,
+/// a self-contradicting progress report between good ones), starts the service with `batch_max`
+/// and checks the outcome, which must not depend on how the backlog was cut into batches.
+async fn backlog_has_one_by_one_effects(batch_max: &str) -> TestApp {
+    let hosts = [
+        (1, "known", "2026-11-23T10:00:00Z", "h-0"),
+        (1, "discovering", "2026-11-23T09:00:00Z", "h-1"), // older than h-0: ignored
+        (1, "installing", "2026-11-23T10:00:00Z", "h-2"),  // as new as h-0: the later one wins
+        (2, "installing", "2026-11-23T08:00:00Z", "h-3"),
+        (2, "installed", "2026-11-23T08:30:00Z", "h-4"),
+        (1, "known", "2026-11-23T09:30:00Z", "h-5"),       // older than h-2: ignored
+        (2, "discovering", "2026-11-23T07:00:00Z", "h-6"), // older than h-4: ignored
+        (3, "installed", "2026-11-23T12:00:00Z", "h-7"),
+    ];
+    let reports =
+        [("preparing", 0), ("installing", 10), ("installing", 40), ("installed", 50), ("installing", 70), ("installed", 100)];
+    let mut backlog: Vec<(&str, Outgoing)> = Vec::new();
+    for (host, status, at, request_id) in hosts {
+        backlog.push(("host-status-changed", message("hosts", &host_status(host, status, at), request_id)));
+    }
+    for (n, (stage, percent)) in reports.iter().enumerate() {
+        backlog.push(("cluster-install-progressed", message("cluster", &progress(stage, *percent), &format!("p-{n}"))));
+    }
+    let app = spawn_app_after_backlog(&backlog, &[("BATCH_MAX_MESSAGES", batch_max)]).await;
+    let db = app.db.clone();
+
+    let dead = app.read_topic(&app.topic("dlq"), 1, WAIT).await;
+    assert_eq!(header(&dead[0], dead_letter::REASON).as_deref(), Some("stage_progress_mismatch"));
+    testkit::eventually(WAIT, "13 messages handled", || async { db.count("processed_messages").await == 13 }).await;
+
+    let statuses: Vec<(String, String)> =
+        sqlx::query_as("SELECT status, request_id FROM host_statuses ORDER BY updated_at").fetch_all(&db.pool).await.unwrap();
+    let expected = [("installed", "h-4"), ("installing", "h-2"), ("installed", "h-7")];
+    let expected: Vec<(String, String)> = expected.iter().map(|(s, r)| (s.to_string(), r.to_string())).collect();
+    assert_eq!(statuses, expected, "each host keeps its newest status, the later one on a tie");
+
+    let stored: Vec<(i16, String)> = sqlx::query_as("SELECT progress, request_id FROM cluster_install_progress ORDER BY id")
+        .fetch_all(&db.pool)
+        .await
+        .unwrap();
+    let expected: Vec<(i16, String)> =
+        [(0, "p-0"), (10, "p-1"), (40, "p-2"), (70, "p-4"), (100, "p-5")].iter().map(|(p, r)| (*p, r.to_string())).collect();
+    assert_eq!(stored, expected, "reports stored in their order, without the contradicting one");
+    app
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_have_the_effects_of_messages_one_by_one() {
+    let app = backlog_has_one_by_one_effects("64").await;
+    let transactions = app.metric("event_router_transaction_messages_count", &[]).await;
+    assert!(transactions < 13.0, "the backlog was written in batches ({transactions} transactions for 13 messages)");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_message_per_transaction_has_the_same_effects() {
+    let app = backlog_has_one_by_one_effects("1").await;
+    let transactions = app.metric("event_router_transaction_messages_count", &[]).await;
+    assert_eq!(transactions, 13.0, "BATCH_MAX_MESSAGES=1 writes each message alone");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusal_inside_a_batch_dead_letters_that_message_alone_and_keeps_order() {
+    let backlog: Vec<_> = (0..40u32)
+        .map(|n| {
+            // The 21st message reuses id 7 with another title: its handler refuses it.
+            let payload =
+                if n == 20 { json!({"id": 7, "title": "taken", "description": "id 7 again"}) } else { samples::todo_created(n) };
+            ("todo-created", message("one-key", &payload, &format!("t-{n}")))
+        })
+        .collect();
+    let app = spawn_app_after_backlog(&backlog, &[]).await;
+    let db = app.db.clone();
+
+    let dead = app.read_topic(&app.topic("dlq"), 1, WAIT).await;
+    assert_eq!(header(&dead[0], dead_letter::REASON).as_deref(), Some("todo_id_taken"));
+    testkit::eventually(WAIT, "the other 39 todos stored", || async { db.count("todos").await == 39 }).await;
+    let title: String = sqlx::query_scalar("SELECT title FROM todos WHERE id = 7").fetch_one(&db.pool).await.unwrap();
+    assert_eq!(title, "Todo number 7");
+    let stream = app.read_topic(&app.topic("events-stream"), 39, WAIT).await;
+    let offsets: Vec<i64> = stream
+        .iter()
+        .map(|m| {
+            serde_json::from_slice::<Value>(m.payload.as_deref().unwrap()).unwrap()["metadata"]["source"]["offset"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect();
+    let mut sorted = offsets.clone();
+    sorted.sort();
+    assert_eq!(offsets, sorted, "stream events keep source order across the split batch");
+    assert!(!offsets.contains(&20), "the refused message has no event");
+    let transactions = app.metric("event_router_transaction_messages_count", &[]).await;
+    assert!(transactions < 39.0, "messages were written in batches ({transactions} transactions for 39 messages)");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_linger_gathers_a_trickle_into_one_transaction() {
+    let app = testkit::spawn_app_with(&[("BATCH_LINGER_MS", "2000")]).await;
+    let db = app.db.clone();
+    // Five messages 100 ms apart on one key: without a linger each is written alone.
+    let sent_at = std::time::Instant::now();
+    for n in 0..5u32 {
+        app.send("todo-created", &message("trickle", &samples::todo_created(n), &format!("l-{n}"))).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    testkit::eventually(WAIT, "five todos stored", || async { db.count("todos").await == 5 }).await;
+    let transactions = app.metric("event_router_transaction_messages_count", &[]).await;
+    assert!(transactions <= 2.0, "the trickle was gathered ({transactions} transactions for 5 messages)");
+    assert!(sent_at.elapsed() >= Duration::from_secs(2), "the first message waited for its batch to fill");
+    app.stop().await;
+}
