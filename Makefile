@@ -31,6 +31,7 @@ soak:
 # options, e.g. make bench BENCH_ARGS="--messages 100000 --partitions 32".
 bench:
 	scripts/ensure-postgres.sh
+	scripts/bench-python-venv.sh
 	$(CARGO) build --release -p event-router --bin event-router
 	$(CARGO) build --release -p bench --bin event-router-bench
 	target/release/event-router-bench $(BENCH_ARGS)

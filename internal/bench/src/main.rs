@@ -10,9 +10,11 @@
 //! 4. "Service insert path": the service's pipeline processes the same messages from memory
 //!    (validation, handler, inbox, outbox; batches of 64 as a worker with a backlog takes them),
 //!    one task per partition, without a Kafka consumer.
-//! 5. End to end: the service binary drains the backlog; throughput, latency percentiles (from
+//! 5. Comparison: a straightforward Python consumer (`bench/python/consumer.py`: the same checks,
+//!    batched inserts) drains the same backlog into a fresh database.
+//! 6. End to end: the service binary drains the backlog; throughput, latency percentiles (from
 //!    its own histogram), peak RSS and CPU time of the process.
-//! 6. Steady rate (optional): messages at a fixed rate, p99 end-to-end latency.
+//! 7. Steady rate (optional): messages at a fixed rate, p99 end-to-end latency.
 //!
 //! Results go to `bench/results/<timestamp>.{json,md}`.
 
@@ -58,6 +60,24 @@ struct Args {
     /// Service instances sharing the backlog.
     #[arg(long, default_value_t = 1)]
     instances: usize,
+    /// Most messages per transaction (the service's BATCH_MAX_MESSAGES).
+    #[arg(long, default_value_t = event_router::config::Batching::default().max_messages)]
+    batch: usize,
+    /// Partitions of the stream and dead-letter topics (default: enough for the backlog to fit
+    /// the embedded broker, at least --partitions).
+    #[arg(long)]
+    output_partitions: Option<i32>,
+    /// The Python interpreter for the comparison consumer; the step is skipped when it is
+    /// missing (`scripts/bench-python-venv.sh` makes it, `make bench` runs that).
+    #[arg(long, default_value = "target/bench-venv/bin/python")]
+    python: PathBuf,
+    /// Record a system-wide CPU profile (`perf record -a -e cpu-clock`) of the end-to-end drain
+    /// into this file; `scripts/bench-profile.sh` reads it.
+    #[arg(long)]
+    perf: Option<PathBuf>,
+    /// Skip the ceilings and comparisons (for profiling the service alone).
+    #[arg(long)]
+    end_to_end_only: bool,
     /// After the drain, send at this rate (messages/s) for --steady-seconds and report latency.
     #[arg(long, default_value_t = 2000)]
     steady_rate: u64,
@@ -102,10 +122,9 @@ async fn main() -> anyhow::Result<()> {
     for schema in REGISTRY {
         broker.create_topic(&base.topics.name(schema.key), args.partitions)?;
     }
-    broker.create_topic(&base.topics.stream(), args.partitions)?;
-    broker.create_topic(&base.topics.dead_letter(), args.partitions)?;
 
-    // 1. Preload, checking the backlog fits the embedded broker.
+    // 1. Preload, checking the backlog fits the embedded broker: the source topics, and the
+    //    stream topic the service republishes every valid message to (with headers and metadata).
     let producer = EventProducer::new(&base.kafka, &base.topics)?;
     let built: Vec<RawMessage> = (0..args.messages)
         .map(|n| {
@@ -113,16 +132,26 @@ async fn main() -> anyhow::Result<()> {
             producer.build(topic, &outgoing)
         })
         .collect();
-    let largest = built.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len) + 400).max().unwrap_or(0);
-    let per_partition = (args.messages as usize / TOPICS.len()) / args.partitions as usize * (largest * 3);
+    let largest = built.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).max().unwrap_or(0);
+    let per_partition = (args.messages as usize).div_ceil(TOPICS.len() * args.partitions as usize) * (largest + 400);
     ensure!(
         per_partition < PARTITION_BUDGET,
-        "{} messages over {} partitions need about {} KiB per partition of the stream topic; the embedded broker keeps \
-         about 5 MiB: use more partitions or fewer messages",
+        "{} messages over {} partitions need about {} KiB per partition; the embedded broker keeps about 5 MiB: use more \
+         partitions or fewer messages",
         args.messages,
         args.partitions,
         per_partition / 1024
     );
+    let stream_bytes = args.messages as usize * (largest + 1200) * 5 / 4;
+    let output_partitions =
+        args.output_partitions.unwrap_or_else(|| args.partitions.max(stream_bytes.div_ceil(PARTITION_BUDGET) as i32));
+    ensure!(
+        stream_bytes / output_partitions as usize <= PARTITION_BUDGET,
+        "the stream topic needs more than {output_partitions} partitions for {} messages",
+        args.messages
+    );
+    broker.create_topic(&base.topics.stream(), output_partitions)?;
+    broker.create_topic(&base.topics.dead_letter(), output_partitions)?;
     let started = Instant::now();
     stream::iter(&built)
         .map(|m| producer.send_raw(m))
@@ -131,25 +160,39 @@ async fn main() -> anyhow::Result<()> {
             r.expect("the broker accepts the message");
         })
         .await;
-    report.add("preload", args.messages, started.elapsed(), json!({}));
+    let mean_payload = built.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum::<usize>() / built.len().max(1);
+    report.add(
+        "preload",
+        args.messages,
+        started.elapsed(),
+        json!({"mean_payload_bytes": mean_payload, "output_partitions": output_partitions}),
+    );
     let invalid = (0..args.messages).filter(|n| !message(*n, 0).2).count() as u64;
     let valid = args.messages - invalid;
 
-    // 2. Ceiling: consume only.
-    let elapsed = consume_only(&base, args.messages).await?;
-    report.add("ceiling: consume only (rdkafka)", args.messages, elapsed, json!({}));
+    if !args.end_to_end_only {
+        // 2. Ceiling: consume only.
+        let elapsed = consume_only(&base, args.messages).await?;
+        report.add("ceiling: consume only (rdkafka)", args.messages, elapsed, json!({}));
 
-    // 3. Ceiling: database only, COPY.
-    let db = TestDb::create().await;
-    let elapsed = copy_rows(&db, &built, &base).await?;
-    report.add("ceiling: database only (COPY)", valid, elapsed, json!({}));
+        // 3. Ceiling: database only, COPY.
+        let db = TestDb::create().await;
+        let elapsed = copy_rows(&db, &built, &base).await?;
+        report.add("ceiling: database only (COPY)", valid, elapsed, json!({}));
 
-    // 4. The service's insert path, without Kafka.
-    let db = TestDb::create().await;
-    let elapsed = service_insert_path(&db, &broker, &built).await?;
-    report.add("service insert path (no Kafka)", args.messages, elapsed, json!({}));
+        // 4. The service's insert path, without Kafka.
+        let db = TestDb::create().await;
+        let elapsed = service_insert_path(&db, &broker, &built, args.batch).await?;
+        report.add("service insert path (no Kafka)", args.messages, elapsed, json!({}));
 
-    // 5. End to end.
+        // 5. Comparison: the Python consumer.
+        let db = TestDb::create().await;
+        if let Some(elapsed) = python_consumer(&args, &base, &db, args.messages, valid).await? {
+            report.add("comparison: Python consumer", args.messages, elapsed, json!({}));
+        }
+    }
+
+    // 6. End to end.
     let db = TestDb::create().await;
     let e2e = end_to_end(&args, &broker, &db, valid, invalid).await?;
     report.add(
@@ -295,7 +338,7 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config) -> anyho
 
 /// Runs the service's pipeline over the messages from memory: one task per partition, in order,
 /// as the consumer would.
-async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMessage]) -> anyhow::Result<Duration> {
+async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMessage], batch: usize) -> anyhow::Result<Duration> {
     let config = config(broker.bootstrap_servers(), &db.url, "bench-insert-path");
     let router = event_router::handlers::router();
     let validators = Validators::compile(&config.topics)?;
@@ -329,9 +372,9 @@ async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMes
         .map(|list| {
             let pipeline = pipeline.clone();
             tokio::spawn(async move {
-                // As a partition worker with a backlog does: batches of up to 64 messages.
+                // As a partition worker with a backlog does: full batches.
                 let never = CancellationToken::new();
-                for batch in list.chunks(64) {
+                for batch in list.chunks(batch) {
                     pipeline.process_batch(batch, &never).await;
                 }
             })
@@ -341,6 +384,36 @@ async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMes
         task.await?;
     }
     Ok(started.elapsed())
+}
+
+/// Runs `bench/python/consumer.py` over the backlog in a group of its own; its own clock, from
+/// its first message to its last commit. `None` when the interpreter is missing.
+async fn python_consumer(args: &Args, base: &Config, db: &TestDb, total: u64, valid: u64) -> anyhow::Result<Option<Duration>> {
+    if !args.python.exists() {
+        println!("comparison: Python consumer skipped: {} missing (scripts/bench-python-venv.sh)", args.python.display());
+        return Ok(None);
+    }
+    let topics: Vec<String> = TOPICS.iter().map(|t| base.topics.name(t)).collect();
+    let output = tokio::process::Command::new(&args.python)
+        .arg("bench/python/consumer.py")
+        .args(["--brokers", &base.kafka.brokers])
+        .args(["--group", &format!("bench-python-{}", uuid::Uuid::new_v4())])
+        .args(["--topics", &topics.join(",")])
+        .args(["--database-url", &db.url])
+        .args(["--expect", &total.to_string()])
+        .args(["--schemas", "api/event"])
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await
+        .context("start the Python consumer")?;
+    ensure!(output.status.success(), "the Python consumer failed ({})", output.status);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .with_context(|| format!("the Python consumer printed no result: {stdout}"))?;
+    let inserted = db.count("processed_messages").await as u64;
+    ensure!(inserted == valid, "the Python consumer recorded {inserted} of {valid} valid messages");
+    let seconds = result["seconds"].as_f64().context("no seconds in the Python consumer's result")?;
+    Ok(Some(Duration::from_secs_f64(seconds)))
 }
 
 struct EndToEnd {
@@ -369,6 +442,7 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
                 .arg("run")
                 .env("KAFKA_BROKERS", broker.bootstrap_servers())
                 .env("KAFKA_GROUP_ID", "bench-e2e")
+                .env("BATCH_MAX_MESSAGES", args.batch.to_string())
                 .env("DATABASE_URL", &db.url)
                 .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
                 .env("LOG_FORMAT", "json")
@@ -380,13 +454,15 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
                 .context("start the service")?,
         );
     }
+    let pids: Vec<String> = children.iter().filter_map(|c| c.id()).map(|pid| pid.to_string()).collect();
+    std::fs::write(args.out.join("service.pid"), pids.join("\n") + "\n")?;
     let first = metrics_ports[0];
     // The clock starts when the first message is consumed (after the group join).
     let scrape = |port: u16| async move { testkit::http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics").await.1 };
     let wait_start = Instant::now();
     loop {
         let consumed: f64 = match tokio::net::TcpStream::connect(("127.0.0.1", first)).await {
-            Ok(_) => sum_metric(&scrape(first).await, "event_router_messages_consumed_total"),
+            Ok(_) => sum_metric(&scrape(first).await, "event_router_messages_consumed_total", &[]),
             Err(_) => 0.0,
         };
         if consumed > 0.0 {
@@ -396,19 +472,50 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let started = Instant::now();
+    let profiler = match &args.perf {
+        Some(path) => Some(
+            tokio::process::Command::new("perf")
+                .args(["record", "-a", "-e", "cpu-clock", "-F", "499", "-o"])
+                .arg(path)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .context("start perf (Debian package linux-perf)")?,
+        ),
+        None => None,
+    };
+    // Progress comes from the services' counters: polling count(*) on the tables would put a
+    // sequential scan beside the work being measured, many times a second.
+    let finished = || async {
+        let mut sum = 0.0;
+        for port in &metrics_ports {
+            let body = scrape(*port).await;
+            sum += sum_metric(
+                &body,
+                "event_router_messages_processed_total{",
+                &["outcome=\"handled\"", "outcome=\"dead_lettered\""],
+            );
+        }
+        sum as u64
+    };
     loop {
-        let (processed, dead) = (db.count("processed_messages").await as u64, db.count("dead_letters").await as u64);
-        if processed == valid && dead == invalid {
+        let done = finished().await;
+        if done >= valid + invalid {
             break;
         }
-        ensure!(processed <= valid && dead <= invalid, "more rows than messages: processed {processed}, dead letters {dead}");
-        ensure!(
-            started.elapsed() < Duration::from_secs(1800),
-            "not drained in 30 minutes: {processed}/{valid}, {dead}/{invalid}"
-        );
+        ensure!(started.elapsed() < Duration::from_secs(1800), "not drained in 30 minutes: {done} of {}", valid + invalid);
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let elapsed = started.elapsed();
+    if let Some(mut perf) = profiler {
+        // perf writes its file on SIGINT.
+        std::process::Command::new("kill").args(["-INT", &perf.id().context("perf pid")?.to_string()]).status()?;
+        perf.wait().await?;
+    }
+    let (processed, dead) = (db.count("processed_messages").await as u64, db.count("dead_letters").await as u64);
+    ensure!(
+        processed == valid && dead == invalid,
+        "rows do not match the messages: processed {processed} of {valid}, dead letters {dead} of {invalid}"
+    );
     let body = scrape(first).await;
     let (p50_ms, p99_ms) = (quantile(&body, 0.50) * 1e3, quantile(&body, 0.99) * 1e3);
 
@@ -418,7 +525,7 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
         // backlog's events first, or it competes with the steady traffic for the CPU.
         let relay_deadline = Instant::now() + Duration::from_secs(600);
         while db.count("outbox").await > 0 && Instant::now() < relay_deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
         }
         let before = scrape(first).await;
         let base = config(broker.bootstrap_servers(), &db.url, "bench");
@@ -439,9 +546,9 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
             .buffer_unordered(1000)
             .for_each(|()| async {})
             .await;
-        let target = valid + total;
+        let target = valid + invalid + total;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while (db.count("processed_messages").await as u64) < target && Instant::now() < deadline {
+        while finished().await < target && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let after = scrape(first).await;
@@ -471,9 +578,12 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
     Ok(EndToEnd { elapsed, p50_ms, p99_ms, peak_rss_mib, cpu_seconds, steady_p50_ms, steady_p99_ms })
 }
 
-fn sum_metric(body: &str, name: &str) -> f64 {
+/// The sum of a metric's series, or of those whose labels include any of `labels`.
+fn sum_metric(body: &str, name: &str, labels: &[&str]) -> f64 {
+    let name = name.trim_end_matches('{');
     body.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| labels.is_empty() || labels.iter().any(|label| l.contains(label)))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
@@ -557,6 +667,11 @@ impl Report {
         let lower = consume.min(database);
         let ratio = e2e / lower;
         println!("end to end / lower ceiling = {:.0} / {:.0} = {:.2}", e2e, lower, ratio);
+        let python = self.rate("comparison: Python consumer");
+        let versus_python = e2e / python;
+        if python.is_finite() {
+            println!("end to end / Python consumer = {:.0} / {:.0} = {:.2}", e2e, python, versus_python);
+        }
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         std::fs::create_dir_all(out)?;
         let rows: Vec<Value> = self
@@ -571,12 +686,14 @@ impl Report {
             "when": stamp,
             "messages": args.messages, "partitions": args.partitions, "payload_padding": args.payload_padding, "instances": args.instances,
             "steps": rows,
+            "batch": args.batch,
             "ratio_end_to_end_to_lower_ceiling": ratio,
+            "ratio_end_to_end_to_python": python.is_finite().then_some(versus_python),
         });
         std::fs::write(out.join(format!("{stamp}.json")), serde_json::to_string_pretty(&document)?)?;
         let mut md = format!(
-            "# Benchmark {stamp}\n\n{} messages, {} partitions, payload padding {}, {} instance(s)\n\n| step | messages | seconds | per second | details |\n|---|---:|---:|---:|---|\n",
-            args.messages, args.partitions, args.payload_padding, args.instances
+            "# Benchmark {stamp}\n\n{} messages, {} partitions, payload padding {}, {} instance(s), batches of up to {}\n\n| step | messages | seconds | per second | details |\n|---|---:|---:|---:|---|\n",
+            args.messages, args.partitions, args.payload_padding, args.instances, args.batch
         );
         for (name, n, elapsed, extra) in &self.rows {
             md.push_str(&format!(
@@ -587,6 +704,9 @@ impl Report {
             ));
         }
         md.push_str(&format!("\nEnd to end / lower ceiling: {e2e:.0} / {lower:.0} = **{ratio:.2}**\n"));
+        if python.is_finite() {
+            md.push_str(&format!("\nEnd to end / Python consumer: {e2e:.0} / {python:.0} = **{versus_python:.2}**\n"));
+        }
         std::fs::write(out.join(format!("{stamp}.md")), md)?;
         println!("results: {}", out.join(format!("{stamp}.md")).display());
         Ok(())
