@@ -34,18 +34,19 @@ pub enum Recorded {
     Replayed,
 }
 
+/// The lookup of one record by its unique key (topic, partition, offset, fingerprint).
+pub const LOOKUP: &str = "SELECT bool_or(replayed_at IS NOT NULL) FROM dead_letters
+     WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint = $4";
+
 /// Looks the record up.
 pub async fn lookup<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<Recorded, sqlx::Error> {
-    let replayed: Option<bool> = sqlx::query_scalar(
-        "SELECT bool_or(replayed_at IS NOT NULL) FROM dead_letters
-         WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint = $4",
-    )
-    .bind(&key.topic)
-    .bind(key.partition)
-    .bind(key.offset)
-    .bind(&key.fingerprint[..])
-    .fetch_one(executor)
-    .await?;
+    let replayed: Option<bool> = sqlx::query_scalar(LOOKUP)
+        .bind(&key.topic)
+        .bind(key.partition)
+        .bind(key.offset)
+        .bind(&key.fingerprint[..])
+        .fetch_one(executor)
+        .await?;
     Ok(match replayed {
         None => Recorded::No,
         Some(false) => Recorded::DeadLettered,

@@ -225,3 +225,33 @@ async fn a_taken_todo_id_is_rejected_by_the_handler_not_merged() {
     assert_eq!(title, "Todo number 9", "the first todo is kept");
     app.stop().await;
 }
+
+#[tokio::test]
+async fn the_dead_letter_lookup_keeps_to_the_unique_key_when_planned_on_an_empty_table() {
+    // A connection caches prepared statements: the plan made while the table was empty is the
+    // plan used once it is large. It must be the unique key, or each lookup reads the topic's
+    // every dead letter.
+    let db = testkit::TestDb::create().await;
+    let mut connection = db.pool.acquire().await.unwrap();
+    sqlx::raw_sql(&format!("PREPARE lookup(text, int, bigint, bytea) AS {}", event_router::store::dead_letters::LOOKUP))
+        .execute(&mut *connection)
+        .await
+        .unwrap();
+    // Five custom plans, then PostgreSQL settles on a generic one.
+    for _ in 0..6 {
+        sqlx::raw_sql("EXECUTE lookup('platform.event-router.todo-created', 0, 1, '\\x00')")
+            .execute(&mut *connection)
+            .await
+            .unwrap();
+    }
+    let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE lookup('platform.event-router.todo-created', 0, 1, '\\x00')")
+        .fetch_all(&mut *connection)
+        .await
+        .unwrap();
+    let condition = plan.iter().find(|line| line.contains("Index Cond")).cloned().unwrap_or_default();
+    assert!(
+        condition.contains("kafka_offset = $3") && condition.contains("fingerprint = $4"),
+        "the lookup uses all of the unique key as its index condition:\n{}",
+        plan.join("\n")
+    );
+}
