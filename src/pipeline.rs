@@ -197,7 +197,7 @@ impl Pipeline {
             request_id: checked.request_id.clone(),
         };
         let event = self.topics.stream_enabled.then(|| {
-            let payload = stream::enriched_event(&checked, message, received_at).to_string();
+            let payload = stream::enriched_event(&checked, message, received_at);
             (payload, stream::propagated_headers(message, &checked.request_id))
         });
         Step::Ready(Prepared { message, checked, ctx, event })

@@ -12,8 +12,12 @@
 //! propagated unchanged to the stream and the dead-letter topic.
 
 use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
+use std::collections::HashMap;
+use std::sync::Mutex;
+
 use base64::Engine;
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use super::reason::{Reason, Rejection};
 
@@ -71,6 +75,47 @@ pub struct Identity {
     pub org_id: Option<String>,
     pub account_number: Option<String>,
     pub auth_type: Option<String>,
+}
+
+/// Identities already checked, by the SHA-256 digest of their header. Producers send the same
+/// header with many messages, and checking one (base64, JSON, schema) was the largest single cost
+/// of opening a message in the profile (bench/README.md). Only identities that passed are kept,
+/// by digest, so the raw header is not retained; the map is emptied when full, so it stays
+/// small whatever the number of distinct identities.
+pub struct IdentityCache {
+    checked: Mutex<HashMap<[u8; 32], Identity>>,
+    capacity: usize,
+}
+
+impl IdentityCache {
+    pub fn new(capacity: usize) -> Self {
+        IdentityCache { checked: Mutex::new(HashMap::new()), capacity }
+    }
+
+    /// [`check_identity`], remembering what passed.
+    pub fn check(&self, header: Option<&[u8]>, schema: &jsonschema::Validator) -> Result<Identity, Rejection> {
+        let Some(raw) = header else { return check_identity(header, schema) };
+        let digest: [u8; 32] = Sha256::digest(raw).into();
+        if let Some(identity) = self.checked.lock().expect("identity cache lock").get(&digest) {
+            return Ok(identity.clone());
+        }
+        let identity = check_identity(header, schema)?;
+        let mut checked = self.checked.lock().expect("identity cache lock");
+        if checked.len() >= self.capacity {
+            checked.clear();
+        }
+        checked.insert(digest, identity.clone());
+        Ok(identity)
+    }
+
+    /// How many identities are remembered.
+    pub fn len(&self) -> usize {
+        self.checked.lock().expect("identity cache lock").len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Decodes and checks an `x-rh-identity` header value. `schema` is the compiled header schema.

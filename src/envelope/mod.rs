@@ -57,7 +57,7 @@ fn check(message: &RawMessage, validators: &Validators, request_id: Option<&str>
     let topic = validators
         .for_topic(&message.topic)
         .ok_or_else(|| Rejection::new(Reason::UnknownTopic, format!("topic {} has no schema in api/event/", message.topic)))?;
-    let identity = identity::check_identity(message.header(IDENTITY_HEADER), &validators.identity)?;
+    let identity = validators.identities.check(message.header(IDENTITY_HEADER), &validators.identity)?;
     let request_id = request_id.ok_or_else(|| {
         Rejection::new(
             Reason::RequestIdMissing,

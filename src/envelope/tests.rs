@@ -146,3 +146,32 @@ fn oversized_request_id_is_refused() {
         message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, identity.as_bytes()), (REQUEST_ID_HEADER, long.as_bytes())]);
     assert_eq!(open(&msg, &validators()).result.unwrap_err().reason, Reason::RequestIdMissing);
 }
+
+#[test]
+fn the_identity_cache_remembers_only_identities_that_passed_and_stays_bounded() {
+    let validators = validators();
+    let cache = identity::IdentityCache::new(2);
+    let header = |org: &str| identity::encode_identity(&samples::user_identity(org)).into_bytes();
+    let first = cache.check(Some(&header("1")), &validators.identity).unwrap();
+    let again = cache.check(Some(&header("1")), &validators.identity).unwrap();
+    assert_eq!(first, again);
+    assert_eq!(first.org_id.as_deref(), Some("1"));
+    assert_eq!(cache.len(), 1, "the second check was answered from the cache");
+
+    // A refused header is refused every time and not remembered.
+    let mut no_org = samples::user_identity("1");
+    no_org["identity"].as_object_mut().unwrap().remove("org_id");
+    no_org["identity"]["internal"].as_object_mut().unwrap().remove("org_id");
+    let refused = identity::encode_identity(&no_org).into_bytes();
+    for _ in 0..2 {
+        assert!(cache.check(Some(&refused), &validators.identity).is_err());
+    }
+    assert_eq!(cache.len(), 1);
+
+    // Full: the cache starts over rather than growing.
+    cache.check(Some(&header("2")), &validators.identity).unwrap();
+    assert_eq!(cache.len(), 2);
+    let third = cache.check(Some(&header("3")), &validators.identity).unwrap();
+    assert_eq!(third.org_id.as_deref(), Some("3"));
+    assert_eq!(cache.len(), 1);
+}

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use serde_json::Value;
 
-use super::identity::{pointer_or_root, IDENTITY_SCHEMA};
+use super::identity::{pointer_or_root, IdentityCache, IDENTITY_SCHEMA};
 use super::reason::{Reason, Rejection};
 use crate::config::TopicConfig;
 use crate::topics::{TopicSchema, REGISTRY};
@@ -42,9 +42,13 @@ pub struct TopicValidator {
 pub struct Validators {
     topics: HashMap<String, TopicValidator>,
     pub(crate) identity: jsonschema::Validator,
+    pub(crate) identities: IdentityCache,
     /// Larger values are rejected before they are parsed.
     pub(crate) max_payload_bytes: usize,
 }
+
+/// Distinct identities remembered as checked (see [`IdentityCache`]); a few hundred KiB at most.
+const IDENTITY_CACHE_CAPACITY: usize = 4096;
 
 /// The default limit on a message value: Kafka's own default `message.max.bytes` is about 1 MB.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
@@ -60,6 +64,7 @@ impl Validators {
         Ok(Validators {
             topics: by_topic,
             identity: compile_schema(IDENTITY_SCHEMA, "x-rh-identity")?,
+            identities: IdentityCache::new(IDENTITY_CACHE_CAPACITY),
             max_payload_bytes: DEFAULT_MAX_PAYLOAD_BYTES,
         })
     }
