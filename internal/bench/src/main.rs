@@ -203,6 +203,7 @@ async fn main() -> anyhow::Result<()> {
             "p50_latency_ms": e2e.p50_ms, "p99_latency_ms": e2e.p99_ms,
             "peak_rss_mib": e2e.peak_rss_mib, "cpu_seconds": e2e.cpu_seconds,
             "steady_rate": args.steady_rate, "steady_p50_ms": e2e.steady_p50_ms, "steady_p99_ms": e2e.steady_p99_ms,
+            "steady_within_50ms": e2e.steady_within_50ms,
         }),
     );
     report.finish(&args.out)
@@ -424,6 +425,8 @@ struct EndToEnd {
     cpu_seconds: f64,
     steady_p50_ms: Option<f64>,
     steady_p99_ms: Option<f64>,
+    /// Share of the steady phase's messages within 50 ms (exact: 50 ms is a bucket bound).
+    steady_within_50ms: Option<f64>,
 }
 
 /// Starts the service binary and waits until it drained the backlog.
@@ -519,7 +522,7 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
     let body = scrape(first).await;
     let (p50_ms, p99_ms) = (quantile(&body, 0.50) * 1e3, quantile(&body, 0.99) * 1e3);
 
-    let (mut steady_p50_ms, mut steady_p99_ms) = (None, None);
+    let (mut steady_p50_ms, mut steady_p99_ms, mut steady_within_50ms) = (None, None, None);
     if args.steady_rate > 0 && args.steady_seconds > 0 {
         // Steady state means no backlog anywhere: let the outbox relay publish the drained
         // backlog's events first, or it competes with the steady traffic for the CPU.
@@ -552,8 +555,9 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let after = scrape(first).await;
-        steady_p50_ms = Some(quantile_between(&before, &after, 0.50) * 1e3);
-        steady_p99_ms = Some(quantile_between(&before, &after, 0.99) * 1e3);
+        steady_p50_ms = Some(quantile_of(&buckets_between(&before, &after), 0.50) * 1e3);
+        steady_p99_ms = Some(quantile_of(&buckets_between(&before, &after), 0.99) * 1e3);
+        steady_within_50ms = Some(share_within(&buckets_between(&before, &after), 0.05));
     }
 
     let (mut peak_rss_mib, mut cpu_seconds) = (0.0f64, 0.0);
@@ -575,7 +579,7 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
     for mut child in children {
         child.kill().await?;
     }
-    Ok(EndToEnd { elapsed, p50_ms, p99_ms, peak_rss_mib, cpu_seconds, steady_p50_ms, steady_p99_ms })
+    Ok(EndToEnd { elapsed, p50_ms, p99_ms, peak_rss_mib, cpu_seconds, steady_p50_ms, steady_p99_ms, steady_within_50ms })
 }
 
 /// The sum of a metric's series, or of those whose labels include any of `labels`.
@@ -630,13 +634,20 @@ fn quantile(body: &str, q: f64) -> f64 {
     quantile_of(&buckets(body), q)
 }
 
-fn quantile_between(before: &str, after: &str, q: f64) -> f64 {
+/// The buckets of the observations made between two scrapes.
+fn buckets_between(before: &str, after: &str) -> Vec<(f64, f64)> {
     let earlier = buckets(before);
-    let delta: Vec<(f64, f64)> = buckets(after)
+    buckets(after)
         .into_iter()
         .map(|(bound, count)| (bound, count - earlier.iter().find(|(b, _)| *b == bound).map_or(0.0, |e| e.1)))
-        .collect();
-    quantile_of(&delta, q)
+        .collect()
+}
+
+/// The share of observations at or below `bound`, which must be a bucket bound.
+fn share_within(buckets: &[(f64, f64)], bound: f64) -> f64 {
+    let total = buckets.last().map_or(0.0, |b| b.1);
+    let within = buckets.iter().find(|(b, _)| (*b - bound).abs() < 1e-9).map_or(f64::NAN, |b| b.1);
+    within / total
 }
 
 /// The run's figures.
