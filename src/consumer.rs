@@ -272,7 +272,7 @@ async fn partition_worker(
         // Whatever else is already waiting joins the batch: under load a partition's backlog is
         // written a batch per transaction; a lone message goes through at once, unless a linger
         // is configured, in which case the batch waits that long to fill.
-        batch.clear();
+        batch.reserve(batching.max_messages);
         batch.push(first);
         let linger_until = tokio::time::Instant::now() + batching.linger;
         while batch.len() < batching.max_messages {
@@ -293,16 +293,18 @@ async fn partition_worker(
                 }
             }
         }
-        let finished = pipeline.process_batch(&batch, &abandon).await;
-        if let Some(last) = finished.checked_sub(1).map(|i| &batch[i]) {
-            if let Err(error) = consumer.store_offset(&last.topic, last.partition, last.offset) {
+        let (topic, partition) = (batch[0].topic.clone(), batch[0].partition);
+        let offsets: Vec<i64> = batch.iter().map(|m| m.offset).collect();
+        let finished = pipeline.process_batch(std::mem::take(&mut batch), &abandon).await;
+        if let Some(&last) = finished.checked_sub(1).map(|i| &offsets[i]) {
+            if let Err(error) = consumer.store_offset(&topic, partition, last) {
                 // Only possible if the partition was revoked without this worker being stopped
                 // first; its new owner reprocesses from the last commit, and the inbox makes that
                 // a no-op for what was handled here.
-                tracing::debug!(%error, topic = %last.topic, partition = last.partition, "offset not stored");
+                tracing::debug!(%error, %topic, partition, "offset not stored");
             }
         }
-        if finished < batch.len() {
+        if finished < offsets.len() {
             return; // abandoned: nothing after the last finished message may be stored
         }
     }

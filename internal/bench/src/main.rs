@@ -367,15 +367,17 @@ async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMes
         message.offset = list.len() as i64;
         list.push(message);
     }
+    // As a partition worker with a backlog does: full batches.
+    let batches: Vec<Vec<Vec<RawMessage>>> =
+        partitions.into_values().map(|list| list.chunks(batch).map(<[RawMessage]>::to_vec).collect()).collect();
     let started = Instant::now();
-    let tasks: Vec<_> = partitions
-        .into_values()
-        .map(|list| {
+    let tasks: Vec<_> = batches
+        .into_iter()
+        .map(|batches| {
             let pipeline = pipeline.clone();
             tokio::spawn(async move {
-                // As a partition worker with a backlog does: full batches.
                 let never = CancellationToken::new();
-                for batch in list.chunks(batch) {
+                for batch in batches {
                     pipeline.process_batch(batch, &never).await;
                 }
             })

@@ -200,7 +200,11 @@ pub async fn spawn_app_with_router(extra: &[(&str, &str)], router: Router) -> Te
 /// Sends `messages` (topic key and message, in this order) before the service starts, then
 /// starts it: each partition has a backlog from the start, which the service writes in batches.
 pub async fn spawn_app_after_backlog(messages: &[(&str, Outgoing)], extra: &[(&str, &str)]) -> TestApp {
-    let db = Arc::new(TestDb::create().await);
+    spawn_app_after_backlog_on(Arc::new(TestDb::create().await), messages, extra).await
+}
+
+/// [`spawn_app_after_backlog`] on a database the test prepared.
+pub async fn spawn_app_after_backlog_on(db: Arc<TestDb>, messages: &[(&str, Outgoing)], extra: &[(&str, &str)]) -> TestApp {
     let broker = start_broker(&test_config("127.0.0.1:1", &db.url, "probe", extra));
     let config = test_config(broker.bootstrap_servers(), &db.url, "event-router-test", extra);
     let producer = EventProducer::new(&config.kafka, &config.topics).expect("producer");
