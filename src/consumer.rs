@@ -38,7 +38,12 @@ type Slot = (String, i32);
 
 /// A running partition worker, as the fetch loop and the rebalance callback see it.
 struct Worker {
+    /// Tells this worker from a later one for the same partition.
+    id: u64,
     messages: mpsc::Sender<RawMessage>,
+    /// Set while the partition is paused because the worker's buffer was full: messages that
+    /// were fetched before the pause took effect, in order, waiting for room.
+    held_back: Option<mpsc::UnboundedSender<RawMessage>>,
     /// Stop taking messages; finish the one in hand.
     stop: CancellationToken,
     /// Give up on the one in hand (its offset is not stored).
@@ -167,9 +172,13 @@ impl ConsumerContext for ConsumerEvents {
         }
     }
 
-    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         match rebalance {
             Rebalance::Assign(partitions) => {
+                // A partition paused under a previous owner's worker starts unpaused.
+                if let Err(error) = consumer.resume(partitions) {
+                    tracing::debug!(%error, "resuming newly assigned partitions");
+                }
                 self.joined.store(true, Ordering::Release);
                 self.telemetry.rebalance("assign", &describe(partitions));
             }
@@ -185,9 +194,10 @@ pub type RouterConsumer = StreamConsumer<ConsumerEvents>;
 /// in hand, or abandons it after `shutdown_deadline`) and commits what was stored.
 ///
 /// Each partition buffers up to `batching.max_messages` messages between this loop and its
-/// worker, which is also the largest batch the worker writes in one transaction. With one worker
-/// per owned partition that bounds the messages held in the service; librdkafka's own pre-fetch
-/// queue is bounded separately (`queued.max.messages.kbytes`).
+/// worker, which is also the largest batch the worker writes in one transaction. A partition
+/// whose buffer is full is paused (see [`dispatch`]). With one worker per owned partition that
+/// bounds the messages held in the service; librdkafka's own pre-fetch queue is bounded
+/// separately (`queued.max.messages.kbytes`), and it also bounds what a pause holds back.
 pub async fn run(
     consumer: Arc<RouterConsumer>,
     pipeline: Arc<Pipeline>,
@@ -209,7 +219,7 @@ pub async fn run(
                 continue;
             }
         };
-        dispatch(&consumer, &pipeline, batching, message).await;
+        dispatch(&consumer, &pipeline, batching, message);
     }
     let workers = consumer.context().workers.take_all();
     // An error here means the runtime is shutting down under us; there is nothing left to wait for.
@@ -217,22 +227,87 @@ pub async fn run(
     commit_stored(consumer, COMMIT_DEADLINE).await;
 }
 
-/// Hands `message` to its partition's worker, starting one if needed. A full buffer makes the
-/// fetch loop wait, so memory stays bounded.
-async fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, message: RawMessage) {
+/// Hands `message` to its partition's worker, starting one if needed. When the worker's buffer
+/// is full (a handler retrying, a slow write) the partition is paused instead of waiting here,
+/// which would hold up every other partition; the messages fetched before the pause took effect
+/// are held back in order and handed over as room appears, then the partition is resumed. So
+/// memory stays bounded and one slow partition slows only itself.
+fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, message: RawMessage) {
     let slot = (message.topic.clone(), message.partition);
-    let sender = {
-        let mut running = consumer.context().workers.running.lock().expect("workers lock");
-        let worker = running.entry(slot).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone(), batching));
-        worker.messages.clone()
-    };
-    if let Err(mpsc::error::SendError(message)) = sender.send(message).await {
-        // The worker was stopped by a revoke after the message was fetched; the partition's next
-        // owner reads it again from the committed offset.
-        tracing::debug!(
-            topic = %message.topic, partition = message.partition, offset = message.offset,
-            "dropped a message of a revoked partition"
-        );
+    let mut running = consumer.context().workers.running.lock().expect("workers lock");
+    let worker = running.entry(slot.clone()).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone(), batching));
+    if let Some(held_back) = &worker.held_back {
+        // Behind the messages already waiting; the forwarding task hands them over in order.
+        let _ = held_back.send(message);
+        return;
+    }
+    match worker.messages.try_send(message) {
+        Ok(()) => {}
+        Err(mpsc::error::TrySendError::Full(message)) => {
+            set_paused(consumer, &slot, true);
+            let (held_back, waiting) = mpsc::unbounded_channel();
+            let _ = held_back.send(message);
+            worker.held_back = Some(held_back);
+            tokio::spawn(hand_over_held_back(consumer.clone(), slot, worker.id, worker.messages.clone(), waiting));
+        }
+        Err(mpsc::error::TrySendError::Closed(message)) => {
+            // The worker was stopped by a revoke after the message was fetched; the partition's
+            // next owner reads it again from the committed offset.
+            tracing::debug!(
+                topic = %message.topic, partition = message.partition, offset = message.offset,
+                "dropped a message of a revoked partition"
+            );
+        }
+    }
+}
+
+/// Feeds a paused partition's held-back messages to its worker as room appears, then resumes
+/// fetching the partition. Ends without resuming when the worker was stopped (a revoke): the
+/// partition's next owner reads those messages again.
+async fn hand_over_held_back(
+    consumer: Arc<RouterConsumer>,
+    slot: Slot,
+    id: u64,
+    to_worker: mpsc::Sender<RawMessage>,
+    mut waiting: mpsc::UnboundedReceiver<RawMessage>,
+) {
+    loop {
+        let next = {
+            // Under the workers lock, which `dispatch` holds while it adds: an empty queue here
+            // means nothing more can arrive once `held_back` is cleared.
+            let mut running = consumer.context().workers.running.lock().expect("workers lock");
+            match waiting.try_recv() {
+                Ok(message) => Some(message),
+                Err(_) => match running.get_mut(&slot) {
+                    Some(worker) if worker.id == id => {
+                        worker.held_back = None;
+                        None
+                    }
+                    _ => return,
+                },
+            }
+        };
+        match next {
+            Some(message) => {
+                if to_worker.send(message).await.is_err() {
+                    return;
+                }
+            }
+            None => {
+                set_paused(&consumer, &slot, false);
+                return;
+            }
+        }
+    }
+}
+
+fn set_paused(consumer: &RouterConsumer, (topic, partition): &Slot, paused: bool) {
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition(topic, *partition);
+    let result = if paused { consumer.pause(&partitions) } else { consumer.resume(&partitions) };
+    match result {
+        Ok(()) => tracing::debug!(%topic, partition, paused, "partition's worker is behind; fetching paused or resumed"),
+        Err(error) => tracing::debug!(%error, %topic, partition, paused, "pause or resume refused"),
     }
 }
 
@@ -247,7 +322,9 @@ fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching
             let _ = finished.send(());
         }
     });
-    Worker { messages, stop, abandon, done }
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+    Worker { id, messages, held_back: None, stop, abandon, done }
 }
 
 /// Processes one partition's messages in order, storing each offset once it is finished.

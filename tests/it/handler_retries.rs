@@ -116,3 +116,45 @@ async fn while_one_partition_retries_the_others_go_on() {
     eventually(WAIT, "the waiting todo stored once its org arrived", || async { app.db.count("todos").await == 1 }).await;
     app.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrying_partition_with_a_full_buffer_does_not_hold_up_the_others() {
+    // Buffers of two: the messages behind the retrying todo fill its partition's buffer at once.
+    let app =
+        app_waiting_for_orgs(&[("HANDLER_MAX_ATTEMPTS", "1000"), ("RETRY_MAX_BACKOFF_MS", "200"), ("BATCH_MAX_MESSAGES", "2")])
+            .await;
+    sqlx::query("INSERT INTO known_orgs VALUES ('known')").execute(&app.db.pool).await.unwrap();
+    app.send("todo-created", &todo(1, "late")).await;
+    eventually(WAIT, "the handler retried", || async {
+        app.metric("event_router_retries_total", &[("step", "handler")]).await >= 1.0
+    })
+    .await;
+    for id in 2..=20 {
+        app.send("todo-created", &todo(id, "known")).await;
+    }
+    // Twenty host statuses on another topic, sent after the todos: they are handled although
+    // the todo partition cannot take another message.
+    for n in 0..20 {
+        let status = Outgoing {
+            key: Some(format!("host-{n}")),
+            ..Outgoing::json(&samples::host_status_changed(n), IdentityHeader::Document(samples::user_identity("other")))
+        };
+        app.send("host-status-changed", &status).await;
+    }
+    eventually(WAIT, "the other partitions handled while one waits", || async { app.db.count("host_statuses").await == 20 })
+        .await;
+    assert_eq!(app.db.count("todos").await, 0, "the todo partition still waits behind todo 1");
+
+    // Once todo 1 can go, the todos behind it follow, in order, none lost.
+    sqlx::query("INSERT INTO known_orgs VALUES ('late')").execute(&app.db.pool).await.unwrap();
+    eventually(WAIT, "all 20 todos stored", || async { app.db.count("todos").await == 20 }).await;
+    let stream = app.read_topic(&app.topic("events-stream"), 40, WAIT).await;
+    let todo_ids: Vec<i64> = stream
+        .iter()
+        .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload.as_deref().unwrap()).unwrap())
+        .filter(|event| event["name"] == "TodoCreated")
+        .map(|event| event["payload"]["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(todo_ids, (1..=20).collect::<Vec<i64>>(), "the todos were handled in their order");
+    app.stop().await;
+}
