@@ -195,7 +195,7 @@ pub type RouterConsumer = StreamConsumer<ConsumerEvents>;
 ///
 /// Each partition buffers up to `batching.max_messages` messages between this loop and its
 /// worker, which is also the largest batch the worker writes in one transaction. A partition
-/// whose buffer is full is paused (see [`dispatch`]). With one worker per owned partition that
+/// whose buffer is full is paused (see `dispatch`). With one worker per owned partition that
 /// bounds the messages held in the service; librdkafka's own pre-fetch queue is bounded
 /// separately (`queued.max.messages.kbytes`), and it also bounds what a pause holds back.
 pub async fn run(

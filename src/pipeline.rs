@@ -10,7 +10,7 @@
 //! A partition's messages go through [`Pipeline::process_batch`]. Each is checked once; the run
 //! of messages that pass is written in one transaction (set-based inbox and outbox rows, one
 //! handler call for the run), merged with the runs other partitions have ready at the same time
-//! ([`GroupCommit`]), because a commit, and then a round trip, per message is what limits
+//! (`GroupCommit`), because a commit, and then a round trip, per message is what limits
 //! throughput. Anything unusual (a rejection, a handler's refusal, a retry) takes the
 //! single-message path, whose transaction is the same write over a batch of one, so the batch
 //! path never has to know about dead letters or retries.
