@@ -38,8 +38,6 @@ type Slot = (String, i32);
 
 /// A running partition worker, as the fetch loop and the rebalance callback see it.
 struct Worker {
-    /// Tells this worker from a later one for the same partition.
-    id: u64,
     messages: mpsc::Sender<RawMessage>,
     /// Set while the partition is paused because the worker's buffer was full: messages that
     /// were fetched before the pause took effect, in order, waiting for room.
@@ -248,7 +246,7 @@ fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: 
             let (held_back, waiting) = mpsc::unbounded_channel();
             let _ = held_back.send(message);
             worker.held_back = Some(held_back);
-            tokio::spawn(hand_over_held_back(consumer.clone(), slot, worker.id, worker.messages.clone(), waiting));
+            tokio::spawn(hand_over_held_back(consumer.clone(), slot, worker.messages.clone(), waiting));
         }
         Err(mpsc::error::TrySendError::Closed(message)) => {
             // The worker was stopped by a revoke after the message was fetched; the partition's
@@ -267,7 +265,6 @@ fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: 
 async fn hand_over_held_back(
     consumer: Arc<RouterConsumer>,
     slot: Slot,
-    id: u64,
     to_worker: mpsc::Sender<RawMessage>,
     mut waiting: mpsc::UnboundedReceiver<RawMessage>,
 ) {
@@ -279,7 +276,8 @@ async fn hand_over_held_back(
             match waiting.try_recv() {
                 Ok(message) => Some(message),
                 Err(_) => match running.get_mut(&slot) {
-                    Some(worker) if worker.id == id => {
+                    // The same worker, not a later one for the partition (after a revoke).
+                    Some(worker) if worker.messages.same_channel(&to_worker) => {
                         worker.held_back = None;
                         None
                     }
@@ -322,9 +320,7 @@ fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching
             let _ = finished.send(());
         }
     });
-    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-    Worker { id, messages, held_back: None, stop, abandon, done }
+    Worker { messages, held_back: None, stop, abandon, done }
 }
 
 /// Processes one partition's messages in order, storing each offset once it is finished.

@@ -221,7 +221,7 @@ impl Relay {
 }
 
 /// Counted at most: beyond it the backlog gauge reads this; the age is what alerts.
-pub const BACKLOG_COUNT_LIMIT: i64 = 1_000_000;
+const BACKLOG_COUNT_LIMIT: i64 = 1_000_000;
 
 /// Rows waiting in the outbox (at most [`BACKLOG_COUNT_LIMIT`]) and the age of the oldest, in
 /// seconds. Read through the primary key from the oldest row, as the relay reads: a `count(*)`

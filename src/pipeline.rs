@@ -144,7 +144,6 @@ enum BatchWrite {
     Refused(usize, Refusal),
 }
 
-#[derive(Debug)]
 enum Handled {
     FirstTime(HandlingTime),
     Duplicate,
@@ -183,7 +182,7 @@ impl Pipeline {
             relay_wake,
             max_attempts,
             output_topics,
-            group: GroupCommit::default(),
+            group: GroupCommit::new(),
             open_batches: tokio::sync::Semaphore::new(Self::MAX_OPEN_BATCHES),
         }
     }
@@ -577,18 +576,9 @@ impl Attempt<'_> {
 /// partition in it gets `None` and writes its run itself, with the usual retries and dead letters;
 /// so a message another partition's handler refuses costs a second write and nothing else.
 /// Each partition has at most one run queued and waits for it, so its order is kept.
-#[derive(Default)]
 struct GroupCommit {
     queue: std::sync::Mutex<std::collections::VecDeque<GroupRequest>>,
-    writers: GroupWriters,
-}
-
-struct GroupWriters(tokio::sync::Semaphore);
-
-impl Default for GroupWriters {
-    fn default() -> Self {
-        GroupWriters(tokio::sync::Semaphore::new(GroupCommit::WRITERS))
-    }
+    writers: tokio::sync::Semaphore,
 }
 
 struct GroupRequest {
@@ -602,6 +592,10 @@ impl GroupCommit {
     /// The most messages a writer takes into one transaction (it takes at least one run).
     const MAX_MESSAGES: usize = 512;
 
+    fn new() -> Self {
+        GroupCommit { queue: Default::default(), writers: tokio::sync::Semaphore::new(Self::WRITERS) }
+    }
+
     /// Writes `run` merged with the other runs waiting. `None`: not written; write it alone.
     async fn write(&self, attempt: &Attempt<'_>, run: Vec<Arc<Prepared>>) -> Option<Vec<Handled>> {
         let (reply, mut answer) = tokio::sync::oneshot::channel();
@@ -610,7 +604,7 @@ impl GroupCommit {
             let permit = tokio::select! {
                 biased;
                 written = &mut answer => return written.ok().flatten(),
-                permit = self.writers.0.acquire() => permit.ok()?,
+                permit = self.writers.acquire() => permit.ok()?,
             };
             let taken = self.take();
             if taken.is_empty() {

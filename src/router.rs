@@ -141,8 +141,8 @@ pub trait Handler<T: Topic>: Send + Sync + 'static {
     /// The effects must be those of calling `handle` for each event in order. On failure, name the
     /// *first* event that failed: the pipeline rolls the transaction back, commits the events
     /// before it and retries that one alone. An error that cannot be pinned on one event (a set
-    /// statement the database refused) is named with [`BatchError::unattributed`]: the events are
-    /// then retried one at a time.
+    /// statement the database refused) is named with [`BatchError::unattributed`], which names
+    /// the first event: it is retried alone, then the rest as a batch again.
     fn handle_batch<'a>(
         &'a self,
         events: Vec<(T, &'a Context)>,
@@ -226,7 +226,8 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
                 typed.push((event, *ctx));
             }
             self.handler.handle_batch(typed, tx).await.map_err(|BatchError { index, error }| {
-                let topic = &events.get(index).unwrap_or(&events[0]).1.topic;
+                // A run is one topic's messages.
+                let topic = &events[0].1.topic;
                 let error = match error {
                     HandlerError::Rejected { code, message } => {
                         DispatchError::Rejected(Rejection::new(Reason::Handler(code), format!("topic {topic}: {message}")))

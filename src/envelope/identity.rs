@@ -11,10 +11,10 @@
 //! The raw header never leaves this module except as the original Kafka header bytes that are
 //! propagated unchanged to the stream and the dead-letter topic.
 
-use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
@@ -109,12 +109,9 @@ impl IdentityCache {
     }
 
     /// How many identities are remembered.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.checked.lock().expect("identity cache lock").len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
