@@ -43,7 +43,7 @@ struct Source<'a> {
     topic: &'a str,
     partition: i32,
     offset: i64,
-    key: Option<String>,
+    key: Option<std::borrow::Cow<'a, str>>,
 }
 
 /// The stream event for a handled message, as JSON text.
@@ -53,7 +53,12 @@ pub fn enriched_event(checked: &Checked, source: &RawMessage, received_at: DateT
         payload: &checked.payload,
         metadata: Metadata {
             versions: Versions { event_router: env!("CARGO_PKG_VERSION"), schema: checked.schema.digest },
-            source: Source { topic: &source.topic, partition: source.partition, offset: source.offset, key: source.key_text() },
+            source: Source {
+                topic: &source.topic,
+                partition: source.partition,
+                offset: source.offset,
+                key: source.key.as_deref().map(String::from_utf8_lossy),
+            },
             org_id: checked.identity.org_id.as_deref(),
             request_id: &checked.request_id,
             received_at: received_at.to_rfc3339_opts(SecondsFormat::Millis, true),
