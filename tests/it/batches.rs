@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use event_router::dead_letter;
-use event_router::producer::{IdentityHeader, Outgoing};
+use event_router::producer::Outgoing;
 use event_router::samples;
 use serde_json::{json, Value};
 use testkit::{header, spawn_app_after_backlog, TestApp};
@@ -12,11 +12,7 @@ use testkit::{header, spawn_app_after_backlog, TestApp};
 const WAIT: Duration = Duration::from_secs(30);
 
 fn message(key: &str, payload: &Value, request_id: &str) -> Outgoing {
-    Outgoing {
-        key: Some(key.into()),
-        request_id: Some(request_id.into()),
-        ..Outgoing::json(payload, IdentityHeader::Document(samples::user_identity("12345")))
-    }
+    testkit::user_message("12345", payload, key, request_id)
 }
 
 fn host_status(host: u64, status: &str, updated_at: &str) -> Value {

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use event_router::envelope::{IDENTITY_HEADER, REQUEST_ID_HEADER};
-use event_router::producer::{IdentityHeader, Outgoing};
+use event_router::producer::Outgoing;
 use event_router::samples;
 use serde_json::Value;
 use testkit::{header, spawn_app, TestApp};
@@ -11,11 +11,7 @@ use testkit::{header, spawn_app, TestApp};
 const WAIT: Duration = Duration::from_secs(20);
 
 fn outgoing(payload: &Value, key: &str, request_id: &str) -> Outgoing {
-    Outgoing {
-        key: Some(key.into()),
-        request_id: Some(request_id.into()),
-        ..Outgoing::json(payload, IdentityHeader::Document(samples::user_identity("org-42")))
-    }
+    testkit::user_message("org-42", payload, key, request_id)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -197,6 +197,15 @@ pub async fn spawn_app_with_router(extra: &[(&str, &str)], router: Router) -> Te
     TestApp::spawn_with_router(broker, db, "event-router-test", extra, router).await
 }
 
+/// A message from a User of `org`, with its key and request id set.
+pub fn user_message(org: &str, payload: &serde_json::Value, key: &str, request_id: &str) -> Outgoing {
+    Outgoing {
+        key: Some(key.into()),
+        request_id: Some(request_id.into()),
+        ..Outgoing::json(payload, event_router::producer::IdentityHeader::Document(event_router::samples::user_identity(org)))
+    }
+}
+
 /// Sends `messages` (topic key and message, in this order) before the service starts, then
 /// starts it: each partition has a backlog from the start, which the service writes in batches.
 pub async fn spawn_app_after_backlog(messages: &[(&str, Outgoing)], extra: &[(&str, &str)]) -> TestApp {
