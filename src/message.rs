@@ -5,10 +5,12 @@
 
 use rdkafka::message::{Headers, Message};
 
-/// One Kafka header; the value may be absent (a null header).
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// One Kafka header; the value may be absent (a null header). Serialized (into the outbox) with
+/// its value as bytes, whatever they are.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Header {
     pub key: String,
+    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 

@@ -7,98 +7,110 @@
 //! event exists exactly when its effects do, consumption goes on while the stream is down, and
 //! the backlog drains when it comes back.
 //!
-//! The relay reads rows in id order and deletes a row only after the broker acknowledged it. It
-//! deletes only the acknowledged *prefix* of a batch: a row whose predecessor failed is sent again
-//! with it next time, so a consumer of the stream never sees an event of a key before an earlier
-//! one (it may see one twice: the stream is at least once). One relay is active at a time across
-//! all instances (a PostgreSQL advisory lock per batch), which keeps that order with several
-//! instances running.
+//! A transaction's events are one row, in order (one row per event made the outbox the largest
+//! part of the database's work: an insert, a read, a delete and a vacuumed index entry each).
+//! The relay reads rows in id order and deletes a row only after the broker acknowledged all of
+//! its events. It deletes only the acknowledged *prefix* of a batch: a row with a failed event,
+//! and every row after it, is sent again whole next time, so a consumer of the stream never sees
+//! an event of a key before an earlier one (it may see one twice: the stream is at least once).
+//! One relay is active at a time across all instances (a PostgreSQL advisory lock per batch),
+//! which keeps that order with several instances running.
 //!
 //! The outbox holds the propagated headers, `x-rh-identity` among them, because the stream event
-//! must carry them; a row lives only until its event is acknowledged.
+//! must carry them; a row lives only until its events are acknowledged.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
+use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::Publisher;
-use crate::message::{Header, RawMessage};
+use crate::message::Header;
 use crate::pipeline::Backoff;
 use crate::store::Tx;
 use crate::telemetry::Telemetry;
 
 /// Advisory lock key that makes one relay active at a time ("outbox" in ASCII).
 const RELAY_LOCK: i64 = 0x6f7574626f78;
-/// Rows published per batch.
+/// Events published per batch: whole rows are read until they hold at least this many.
 const BATCH: i64 = 500;
+/// Rows looked at per batch, so that a batch of one-event rows stays bounded too.
+const BATCH_ROWS: i64 = 500;
 /// How often an idle relay looks for rows written by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
-/// An event waiting to be published.
+/// An event waiting to be published. A transaction's events are stored together as one row's
+/// `events` value: postcard (a documented, stable binary format) of the list, so header values
+/// stay bytes and reading a row back borrows the key and payload instead of copying them.
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutgoingEvent<'a> {
     pub topic: &'a str,
+    #[serde(borrow, with = "serde_bytes")]
     pub key: Option<&'a [u8]>,
+    #[serde(with = "serde_bytes")]
     pub payload: &'a [u8],
-    pub headers: &'a [Header],
+    pub headers: Cow<'a, [Header]>,
 }
 
-/// Writes several events into the outbox with one statement, in order (their ids follow the
-/// order of `events`, which keeps the relay's per-key order).
-pub async fn enqueue_all(tx: &mut Tx, events: &[(OutgoingEvent<'_>, &RawMessage)]) -> Result<(), sqlx::Error> {
+/// The `events` value of an outbox row holding `events`, in order.
+pub fn pack(events: &[OutgoingEvent<'_>]) -> Vec<u8> {
+    postcard::to_allocvec(events).expect("an outbox row serialises")
+}
+
+/// The events of an outbox row's `events` value.
+fn unpack(events: &[u8]) -> Result<Vec<OutgoingEvent<'_>>, postcard::Error> {
+    postcard::from_bytes(events)
+}
+
+/// Writes a transaction's events into the outbox as one row, in order: the relay publishes rows
+/// in id order and a row's events in theirs, which keeps each key's order.
+pub async fn enqueue_all(tx: &mut Tx, events: &[OutgoingEvent<'_>]) -> Result<(), sqlx::Error> {
     if events.is_empty() {
         return Ok(());
     }
-    let headers: Vec<String> = events
-        .iter()
-        .map(|(event, _)| {
-            let pairs: Vec<(&str, Option<String>)> = event
-                .headers
-                .iter()
-                .map(|h| (h.key.as_str(), h.value.as_deref().map(|v| String::from_utf8_lossy(v).into_owned())))
-                .collect();
-            serde_json::to_string(&pairs).expect("headers serialise")
-        })
-        .collect();
-    sqlx::query(
-        "INSERT INTO outbox (topic, message_key, payload, headers, source_topic, source_partition, source_offset)
-         SELECT topic, message_key, payload, headers::jsonb, source_topic, source_partition, source_offset
-         FROM UNNEST($1::text[], $2::bytea[], $3::bytea[], $4::text[], $5::text[], $6::int4[], $7::int8[])
-              WITH ORDINALITY AS e(topic, message_key, payload, headers, source_topic, source_partition, source_offset, n)
-         ORDER BY n",
-    )
-    .bind(events.iter().map(|(e, _)| e.topic).collect::<Vec<_>>())
-    .bind(events.iter().map(|(e, _)| e.key.map(<[u8]>::to_vec)).collect::<Vec<_>>())
-    .bind(events.iter().map(|(e, _)| e.payload.to_vec()).collect::<Vec<_>>())
-    .bind(headers)
-    .bind(events.iter().map(|(_, m)| m.topic.as_str()).collect::<Vec<_>>())
-    .bind(events.iter().map(|(_, m)| m.partition).collect::<Vec<_>>())
-    .bind(events.iter().map(|(_, m)| m.offset).collect::<Vec<_>>())
-    .execute(&mut **tx)
-    .await?;
+    sqlx::query("INSERT INTO outbox (events, event_count) VALUES ($1, $2)")
+        .bind(pack(events))
+        .bind(events.len() as i32)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
+/// An outbox row: `events` since migration 0005; one event in the other columns when an older
+/// release wrote it.
 #[derive(sqlx::FromRow)]
 struct Row {
     id: i64,
-    topic: String,
+    events: Option<Vec<u8>>,
+    topic: Option<String>,
     message_key: Option<Vec<u8>>,
-    payload: Vec<u8>,
+    payload: Option<Vec<u8>>,
     headers: Json<Vec<(String, Option<String>)>>,
 }
 
 impl Row {
-    fn headers(&self) -> Vec<Header> {
-        self.headers
+    fn events(&self) -> anyhow::Result<Vec<OutgoingEvent<'_>>> {
+        if let Some(events) = &self.events {
+            return unpack(events).map_err(|error| anyhow::anyhow!("outbox row {} is unreadable: {error}", self.id));
+        }
+        let headers = self
+            .headers
             .0
             .iter()
             .map(|(key, value)| Header { key: key.clone(), value: value.clone().map(String::into_bytes) })
-            .collect()
+            .collect();
+        Ok(vec![OutgoingEvent {
+            topic: self.topic.as_deref().unwrap_or_default(),
+            key: self.message_key.as_deref(),
+            payload: self.payload.as_deref().unwrap_or_default(),
+            headers: Cow::Owned(headers),
+        }])
     }
 }
 
@@ -178,61 +190,93 @@ impl Relay {
         if !locked {
             return Ok(BatchResult { published: 0, locked_out: true });
         }
-        let rows: Vec<Row> = sqlx::query_as("SELECT id, topic, message_key, payload, headers FROM outbox ORDER BY id LIMIT $1")
-            .bind(BATCH)
-            .fetch_all(&mut *tx)
-            .await?;
+        // Whole rows in id order, until they hold at least BATCH events.
+        let rows: Vec<Row> = sqlx::query_as(
+            "SELECT id, events, topic, message_key, payload, headers
+             FROM (SELECT *, sum(event_count) OVER (ORDER BY id) - event_count AS before
+                   FROM outbox ORDER BY id LIMIT $2) AS oldest
+             WHERE before < $1 ORDER BY id",
+        )
+        .bind(BATCH)
+        .bind(BATCH_ROWS)
+        .fetch_all(&mut *tx)
+        .await?;
         if rows.is_empty() {
             tx.commit().await?;
             return Ok(BatchResult { published: 0, locked_out: false });
         }
+        let events = rows.iter().map(Row::events).collect::<anyhow::Result<Vec<_>>>()?;
         // All sends are queued at once (librdkafka batches them and, being idempotent, keeps their
-        // order per partition); then the acknowledged prefix is deleted.
-        let headers: Vec<Vec<Header>> = rows.iter().map(Row::headers).collect();
+        // order per partition); then the rows whose events were all acknowledged, up to the first
+        // that was not, are deleted. A row with a failure is sent again whole.
         let results = join_all(
-            rows.iter()
-                .zip(&headers)
-                .map(|(row, headers)| self.publisher.publish(&row.topic, row.message_key.as_deref(), &row.payload, headers)),
+            events.iter().flatten().map(|event| self.publisher.publish(event.topic, event.key, event.payload, &event.headers)),
         )
         .await;
+        let mut results = results.into_iter();
         let mut delivered = Vec::with_capacity(rows.len());
+        let (mut published, mut total) = (0, 0);
         let mut first_error = None;
-        for (row, result) in rows.iter().zip(results) {
-            self.telemetry.stream_published(result.is_ok());
-            match result {
-                Ok(_) if first_error.is_none() => delivered.push(row.id),
-                Ok(_) => {}
-                Err(error) => {
+        for (row, events) in rows.iter().zip(&events) {
+            let mut row_delivered = true;
+            for result in results.by_ref().take(events.len()) {
+                total += 1;
+                self.telemetry.stream_published(result.is_ok());
+                if let Err(error) = result {
+                    row_delivered = false;
                     first_error.get_or_insert(error);
                 }
+            }
+            if row_delivered && first_error.is_none() {
+                delivered.push(row.id);
+                published += events.len();
             }
         }
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(&delivered).execute(&mut *tx).await?;
         tx.commit().await?;
         match first_error {
-            None => Ok(BatchResult { published: delivered.len(), locked_out: false }),
-            Some(error) => Err(anyhow::Error::new(error).context(format!(
-                "publishing to the stream ({} of {} events acknowledged)",
-                delivered.len(),
-                rows.len()
-            ))),
+            None => Ok(BatchResult { published, locked_out: false }),
+            Some(error) => Err(anyhow::Error::new(error)
+                .context(format!("publishing to the stream ({published} of {total} events acknowledged in order)"))),
         }
     }
 }
 
-/// Counted at most: beyond it the backlog gauge reads this; the age is what alerts.
-const BACKLOG_COUNT_LIMIT: i64 = 1_000_000;
+/// Rows read at most: beyond it the backlog gauge reads what those rows hold; the age is what
+/// alerts.
+const BACKLOG_ROW_LIMIT: i64 = 1_000_000;
 
-/// Rows waiting in the outbox (at most [`BACKLOG_COUNT_LIMIT`]) and the age of the oldest, in
-/// seconds. Read through the primary key from the oldest row, as the relay reads: a `count(*)`
-/// over the table scanned every row the relay had deleted and autovacuum not yet removed, 400 ms
-/// every 5 s after a 1,000,000-message drain, in the middle of the steady load (bench/README.md).
+/// Events waiting in the outbox (in at most [`BACKLOG_ROW_LIMIT`] rows) and the age of the
+/// oldest, in seconds. Read through the primary key from the oldest row, as the relay reads: a
+/// `count(*)` over the table scanned every row the relay had deleted and autovacuum not yet
+/// removed, 400 ms every 5 s after a 1,000,000-message drain, in the middle of the steady load
+/// (bench/README.md).
 pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
     sqlx::query_as(
-        "SELECT count(*), COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
-         FROM (SELECT created_at FROM outbox ORDER BY id LIMIT $1) AS oldest",
+        "SELECT COALESCE(sum(event_count), 0)::int8, COALESCE(EXTRACT(EPOCH FROM now() - min(created_at))::float8, 0)
+         FROM (SELECT created_at, event_count FROM outbox ORDER BY id LIMIT $1) AS oldest",
     )
-    .bind(BACKLOG_COUNT_LIMIT)
+    .bind(BACKLOG_ROW_LIMIT)
     .fetch_one(pool)
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_packed_row_keeps_its_events_in_order_with_their_bytes() {
+        let headers = [
+            Header { key: "x-rh-identity".into(), value: Some(vec![0xff, 0x00, b'a']) },
+            Header { key: "empty".into(), value: None },
+        ];
+        let events = [
+            OutgoingEvent { topic: "stream", key: Some(&[0xfe, 0x01]), payload: b"{}", headers: Cow::Borrowed(&headers) },
+            OutgoingEvent { topic: "other", key: None, payload: &[], headers: Cow::Borrowed(&[]) },
+        ];
+        let packed = pack(&events);
+        assert_eq!(unpack(&packed).unwrap(), events);
+        assert!(unpack(&packed[..packed.len() - 1]).is_err(), "a truncated row is an error, not fewer events");
+    }
 }

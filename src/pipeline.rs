@@ -15,6 +15,7 @@
 //! single-message path, whose transaction is the same write over a batch of one, so the batch
 //! path never has to know about dead letters or retries.
 
+use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -392,7 +393,7 @@ impl Attempt<'_> {
     }
 
     /// Writes `batch` in one transaction, in order: the inbox rows with one statement, then the
-    /// handler once per run of one topic, then the outbox rows with one statement, so a
+    /// handler once per run of one topic, then the outbox row holding the events, so a
     /// partition's backlog costs one commit and a few round trips per batch. The first refusal undoes the
     /// whole transaction and names the message. `Err` is a transient failure, to be retried.
     async fn write(&self, batch: &[&Prepared]) -> anyhow::Result<BatchWrite> {
@@ -445,9 +446,12 @@ impl Attempt<'_> {
             }
             handled.push(Handled::FirstTime(HandlingTime { handler, transaction: Duration::ZERO }));
             if let Some((payload, headers)) = &p.event {
-                let event =
-                    OutgoingEvent { topic: &stream_topic, key: p.message.key.as_deref(), payload: payload.as_bytes(), headers };
-                events.push((event, &p.message));
+                events.push(OutgoingEvent {
+                    topic: &stream_topic,
+                    key: p.message.key.as_deref(),
+                    payload: payload.as_bytes(),
+                    headers: Cow::Borrowed(headers),
+                });
             }
         }
         outbox::enqueue_all(&mut tx, &events).await?;

@@ -35,7 +35,8 @@ async fn a_stream_outage_stops_nothing_and_the_backlog_drains_in_order() {
         app.metric("event_router_stream_publish_total", &[("result", "error")]).await >= 1.0
     })
     .await;
-    assert_eq!(app.db.count("outbox").await, 8, "every event waits in the outbox");
+    let (waiting, _) = event_router::outbox::backlog(&app.db.pool).await.unwrap();
+    assert_eq!(waiting, 8, "every event waits in the outbox");
     assert_eq!(
         app.metric("event_router_messages_processed_total", &[("topic", &app.topic("todo-created")), ("outcome", "handled")])
             .await,
@@ -63,6 +64,58 @@ async fn a_stream_outage_stops_nothing_and_the_backlog_drains_in_order() {
         assert_eq!(offsets, &sorted, "events of key {key} are published in source order");
         assert_eq!(offsets.len(), 4, "every event of key {key} was published");
     }
+    app.stop().await;
+}
+
+/// Migration 0005 packs a transaction's events into one outbox row; a row an older release wrote
+/// (one event in its own columns) during a rolling upgrade is still published, before the newer
+/// rows, with its headers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rows_an_older_release_wrote_are_relayed_in_order_with_packed_ones() {
+    let stream_cluster = DevBroker::start(1).unwrap();
+    stream_cluster.create_topic("platform.event-router.events-stream", 1).unwrap();
+    stream_cluster.broker_down(1).unwrap();
+    let app = spawn_app_with(&[
+        ("EVENT_STREAM_BROKERS", stream_cluster.bootstrap_servers()),
+        ("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "500"),
+    ])
+    .await;
+    sqlx::query(
+        "INSERT INTO outbox (topic, message_key, payload, headers, source_topic, source_partition, source_offset)
+         VALUES ('platform.event-router.events-stream', 'alpha', '{\"legacy\": true}',
+                 '[[\"x-rh-insights-request-id\", \"legacy-request\"]]', 'old-topic', 0, 7)",
+    )
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
+    let identity = || IdentityHeader::Document(samples::user_identity("5"));
+    for id in 0..2u32 {
+        app.send(
+            "todo-created",
+            &Outgoing { key: Some("alpha".into()), ..Outgoing::json(&samples::todo_created(id), identity()) },
+        )
+        .await;
+    }
+    eventually(WAIT, "both todos stored", || async { app.db.count("todos").await == 2 }).await;
+    assert_eq!(event_router::outbox::backlog(&app.db.pool).await.unwrap().0, 3, "one old row and the new events wait");
+
+    stream_cluster.broker_up(1).unwrap();
+    eventually(WAIT, "the outbox drains", || async { app.db.count("outbox").await == 0 }).await;
+    let events = testkit::read_topic(stream_cluster.bootstrap_servers(), "platform.event-router.events-stream", 3, WAIT).await;
+    let mut first_seen: Vec<Value> = Vec::new();
+    for event in &events {
+        let body: Value = serde_json::from_slice(event.payload.as_deref().unwrap()).unwrap();
+        if !first_seen.contains(&body) {
+            first_seen.push(body);
+        }
+    }
+    assert_eq!(first_seen.len(), 3, "every event was published: {first_seen:?}");
+    assert_eq!(first_seen[0], serde_json::json!({"legacy": true}), "the older row first");
+    let legacy = events.iter().find(|e| e.payload.as_deref() == Some(br#"{"legacy": true}"#.as_slice())).unwrap();
+    assert_eq!(legacy.key.as_deref(), Some(b"alpha".as_slice()));
+    assert_eq!(legacy.header("x-rh-insights-request-id"), Some(b"legacy-request".as_slice()));
+    let ids: Vec<i64> = first_seen[1..].iter().map(|body| body["payload"]["id"].as_i64().unwrap()).collect();
+    assert_eq!(ids, [0, 1], "then the new events, in source order");
     app.stop().await;
 }
 

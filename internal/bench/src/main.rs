@@ -30,6 +30,7 @@ use event_router::dev_broker::DevBroker;
 use event_router::envelope::Validators;
 use event_router::kafka::Publisher;
 use event_router::message::RawMessage;
+use event_router::outbox::{self, OutgoingEvent};
 use event_router::pipeline::{Backoff, Pipeline};
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
 use event_router::samples;
@@ -177,7 +178,7 @@ async fn main() -> anyhow::Result<()> {
 
         // 3. Ceiling: database only, COPY.
         let db = TestDb::create().await;
-        let elapsed = copy_rows(&db, &built, &base).await?;
+        let elapsed = copy_rows(&db, &built, &base, args.batch).await?;
         report.add("ceiling: database only (COPY)", valid, elapsed, json!({}));
 
         // 4. The service's insert path, without Kafka.
@@ -231,20 +232,24 @@ async fn consume_only(base: &Config, total: u64) -> anyhow::Result<Duration> {
 }
 
 /// Writes, with COPY, the rows the service would write for the valid messages: each table row,
-/// its inbox row and its outbox row.
-async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config) -> anyhow::Result<Duration> {
+/// its inbox row, and an outbox row per `batch` events (the service writes one per transaction),
+/// packed by the service's own code with the headers it propagates.
+async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: usize) -> anyhow::Result<Duration> {
     fn csv(fields: &[String]) -> String {
         let quoted: Vec<String> = fields.iter().map(|f| format!("\"{}\"", f.replace('"', "\"\""))).collect();
         quoted.join(",") + "\n"
     }
     fn hex(bytes: &[u8]) -> String {
-        let mut out = String::from("\\x");
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(2 + 2 * bytes.len());
+        out.push_str("\\x");
         for b in bytes {
-            out.push_str(&format!("{b:02x}"));
+            let _ = write!(out, "{b:02x}");
         }
         out
     }
-    let mut tables: HashMap<&str, (String, String)> = HashMap::new();
+    // CSV per table; the outbox is built in binary format below.
+    let mut tables: HashMap<&str, String> = HashMap::new();
     let columns = [
         ("todos", "todos (id, title, description, org_id, request_id)"),
         (
@@ -253,14 +258,16 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config) -> anyho
         ),
         ("cluster_install_progress", "cluster_install_progress (cluster_id, stage, progress, hosts, org_id, request_id)"),
         ("processed_messages", "processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)"),
-        ("outbox", "outbox (topic, message_key, payload, headers, source_topic, source_partition, source_offset)"),
+        ("outbox", "outbox (events, event_count)"),
     ];
-    for (table, spec) in columns {
-        tables.insert(table, (spec.to_string(), String::new()));
+    for (table, _) in columns.iter().filter(|(table, _)| *table != "outbox") {
+        tables.insert(table, String::new());
     }
     // Inbox coordinates: one sequence per topic (partition 0) keeps the primary key unique.
     let mut offsets: HashMap<String, i64> = HashMap::new();
     let stream_topic = base.topics.stream();
+    let validators = Validators::compile(&base.topics)?;
+    let mut events: Vec<(&RawMessage, Vec<u8>, Vec<event_router::message::Header>)> = Vec::new();
     for message in messages {
         let payload: Value = serde_json::from_slice(message.payload.as_deref().unwrap_or_default())?;
         let key = message.topic.rsplit('.').next().unwrap_or_default();
@@ -304,10 +311,10 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config) -> anyho
             _ => None,
         };
         let Some((table, fields)) = row else { continue };
-        tables.get_mut(table).unwrap().1.push_str(&csv(&fields));
+        tables.get_mut(table).unwrap().push_str(&csv(&fields));
         let offset = offsets.entry(message.topic.clone()).or_insert(0);
         let partition = 0;
-        tables.get_mut("processed_messages").unwrap().1.push_str(&csv(&[
+        tables.get_mut("processed_messages").unwrap().push_str(&csv(&[
             message.topic.clone(),
             partition.to_string(),
             offset.to_string(),
@@ -315,23 +322,43 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config) -> anyho
             request_id.clone(),
             "bench".into(),
         ]));
-        tables.get_mut("outbox").unwrap().1.push_str(&csv(&[
-            stream_topic.clone(),
-            hex(message.key.as_deref().unwrap_or_default()),
-            hex(&serde_json::to_vec(&json!({"name": key, "payload": payload}))?),
-            "[]".into(),
-            message.topic.clone(),
-            partition.to_string(),
-            offset.to_string(),
-        ]));
+        let checked = event_router::envelope::open(message, &validators).result.map_err(|r| anyhow::anyhow!("{r:?}"))?;
+        let event = event_router::stream::enriched_event(&checked, message, chrono::Utc::now());
+        events.push((message, event.into_bytes(), event_router::stream::propagated_headers(message, &request_id)));
         *offset += 1;
     }
+    // The outbox in COPY's binary format (its values are bytes; hex in CSV would double them):
+    // signature, flags, header extension; per row a field count, then each field's length and
+    // bytes; a -1 field count ends it.
+    let mut outbox_rows: Vec<u8> = b"PGCOPY\n\xff\r\n\0".to_vec();
+    outbox_rows.extend_from_slice(&[0; 8]);
+    for chunk in events.chunks(batch.max(1)) {
+        let packed: Vec<OutgoingEvent> = chunk
+            .iter()
+            .map(|(message, payload, headers)| OutgoingEvent {
+                topic: &stream_topic,
+                key: message.key.as_deref(),
+                payload,
+                headers: headers.into(),
+            })
+            .collect();
+        let packed = outbox::pack(&packed);
+        outbox_rows.extend_from_slice(&2i16.to_be_bytes());
+        outbox_rows.extend_from_slice(&(packed.len() as i32).to_be_bytes());
+        outbox_rows.extend_from_slice(&packed);
+        outbox_rows.extend_from_slice(&4i32.to_be_bytes());
+        outbox_rows.extend_from_slice(&(chunk.len() as i32).to_be_bytes());
+    }
+    outbox_rows.extend_from_slice(&(-1i16).to_be_bytes());
     let started = Instant::now();
     let mut connection = db.pool.acquire().await?;
-    for (table, _) in columns {
-        let (spec, data) = &tables[table];
-        let mut copy = connection.copy_in_raw(&format!("COPY {spec} FROM STDIN (FORMAT csv)")).await?;
-        copy.send(data.as_bytes()).await?;
+    for (table, spec) in columns {
+        let (format, data) = match tables.get(table) {
+            Some(data) => ("csv", data.as_bytes()),
+            None => ("binary", outbox_rows.as_slice()),
+        };
+        let mut copy = connection.copy_in_raw(&format!("COPY {spec} FROM STDIN (FORMAT {format})")).await?;
+        copy.send(data).await?;
         copy.finish().await?;
     }
     Ok(started.elapsed())
