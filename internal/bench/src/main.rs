@@ -180,22 +180,28 @@ async fn main() -> anyhow::Result<()> {
         let db = TestDb::create().await;
         let elapsed = copy_rows(&db, &built, &base, args.batch).await?;
         report.add("ceiling: database only (COPY)", valid, elapsed, json!({}));
+        // Each step's database goes when the step is done: autovacuum working through a million
+        // rows of an earlier step had landed in the steady phase's latency.
+        db.drop_database().await;
 
         // 4. The service's insert path, without Kafka.
         let db = TestDb::create().await;
         let elapsed = service_insert_path(&db, &broker, &built, args.batch).await?;
         report.add("service insert path (no Kafka)", args.messages, elapsed, json!({}));
+        db.drop_database().await;
 
         // 5. Comparison: the Python consumer.
         let db = TestDb::create().await;
         if let Some(elapsed) = python_consumer(&args, &base, &db, args.messages, valid).await? {
             report.add("comparison: Python consumer", args.messages, elapsed, json!({}));
         }
+        db.drop_database().await;
     }
 
     // 6. End to end.
     let db = TestDb::create().await;
     let e2e = end_to_end(&args, &broker, &db, valid, invalid).await?;
+    db.drop_database().await;
     report.add(
         "end to end (service)",
         args.messages,

@@ -54,6 +54,17 @@ impl TestDb {
         TestDb { name, url, pool }
     }
 
+    /// Drops the database (closing this pool and any session still in it).
+    pub async fn drop_database(self) {
+        self.pool.close().await;
+        let admin = PgPool::connect(&admin_database_url()).await.expect("connect admin database");
+        sqlx::query(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name))
+            .execute(&admin)
+            .await
+            .expect("drop test database");
+        admin.close().await;
+    }
+
     /// `SELECT count(*) FROM <table>`.
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.expect("count rows")
