@@ -8,20 +8,27 @@ use event_router::dev_broker::DevBroker;
 use event_router::producer::{IdentityHeader, Outgoing};
 use event_router::samples;
 use serde_json::Value;
-use testkit::{eventually, spawn_app_with};
+use testkit::{eventually, spawn_app_with, TestApp};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_outage_stops_nothing_and_the_backlog_drains_in_order() {
+/// The service, with its stream on a cluster of its own (the stream topic with `partitions`)
+/// whose broker is down.
+async fn app_with_stream_down(partitions: i32) -> (DevBroker, TestApp) {
     let stream_cluster = DevBroker::start(1).unwrap();
-    stream_cluster.create_topic("platform.event-router.events-stream", 2).unwrap();
+    stream_cluster.create_topic("platform.event-router.events-stream", partitions).unwrap();
     stream_cluster.broker_down(1).unwrap();
     let app = spawn_app_with(&[
         ("EVENT_STREAM_BROKERS", stream_cluster.bootstrap_servers()),
         ("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "500"),
     ])
     .await;
+    (stream_cluster, app)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_outage_stops_nothing_and_the_backlog_drains_in_order() {
+    let (stream_cluster, app) = app_with_stream_down(2).await;
 
     let identity = || IdentityHeader::Document(samples::user_identity("5"));
     let keys = ["alpha", "beta"];
@@ -72,14 +79,7 @@ async fn a_stream_outage_stops_nothing_and_the_backlog_drains_in_order() {
 /// rows, with its headers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rows_an_older_release_wrote_are_relayed_in_order_with_packed_ones() {
-    let stream_cluster = DevBroker::start(1).unwrap();
-    stream_cluster.create_topic("platform.event-router.events-stream", 1).unwrap();
-    stream_cluster.broker_down(1).unwrap();
-    let app = spawn_app_with(&[
-        ("EVENT_STREAM_BROKERS", stream_cluster.bootstrap_servers()),
-        ("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "500"),
-    ])
-    .await;
+    let (stream_cluster, app) = app_with_stream_down(1).await;
     sqlx::query(
         "INSERT INTO outbox (topic, message_key, payload, headers, source_topic, source_partition, source_offset)
          VALUES ('platform.event-router.events-stream', 'alpha', '{\"legacy\": true}',
