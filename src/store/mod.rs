@@ -125,15 +125,23 @@ pub async fn record_in_inbox(
     })
 }
 
-/// Records a batch of messages in the inbox with one statement, in the batch's transaction; the
-/// entries come back in the order of `keys`. Keys that repeat within the batch (two replays of
-/// one dead letter) are recorded one by one, as one statement cannot update a row twice.
+/// Records a batch of messages in the inbox, in the batch's transaction; the entries come back in
+/// the order of `keys`. Keys that repeat within the batch (two replays of one dead letter) are
+/// recorded one by one, as one statement cannot write a row twice.
+///
+/// Not `INSERT … ON CONFLICT`: its speculative insertion made the inbox the database's costliest
+/// statement (bench/README.md). Instead one read finds what the inbox holds in each partition's
+/// offset range, the new rows are a plain insert, and reused offsets an update. Another instance
+/// that owned the partition a moment ago (a rebalance) may insert one of these rows in between;
+/// the insert then fails with a unique violation, the transaction is retried like any transient
+/// failure, and the read finds the row.
 pub async fn record_all_in_inbox(
     tx: &mut Tx,
     keys: &[InboxKey],
     request_ids: &[&str],
     org_ids: &[Option<&str>],
 ) -> Result<Vec<InboxEntry>, sqlx::Error> {
+    use std::collections::HashMap;
     let distinct: std::collections::HashSet<(&str, i32, i64)> =
         keys.iter().map(|k| (k.topic.as_str(), k.partition, k.offset)).collect();
     if distinct.len() < keys.len() {
@@ -143,33 +151,82 @@ pub async fn record_all_in_inbox(
         }
         return Ok(entries);
     }
-    let rows: Vec<(String, i32, i64, bool)> = sqlx::query_as(
-        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)
-         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[])
-         ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE
-            SET fingerprint = EXCLUDED.fingerprint, request_id = EXCLUDED.request_id,
-                org_id = EXCLUDED.org_id, processed_at = now()
-            WHERE processed_messages.fingerprint <> EXCLUDED.fingerprint
-         RETURNING topic, kafka_partition, kafka_offset, xmax = 0",
+    // 1. What the inbox holds in each (topic, partition)'s offset range: one index range each.
+    let mut ranges: HashMap<(&str, i32), (i64, i64)> = HashMap::new();
+    for k in keys {
+        let range = ranges.entry((k.topic.as_str(), k.partition)).or_insert((k.offset, k.offset));
+        *range = (range.0.min(k.offset), range.1.max(k.offset));
+    }
+    let known: Vec<(String, i32, i64, Vec<u8>)> = sqlx::query_as(
+        "SELECT p.topic, p.kafka_partition, p.kafka_offset, p.fingerprint
+         FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[]) AS r(topic, kafka_partition, low, high)
+         JOIN processed_messages p ON p.topic = r.topic AND p.kafka_partition = r.kafka_partition
+                                  AND p.kafka_offset BETWEEN r.low AND r.high",
     )
-    .bind(keys.iter().map(|k| k.topic.as_str()).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.partition).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.offset).collect::<Vec<_>>())
-    .bind(keys.iter().map(|k| k.fingerprint.to_vec()).collect::<Vec<_>>())
-    .bind(request_ids)
-    .bind(org_ids)
+    .bind(ranges.keys().map(|(topic, _)| *topic).collect::<Vec<_>>())
+    .bind(ranges.keys().map(|(_, partition)| *partition).collect::<Vec<_>>())
+    .bind(ranges.values().map(|(low, _)| *low).collect::<Vec<_>>())
+    .bind(ranges.values().map(|(_, high)| *high).collect::<Vec<_>>())
     .fetch_all(&mut **tx)
     .await?;
-    let written: std::collections::HashMap<(String, i32, i64), bool> =
-        rows.into_iter().map(|(topic, partition, offset, fresh)| ((topic, partition, offset), fresh)).collect();
-    Ok(keys
+    let known: HashMap<(&str, i32, i64), &[u8]> = known
         .iter()
-        .map(|k| match written.get(&(k.topic.clone(), k.partition, k.offset)) {
-            Some(true) => InboxEntry::New,
-            Some(false) => InboxEntry::OffsetReused,
-            None => InboxEntry::Redelivery,
+        .map(|(topic, partition, offset, fingerprint)| ((topic.as_str(), *partition, *offset), &fingerprint[..]))
+        .collect();
+    let mut entries: Vec<InboxEntry> = keys
+        .iter()
+        .map(|k| match known.get(&(k.topic.as_str(), k.partition, k.offset)) {
+            None => InboxEntry::New,
+            Some(fingerprint) if *fingerprint == k.fingerprint => InboxEntry::Redelivery,
+            Some(_) => InboxEntry::OffsetReused,
         })
-        .collect())
+        .collect();
+    // 2. New rows.
+    let new: Vec<usize> = (0..keys.len()).filter(|&i| entries[i] == InboxEntry::New).collect();
+    if !new.is_empty() {
+        sqlx::query(
+            "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[])",
+        )
+        .bind(new.iter().map(|&i| keys[i].topic.as_str()).collect::<Vec<_>>())
+        .bind(new.iter().map(|&i| keys[i].partition).collect::<Vec<_>>())
+        .bind(new.iter().map(|&i| keys[i].offset).collect::<Vec<_>>())
+        .bind(new.iter().map(|&i| &keys[i].fingerprint[..]).collect::<Vec<_>>())
+        .bind(new.iter().map(|&i| request_ids[i]).collect::<Vec<_>>())
+        .bind(new.iter().map(|&i| org_ids[i]).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    }
+    // 3. Reused offsets: the row now describes the new record. A row another instance rewrote in
+    //    the meantime is not returned, and its message counts as a redelivery.
+    let reused: Vec<usize> = (0..keys.len()).filter(|&i| entries[i] == InboxEntry::OffsetReused).collect();
+    if !reused.is_empty() {
+        let updated: Vec<(i32,)> = sqlx::query_as(
+            "UPDATE processed_messages p
+             SET fingerprint = r.fingerprint, request_id = r.request_id, org_id = r.org_id, processed_at = now()
+             FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[], $7::int4[])
+                  AS r(topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id, n)
+             WHERE p.topic = r.topic AND p.kafka_partition = r.kafka_partition AND p.kafka_offset = r.kafka_offset
+               AND p.fingerprint <> r.fingerprint
+             RETURNING r.n",
+        )
+        .bind(reused.iter().map(|&i| keys[i].topic.as_str()).collect::<Vec<_>>())
+        .bind(reused.iter().map(|&i| keys[i].partition).collect::<Vec<_>>())
+        .bind(reused.iter().map(|&i| keys[i].offset).collect::<Vec<_>>())
+        .bind(reused.iter().map(|&i| &keys[i].fingerprint[..]).collect::<Vec<_>>())
+        .bind(reused.iter().map(|&i| request_ids[i]).collect::<Vec<_>>())
+        .bind(reused.iter().map(|&i| org_ids[i]).collect::<Vec<_>>())
+        .bind(reused.iter().map(|&i| i as i32).collect::<Vec<_>>())
+        .fetch_all(&mut **tx)
+        .await?;
+        let updated: std::collections::HashSet<usize> = updated.into_iter().map(|(n,)| n as usize).collect();
+        for i in reused {
+            if !updated.contains(&i) {
+                entries[i] = InboxEntry::Redelivery;
+            }
+        }
+    }
+    Ok(entries)
 }
 
 /// Whether a database error is about the data (retrying cannot help) rather than the database

@@ -104,3 +104,41 @@ async fn a_recreated_topic_reusing_offsets_is_handled_not_mistaken_for_redeliver
     again.stop().await;
     second.stop().await;
 }
+
+/// During a rebalance two instances can write the same partition's messages at once. The inbox
+/// reads what it holds, then inserts the new rows: the second writer's insert waits for the first
+/// transaction and fails with a unique violation when it commits (a transient failure, so the
+/// pipeline retries the transaction), and the retry finds the row: the message is handled once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_owners_of_a_partition_record_a_message_once() {
+    use event_router::store::{record_all_in_inbox, InboxEntry, InboxKey};
+    let db = testkit::TestDb::create().await;
+    let key = InboxKey { topic: "platform.event-router.todo-created".into(), partition: 3, offset: 41, fingerprint: [7; 32] };
+    let record = |tx| async {
+        let mut tx = tx;
+        let result = record_all_in_inbox(&mut tx, std::slice::from_ref(&key), &["request"], &[Some("1")]).await;
+        (tx, result)
+    };
+
+    let (first, entries) = record(db.pool.begin().await.unwrap()).await;
+    assert_eq!(entries.unwrap(), [InboxEntry::New]);
+    let second = tokio::spawn({
+        let pool = db.pool.clone();
+        let key = key.clone();
+        async move {
+            let mut tx = pool.begin().await.unwrap();
+            record_all_in_inbox(&mut tx, std::slice::from_ref(&key), &["request"], &[Some("1")]).await.map(|_| ())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!second.is_finished(), "the second writer waits for the first transaction");
+    first.commit().await.unwrap();
+    let error = second.await.unwrap().expect_err("the second writer's insert conflicts");
+    let code = error.as_database_error().and_then(|e| e.code()).map(|c| c.into_owned());
+    assert_eq!(code.as_deref(), Some("23505"), "a unique violation: {error}");
+
+    let (retry, entries) = record(db.pool.begin().await.unwrap()).await;
+    assert_eq!(entries.unwrap(), [InboxEntry::Redelivery], "the retry finds the row");
+    retry.commit().await.unwrap();
+    assert_eq!(db.count("processed_messages").await, 1);
+}
