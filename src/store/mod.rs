@@ -184,24 +184,24 @@ pub async fn record_all_in_inbox(
     // 2. New rows.
     let new: Vec<usize> = (0..keys.len()).filter(|&i| entries[i] == InboxEntry::New).collect();
     if !new.is_empty() {
-        sqlx::query(
+        inbox_rows(
             "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[])",
+             SELECT topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id
+             FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[], $7::int4[])
+                  AS r(topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id, n)",
+            &new,
+            keys,
+            request_ids,
+            org_ids,
         )
-        .bind(new.iter().map(|&i| keys[i].topic.as_str()).collect::<Vec<_>>())
-        .bind(new.iter().map(|&i| keys[i].partition).collect::<Vec<_>>())
-        .bind(new.iter().map(|&i| keys[i].offset).collect::<Vec<_>>())
-        .bind(new.iter().map(|&i| &keys[i].fingerprint[..]).collect::<Vec<_>>())
-        .bind(new.iter().map(|&i| request_ids[i]).collect::<Vec<_>>())
-        .bind(new.iter().map(|&i| org_ids[i]).collect::<Vec<_>>())
-        .execute(&mut **tx)
+        .fetch_all(&mut **tx)
         .await?;
     }
     // 3. Reused offsets: the row now describes the new record. A row another instance rewrote in
     //    the meantime is not returned, and its message counts as a redelivery.
     let reused: Vec<usize> = (0..keys.len()).filter(|&i| entries[i] == InboxEntry::OffsetReused).collect();
     if !reused.is_empty() {
-        let updated: Vec<(i32,)> = sqlx::query_as(
+        let updated = inbox_rows(
             "UPDATE processed_messages p
              SET fingerprint = r.fingerprint, request_id = r.request_id, org_id = r.org_id, processed_at = now()
              FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[], $7::int4[])
@@ -209,14 +209,11 @@ pub async fn record_all_in_inbox(
              WHERE p.topic = r.topic AND p.kafka_partition = r.kafka_partition AND p.kafka_offset = r.kafka_offset
                AND p.fingerprint <> r.fingerprint
              RETURNING r.n",
+            &reused,
+            keys,
+            request_ids,
+            org_ids,
         )
-        .bind(reused.iter().map(|&i| keys[i].topic.as_str()).collect::<Vec<_>>())
-        .bind(reused.iter().map(|&i| keys[i].partition).collect::<Vec<_>>())
-        .bind(reused.iter().map(|&i| keys[i].offset).collect::<Vec<_>>())
-        .bind(reused.iter().map(|&i| &keys[i].fingerprint[..]).collect::<Vec<_>>())
-        .bind(reused.iter().map(|&i| request_ids[i]).collect::<Vec<_>>())
-        .bind(reused.iter().map(|&i| org_ids[i]).collect::<Vec<_>>())
-        .bind(reused.iter().map(|&i| i as i32).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
         let updated: std::collections::HashSet<usize> = updated.into_iter().map(|(n,)| n as usize).collect();
@@ -227,6 +224,26 @@ pub async fn record_all_in_inbox(
         }
     }
     Ok(entries)
+}
+
+/// `sql` with the inbox columns of `keys[i]`, for each `i` in `rows`, bound as arrays $1 to $6
+/// (topic, partition, offset, fingerprint, request id, org id) and `i` itself as $7, which a
+/// statement returns to say which rows it wrote.
+fn inbox_rows<'q>(
+    sql: &'q str,
+    rows: &[usize],
+    keys: &'q [InboxKey],
+    request_ids: &[&'q str],
+    org_ids: &[Option<&'q str>],
+) -> sqlx::query::QueryAs<'q, Postgres, (i32,), sqlx::postgres::PgArguments> {
+    sqlx::query_as(sql)
+        .bind(rows.iter().map(|&i| keys[i].topic.as_str()).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| keys[i].partition).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| keys[i].offset).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| &keys[i].fingerprint[..]).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| request_ids[i]).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| org_ids[i]).collect::<Vec<_>>())
+        .bind(rows.iter().map(|&i| i as i32).collect::<Vec<_>>())
 }
 
 /// Whether a database error is about the data (retrying cannot help) rather than the database
