@@ -38,10 +38,9 @@ use crate::telemetry::Telemetry;
 
 /// Advisory lock key that makes one relay active at a time ("outbox" in ASCII).
 const RELAY_LOCK: i64 = 0x6f7574626f78;
-/// Events published per batch: whole rows are read until they hold at least this many.
+/// Events published per batch: whole rows are read until they hold at least this many (every row
+/// holds at least one, so that is also the most rows a batch reads).
 const BATCH: i64 = 500;
-/// Rows looked at per batch, so that a batch of one-event rows stays bounded too.
-const BATCH_ROWS: i64 = 500;
 /// How often an idle relay looks for rows written by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -203,11 +202,10 @@ impl Relay {
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, events, topic, message_key, payload, headers
              FROM (SELECT *, sum(event_count) OVER (ORDER BY id) - event_count AS before
-                   FROM outbox ORDER BY id LIMIT $2) AS oldest
+                   FROM outbox ORDER BY id LIMIT $1) AS oldest
              WHERE before < $1 ORDER BY id",
         )
         .bind(BATCH)
-        .bind(BATCH_ROWS)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -227,16 +225,14 @@ impl Relay {
         let (mut published, mut total) = (0, 0);
         let mut first_error = None;
         for (row, events) in rows.iter().zip(&events) {
-            let mut row_delivered = true;
             for result in results.by_ref().take(events.len()) {
                 total += 1;
                 self.telemetry.stream_published(result.is_ok());
                 if let Err(error) = result {
-                    row_delivered = false;
                     first_error.get_or_insert(error);
                 }
             }
-            if row_delivered && first_error.is_none() {
+            if first_error.is_none() {
                 delivered.push(row.id);
                 published += events.len();
             }
