@@ -4,6 +4,8 @@
 //! Written set-based: one `INSERT ... SELECT FROM UNNEST ... WITH ORDINALITY` per batch, ordered,
 //! so the row ids keep the reports' order.
 
+use sqlx::types::Json;
+
 use crate::router::{BatchError, Context, Handler, HandlerError};
 use crate::store::Tx;
 use crate::topics::cluster_install_progressed::ClusterInstallProgressedStage as Stage;
@@ -43,11 +45,6 @@ impl Handler<ClusterInstallProgressed> for RecordProgress {
         if writable.is_empty() {
             return refused.map_or(Ok(()), Err);
         }
-        let hosts = writable
-            .iter()
-            .map(|(r, _)| serde_json::to_value(&r.hosts))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BatchError::unattributed(HandlerError::Transient(e.into())))?;
         sqlx::query(
             "INSERT INTO cluster_install_progress (cluster_id, stage, progress, hosts, org_id, request_id)
              SELECT cluster_id, stage, progress, hosts, org_id, request_id
@@ -58,7 +55,7 @@ impl Handler<ClusterInstallProgressed> for RecordProgress {
         .bind(writable.iter().map(|(r, _)| r.cluster_id).collect::<Vec<_>>())
         .bind(writable.iter().map(|(r, _)| r.stage.to_string()).collect::<Vec<_>>())
         .bind(writable.iter().map(|(r, _)| r.progress as i16).collect::<Vec<_>>())
-        .bind(hosts)
+        .bind(writable.iter().map(|(r, _)| Json(&r.hosts)).collect::<Vec<_>>())
         .bind(writable.iter().map(|(_, ctx)| ctx.org_id()).collect::<Vec<_>>())
         .bind(writable.iter().map(|(_, ctx)| ctx.request_id.as_str()).collect::<Vec<_>>())
         .execute(&mut **tx)

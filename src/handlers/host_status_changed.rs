@@ -8,6 +8,8 @@
 
 use std::collections::HashMap;
 
+use sqlx::types::Json;
+
 use crate::router::{BatchError, Context, Handler, HandlerError};
 use crate::store::Tx;
 use crate::topics::HostStatusChanged;
@@ -36,11 +38,6 @@ impl Handler<HostStatusChanged> for TrackHostStatus {
                 }
             }
         }
-        let validations = latest
-            .iter()
-            .map(|(e, _)| serde_json::to_value(&e.validations))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| BatchError::unattributed(HandlerError::Transient(e.into())))?;
         sqlx::query(
             "INSERT INTO host_statuses (host_id, cluster_id, status, status_info, validations, updated_at, org_id, request_id)
              SELECT * FROM UNNEST($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::jsonb[], $6::timestamptz[], $7::text[], $8::text[])
@@ -54,7 +51,7 @@ impl Handler<HostStatusChanged> for TrackHostStatus {
         .bind(latest.iter().map(|(e, _)| e.cluster_id).collect::<Vec<_>>())
         .bind(latest.iter().map(|(e, _)| e.status.to_string()).collect::<Vec<_>>())
         .bind(latest.iter().map(|(e, _)| e.status_info.as_str()).collect::<Vec<_>>())
-        .bind(validations)
+        .bind(latest.iter().map(|(e, _)| Json(&e.validations)).collect::<Vec<_>>())
         .bind(latest.iter().map(|(e, _)| e.updated_at).collect::<Vec<_>>())
         .bind(latest.iter().map(|(_, ctx)| ctx.org_id()).collect::<Vec<_>>())
         .bind(latest.iter().map(|(_, ctx)| ctx.request_id.as_str()).collect::<Vec<_>>())
