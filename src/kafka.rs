@@ -15,7 +15,7 @@ use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 
 use crate::config::KafkaConfig;
-use crate::message::Header;
+use crate::message::HeaderRef;
 
 /// Connection and security settings shared by every client.
 pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
@@ -129,7 +129,7 @@ impl Publisher {
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
-        headers: &[Header],
+        headers: &[HeaderRef<'_>],
     ) -> Result<Delivery, KafkaError> {
         self.publish_at(topic, key, payload, headers, None).await
     }
@@ -141,12 +141,12 @@ impl Publisher {
         topic: &str,
         key: Option<&[u8]>,
         payload: &[u8],
-        headers: &[Header],
+        headers: &[HeaderRef<'_>],
         timestamp_ms: Option<i64>,
     ) -> Result<Delivery, KafkaError> {
         let mut owned = OwnedHeaders::new_with_capacity(headers.len());
         for header in headers {
-            owned = owned.insert(KafkaHeader { key: &header.key, value: header.value.as_deref() });
+            owned = owned.insert(KafkaHeader { key: header.key, value: header.value });
         }
         let mut record = FutureRecord::to(topic).payload(payload).headers(owned);
         if let Some(key) = key {

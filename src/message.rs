@@ -14,6 +14,20 @@ pub struct Header {
     pub value: Option<Vec<u8>>,
 }
 
+/// `headers` borrowed, as [`crate::kafka::Publisher`] takes them.
+pub fn header_refs(headers: &[Header]) -> Vec<HeaderRef<'_>> {
+    headers.iter().map(|h| HeaderRef { key: &h.key, value: h.value.as_deref() }).collect()
+}
+
+/// A header borrowed from where it is kept (a [`Header`], an outbox row); serialized as a
+/// [`Header`] is, so either reads what the other wrote.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeaderRef<'a> {
+    pub key: &'a str,
+    #[serde(borrow, with = "serde_bytes")]
+    pub value: Option<&'a [u8]>,
+}
+
 /// A message read from a topic partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {

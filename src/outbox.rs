@@ -19,7 +19,6 @@
 //! The outbox holds the propagated headers, `x-rh-identity` among them, because the stream event
 //! must carry them; a row lives only until its events are acknowledged.
 
-use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,7 +30,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::kafka::Publisher;
-use crate::message::Header;
+use crate::message::HeaderRef;
 use crate::pipeline::Backoff;
 use crate::store::Tx;
 use crate::telemetry::Telemetry;
@@ -46,7 +45,8 @@ const IDLE_POLL: Duration = Duration::from_millis(500);
 
 /// An event waiting to be published. A transaction's events are stored together as one row's
 /// `events` value: postcard (a documented, stable binary format) of the list, so header values
-/// stay bytes and reading a row back borrows the key and payload instead of copying them.
+/// stay bytes. Everything is borrowed: from the consumed message when the pipeline writes a row,
+/// from the row when the relay reads it back (copies were a good part of both's allocations).
 #[derive(Debug, PartialEq, Serialize, Deserialize)]
 pub struct OutgoingEvent<'a> {
     pub topic: &'a str,
@@ -54,7 +54,8 @@ pub struct OutgoingEvent<'a> {
     pub key: Option<&'a [u8]>,
     #[serde(with = "serde_bytes")]
     pub payload: &'a [u8],
-    pub headers: Cow<'a, [Header]>,
+    #[serde(borrow)]
+    pub headers: Vec<HeaderRef<'a>>,
 }
 
 /// The `events` value of an outbox row holding `events`, in order. The buffer is sized up front
@@ -64,7 +65,7 @@ pub fn pack(events: &[OutgoingEvent<'_>]) -> Vec<u8> {
     let size: usize = events
         .iter()
         .map(|e| {
-            let headers: usize = e.headers.iter().map(|h| h.key.len() + h.value.as_ref().map_or(0, Vec::len) + 8).sum();
+            let headers: usize = e.headers.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 8).sum();
             e.topic.len() + e.key.map_or(0, <[u8]>::len) + e.payload.len() + headers + 16
         })
         .sum();
@@ -107,17 +108,13 @@ impl Row {
         if let Some(events) = &self.events {
             return unpack(events).map_err(|error| anyhow::anyhow!("outbox row {} is unreadable: {error}", self.id));
         }
-        let headers = self
-            .headers
-            .0
-            .iter()
-            .map(|(key, value)| Header { key: key.clone(), value: value.clone().map(String::into_bytes) })
-            .collect();
+        let headers =
+            self.headers.0.iter().map(|(key, value)| HeaderRef { key, value: value.as_deref().map(str::as_bytes) }).collect();
         Ok(vec![OutgoingEvent {
             topic: self.topic.as_deref().unwrap_or_default(),
             key: self.message_key.as_deref(),
             payload: self.payload.as_deref().unwrap_or_default(),
-            headers: Cow::Owned(headers),
+            headers,
         }])
     }
 }
@@ -272,13 +269,11 @@ mod tests {
 
     #[test]
     fn a_packed_row_keeps_its_events_in_order_with_their_bytes() {
-        let headers = [
-            Header { key: "x-rh-identity".into(), value: Some(vec![0xff, 0x00, b'a']) },
-            Header { key: "empty".into(), value: None },
-        ];
+        let headers =
+            vec![HeaderRef { key: "x-rh-identity", value: Some(&[0xff, 0x00, b'a']) }, HeaderRef { key: "empty", value: None }];
         let events = [
-            OutgoingEvent { topic: "stream", key: Some(&[0xfe, 0x01]), payload: b"{}", headers: Cow::Borrowed(&headers) },
-            OutgoingEvent { topic: "other", key: None, payload: &[], headers: Cow::Borrowed(&[]) },
+            OutgoingEvent { topic: "stream", key: Some(&[0xfe, 0x01]), payload: b"{}", headers },
+            OutgoingEvent { topic: "other", key: None, payload: &[], headers: vec![] },
         ];
         let packed = pack(&events);
         assert_eq!(unpack(&packed).unwrap(), events);

@@ -15,7 +15,6 @@
 //! single-message path, whose transaction is the same write over a batch of one, so the batch
 //! path never has to know about dead letters or retries.
 
-use std::borrow::Cow;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -29,7 +28,7 @@ use crate::config::TopicConfig;
 use crate::dead_letter::dead_letter_headers;
 use crate::envelope::{self, Checked, Rejection, Validators};
 use crate::kafka::Publisher;
-use crate::message::{Header, RawMessage};
+use crate::message::{header_refs, RawMessage};
 use crate::outbox::{self, OutgoingEvent};
 use crate::replay;
 use crate::router::{Context, DispatchError, Router};
@@ -37,6 +36,7 @@ use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::{self, InboxEntry, InboxKey};
 use crate::stream;
 use crate::telemetry::{HandlingTime, Telemetry};
+use crate::topics::TopicSchema;
 
 /// How a message finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -103,10 +103,12 @@ pub struct Pipeline {
 /// `Arc`) so that a write can be merged with other partitions' writes (see [`GroupCommit`]).
 struct Prepared {
     message: RawMessage,
-    checked: Checked,
+    schema: &'static TopicSchema,
+    payload: serde_json::Value,
+    /// Holds the message's identity and request id (moved here from the checks, not copied).
     ctx: Context,
-    /// The enriched stream event and its headers, when the stream is on.
-    event: Option<(String, Vec<Header>)>,
+    /// The enriched stream event, when the stream is on.
+    event: Option<Vec<u8>>,
 }
 
 /// What the checks made of a message. Each message is opened once, whichever path it then takes.
@@ -207,20 +209,18 @@ impl Pipeline {
             Ok(checked) => checked,
             Err(rejection) => return Step::Reject { message, rejection, request_id: opened.request_id },
         };
+        let event = self.topics.stream_enabled.then(|| stream::enriched_event(&checked, &message, received_at));
+        let Checked { schema, payload, identity, request_id } = checked;
         let ctx = Context {
             topic: message.topic.clone(),
             partition: message.partition,
             offset: message.offset,
             key: message.key_text(),
             timestamp: message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
-            identity: checked.identity.clone(),
-            request_id: checked.request_id.clone(),
+            identity,
+            request_id,
         };
-        let event = self.topics.stream_enabled.then(|| {
-            let payload = stream::enriched_event(&checked, &message, received_at);
-            (payload, stream::propagated_headers(&message, &checked.request_id))
-        });
-        Step::Ready(Arc::new(Prepared { message, checked, ctx, event }))
+        Step::Ready(Arc::new(Prepared { message, schema, payload, ctx, event }))
     }
 
     /// Processes the messages of one partition, in order, each to a final outcome. Runs of
@@ -383,7 +383,7 @@ impl Attempt<'_> {
                 Refusal::Retryable(rejection) => rejection.retries_exhausted(attempt),
                 Refusal::Rejected(rejection) => rejection,
             };
-            return self.dead_letter(&p.message, &rejection, Some(&p.checked.request_id), p.ctx.org_id()).await;
+            return self.dead_letter(&p.message, &rejection, Some(&p.ctx.request_id), p.ctx.org_id()).await;
         };
         let outcome = self.pipeline.handled(p, result);
         if outcome == Outcome::Handled && p.event.is_some() {
@@ -418,10 +418,10 @@ impl Attempt<'_> {
             fresh.push(index);
         }
         let mut handler_time = Duration::ZERO;
-        for run in fresh.chunk_by(|a, b| batch[*a].checked.schema.key == batch[*b].checked.schema.key) {
-            let events: Vec<_> = run.iter().map(|&i| (&batch[i].checked.payload, &batch[i].ctx)).collect();
+        for run in fresh.chunk_by(|a, b| batch[*a].schema.key == batch[*b].schema.key) {
+            let events: Vec<_> = run.iter().map(|&i| (&batch[i].payload, &batch[i].ctx)).collect();
             let started = Instant::now();
-            let refusal = match self.pipeline.router.dispatch(batch[run[0]].checked.schema.key, &events, &mut tx).await {
+            let refusal = match self.pipeline.router.dispatch(batch[run[0]].schema.key, &events, &mut tx).await {
                 Ok(()) => None,
                 Err((i, DispatchError::Rejected(rejection))) => Some((run[i], Refusal::Rejected(rejection))),
                 Err((i, DispatchError::Retryable(rejection))) => Some((run[i], Refusal::Retryable(rejection))),
@@ -445,12 +445,12 @@ impl Attempt<'_> {
                 continue;
             }
             handled.push(Handled::FirstTime(HandlingTime { handler, transaction: Duration::ZERO }));
-            if let Some((payload, headers)) = &p.event {
+            if let Some(payload) = &p.event {
                 events.push(OutgoingEvent {
                     topic: &stream_topic,
                     key: p.message.key.as_deref(),
-                    payload: payload.as_bytes(),
-                    headers: Cow::Borrowed(headers),
+                    payload,
+                    headers: stream::propagated_headers(&p.message, &p.ctx.request_id),
                 });
             }
         }
@@ -502,7 +502,7 @@ impl Attempt<'_> {
             .retry("dead_letter", message, || async {
                 self.pipeline
                     .publisher
-                    .publish(&topic, message.key.as_deref(), payload, &headers)
+                    .publish(&topic, message.key.as_deref(), payload, &header_refs(&headers))
                     .await
                     .map_err(anyhow::Error::from)
             })

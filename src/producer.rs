@@ -10,7 +10,7 @@ use uuid::Uuid;
 use crate::config::{KafkaConfig, TopicConfig};
 use crate::envelope::{self, identity::encode_identity, Rejection, Validators, IDENTITY_HEADER, REQUEST_ID_HEADER};
 use crate::kafka::{Delivery, Publisher};
-use crate::message::{Header, RawMessage};
+use crate::message::{header_refs, Header, RawMessage};
 
 /// The identity to put in `x-rh-identity`.
 #[derive(Debug, Clone)]
@@ -108,7 +108,12 @@ impl EventProducer {
     pub async fn send_raw(&self, message: &RawMessage) -> Result<Sent, ProduceError> {
         let delivery = self
             .publisher
-            .publish(&message.topic, message.key.as_deref(), message.payload.as_deref().unwrap_or_default(), &message.headers)
+            .publish(
+                &message.topic,
+                message.key.as_deref(),
+                message.payload.as_deref().unwrap_or_default(),
+                &header_refs(&message.headers),
+            )
             .await?;
         let request_id = envelope::request_id(message).unwrap_or_default();
         Ok(Sent { topic: message.topic.clone(), request_id, delivery })

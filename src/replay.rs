@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::dead_letter;
 use crate::kafka::{self, Publisher};
-use crate::message::{Header, RawMessage};
+use crate::message::{header_refs, Header, RawMessage};
 use crate::store::dead_letters::{self, Recorded};
 use crate::store::{self, InboxKey};
 
@@ -196,7 +196,7 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
                     &copy.original.topic,
                     copy.message.key.as_deref(),
                     copy.message.payload.as_deref().unwrap_or_default(),
-                    &copy.replay_headers(),
+                    &header_refs(&copy.replay_headers()),
                     copy.original_timestamp,
                 )
                 .await

@@ -54,6 +54,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
@@ -71,7 +72,8 @@ pub struct Context {
     pub offset: i64,
     pub key: Option<String>,
     pub timestamp: Option<DateTime<Utc>>,
-    pub identity: Identity,
+    /// Shared with the other messages that carried the same `x-rh-identity` header.
+    pub identity: Arc<Identity>,
     pub request_id: String,
 }
 

@@ -12,7 +12,7 @@
 //! propagated unchanged to the stream and the dead-letter topic.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use base64::engine::{general_purpose::GeneralPurpose, DecodePaddingMode, GeneralPurposeConfig};
 use base64::Engine;
@@ -81,9 +81,10 @@ pub struct Identity {
 /// header with many messages, and checking one (base64, JSON, schema) was the largest single cost
 /// of opening a message in the profile (bench/README.md). Only identities that passed are kept,
 /// by digest, so the raw header is not retained; the map is emptied when full, so it stays
-/// small whatever the number of distinct identities.
+/// small whatever the number of distinct identities. An identity is shared (`Arc`) between the
+/// cache and the messages that carry it, rather than copied for each.
 pub struct IdentityCache {
-    checked: Mutex<HashMap<[u8; 32], Identity>>,
+    checked: Mutex<HashMap<[u8; 32], Arc<Identity>>>,
     capacity: usize,
 }
 
@@ -93,13 +94,13 @@ impl IdentityCache {
     }
 
     /// [`check_identity`], remembering what passed.
-    pub fn check(&self, header: Option<&[u8]>, schema: &jsonschema::Validator) -> Result<Identity, Rejection> {
-        let Some(raw) = header else { return check_identity(header, schema) };
+    pub fn check(&self, header: Option<&[u8]>, schema: &jsonschema::Validator) -> Result<Arc<Identity>, Rejection> {
+        let Some(raw) = header else { return check_identity(header, schema).map(Arc::new) };
         let digest: [u8; 32] = Sha256::digest(raw).into();
         if let Some(identity) = self.checked.lock().expect("identity cache lock").get(&digest) {
             return Ok(identity.clone());
         }
-        let identity = check_identity(header, schema)?;
+        let identity = Arc::new(check_identity(header, schema)?);
         let mut checked = self.checked.lock().expect("identity cache lock");
         if checked.len() >= self.capacity {
             checked.clear();

@@ -9,6 +9,8 @@ pub mod identity;
 pub mod reason;
 pub mod validate;
 
+use std::sync::Arc;
+
 use serde_json::Value;
 
 pub use identity::{Identity, IdentityType};
@@ -28,7 +30,7 @@ pub const MAX_REQUEST_ID_LEN: usize = 256;
 pub struct Checked {
     pub schema: &'static TopicSchema,
     pub payload: Value,
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     pub request_id: String,
 }
 

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use event_router::kafka::Publisher;
+use event_router::message::header_refs;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
 use event_router::samples;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -35,7 +36,12 @@ async fn send_with(producer: EventProducer, publisher: Publisher, count: u64) {
         };
         let message = producer.build(topic, &outgoing);
         publisher
-            .publish(&message.topic, message.key.as_deref(), message.payload.as_deref().unwrap_or_default(), &message.headers)
+            .publish(
+                &message.topic,
+                message.key.as_deref(),
+                message.payload.as_deref().unwrap_or_default(),
+                &header_refs(&message.headers),
+            )
             .await
             .unwrap();
     }

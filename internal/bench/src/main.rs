@@ -273,7 +273,7 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
     let mut offsets: HashMap<String, i64> = HashMap::new();
     let stream_topic = base.topics.stream();
     let validators = Validators::compile(&base.topics)?;
-    let mut events: Vec<(&RawMessage, Vec<u8>, Vec<event_router::message::Header>)> = Vec::new();
+    let mut events: Vec<(&RawMessage, Vec<u8>, String)> = Vec::new();
     for message in messages {
         let payload: Value = serde_json::from_slice(message.payload.as_deref().unwrap_or_default())?;
         let key = message.topic.rsplit('.').next().unwrap_or_default();
@@ -330,7 +330,7 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
         ]));
         let checked = event_router::envelope::open(message, &validators).result.map_err(|r| anyhow::anyhow!("{r:?}"))?;
         let event = event_router::stream::enriched_event(&checked, message, chrono::Utc::now());
-        events.push((message, event.into_bytes(), event_router::stream::propagated_headers(message, &request_id)));
+        events.push((message, event, request_id));
         *offset += 1;
     }
     // The outbox in COPY's binary format (its values are bytes; hex in CSV would double them):
@@ -341,11 +341,11 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
     for chunk in events.chunks(batch.max(1)) {
         let packed: Vec<OutgoingEvent> = chunk
             .iter()
-            .map(|(message, payload, headers)| OutgoingEvent {
+            .map(|(message, payload, request_id)| OutgoingEvent {
                 topic: &stream_topic,
                 key: message.key.as_deref(),
                 payload,
-                headers: headers.into(),
+                headers: event_router::stream::propagated_headers(message, request_id),
             })
             .collect();
         let packed = outbox::pack(&packed);
