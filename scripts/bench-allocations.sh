@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Heap allocations per message while the service drains a backlog: runs the benchmark's
+# end-to-end step with the service under `valgrind --tool=dhat`, then prints allocations per
+# message by the part of the service that made them. Counts, unlike CPU samples, barely move
+# with the machine's load, so a change is measured in one run each. Arguments go to the
+# benchmark (default: 20,000 messages, no steady phase; DHAT makes the service ~50x slower).
+# Output: target/allocations/{dhat.out,by-part.txt}.
+set -euo pipefail
+. "$(dirname "$0")/lib.sh"
+cd "$(dirname "$0")/.."
+
+command -v valgrind >/dev/null || apt_install valgrind
+scripts/ensure-postgres.sh
+cargo build --release -p event-router --bin event-router -p bench --bin event-router-bench
+out=$(pwd)/target/allocations
+rm -rf "$out" && mkdir -p "$out"
+
+# The benchmark kills the service with SIGKILL, which would lose DHAT's report. So the service
+# runs as a child of a wrapper the benchmark may kill, and gets a SIGTERM (a clean shutdown, and
+# the report) afterwards.
+cat >"$out/service.sh" <<EOF
+#!/usr/bin/env bash
+valgrind --tool=dhat --dhat-out-file="$out/dhat.out" "$(pwd)/target/release/event-router" "\$@" &
+echo \$! >"$out/valgrind.pid"
+wait
+EOF
+chmod +x "$out/service.sh"
+args=("$@")
+messages=
+for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[i]}" = --messages ] && messages=${args[i + 1]}; done
+[ -n "$messages" ] || { messages=20000; args+=(--messages "$messages"); }
+target/release/event-router-bench --end-to-end-only --steady-seconds 0 --service "$out/service.sh" --out "$out" "${args[@]}"
+kill -TERM "$(cat "$out/valgrind.pid")"
+while kill -0 "$(cat "$out/valgrind.pid")" 2>/dev/null; do sleep 1; done
+
+python3 - "$out/dhat.out" "$messages" <<'EOF' | tee "$out/by-part.txt"
+import collections, json, re, sys
+dhat = json.load(open(sys.argv[1]))
+messages, frames = float(sys.argv[2]), dhat["ftbl"]
+# The first pattern any frame of an allocation's stack matches names its part.
+parts = [
+    ("/metrics render (the benchmark polls it)", r"Metrics::render"),
+    ("identity check", r"envelope::identity"),
+    ("stream event", r"event_router::stream::"),
+    ("outbox (write and relay)", r"event_router::outbox::"),
+    ("inbox", r"event_router::store::"),
+    ("handlers: typed payload and rows", r"event_router::router::|event_router::handlers::|event_router::topics::"),
+    ("payload JSON and schema", r"envelope::open|envelope::check|envelope::validate"),
+    ("pipeline: opening", r"Pipeline::open"),
+    ("pipeline: transaction", r"Attempt::write|GroupCommit"),
+    ("consumer: copying messages out", r"event_router::consumer::|RawMessage::from_kafka"),
+    ("librdkafka itself", r"rd_kafka|rd_buf|rd_list|rd_hdr"),
+]
+counts = collections.Counter()
+for pp in dhat["pps"]:
+    stack = " | ".join(frames[i] for i in pp["fs"])
+    part = next((name for name, pattern in parts if re.search(pattern, stack)), "other")
+    counts[part] += pp["tbk"]
+total = sum(counts.values())
+polled = counts["/metrics render (the benchmark polls it)"]
+print(f"allocations per message: {total / messages:.1f}; without the benchmark's /metrics polling: {(total - polled) / messages:.1f}")
+for part, count in counts.most_common():
+    print(f"{count / messages:8.2f}  {part}")
+EOF
