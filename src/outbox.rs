@@ -280,4 +280,42 @@ mod tests {
         assert!(packed.capacity() >= packed.len() && packed.capacity() < packed.len() + 64, "sized up front, not grown");
         assert!(unpack(&packed[..packed.len() - 1]).is_err(), "a truncated row is an error, not fewer events");
     }
+
+    /// Rows the previous release wrote, with owned `Header`s, read the same: a rolling update
+    /// leaves them in the table for the new relay.
+    #[test]
+    fn rows_written_with_owned_headers_read_back_borrowed() {
+        #[derive(Serialize)]
+        struct Written {
+            topic: String,
+            #[serde(with = "serde_bytes")]
+            key: Option<Vec<u8>>,
+            #[serde(with = "serde_bytes")]
+            payload: Vec<u8>,
+            headers: Vec<crate::message::Header>,
+        }
+        let written = vec![Written {
+            topic: "stream".into(),
+            key: Some(vec![0xfe]),
+            payload: b"{}".to_vec(),
+            headers: vec![
+                crate::message::Header { key: "x-rh-identity".into(), value: Some(vec![0xff, 0x00]) },
+                crate::message::Header { key: "empty".into(), value: None },
+            ],
+        }];
+        let row = postcard::to_allocvec(&written).unwrap();
+        let read = unpack(&row).unwrap();
+        assert_eq!(
+            read,
+            [OutgoingEvent {
+                topic: "stream",
+                key: Some(&[0xfe]),
+                payload: b"{}",
+                headers: vec![
+                    HeaderRef { key: "x-rh-identity", value: Some(&[0xff, 0x00]) },
+                    HeaderRef { key: "empty", value: None },
+                ],
+            }]
+        );
+    }
 }
