@@ -5,12 +5,10 @@
 
 use rdkafka::message::{Headers, Message};
 
-/// One Kafka header; the value may be absent (a null header). Serialized (into the outbox) with
-/// its value as bytes, whatever they are.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One Kafka header; the value may be absent (a null header).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub key: String,
-    #[serde(with = "serde_bytes")]
     pub value: Option<Vec<u8>>,
 }
 
@@ -19,8 +17,9 @@ pub fn header_refs(headers: &[Header]) -> Vec<HeaderRef<'_>> {
     headers.iter().map(|h| HeaderRef { key: &h.key, value: h.value.as_deref() }).collect()
 }
 
-/// A header borrowed from where it is kept (a [`Header`], an outbox row); serialized as a
-/// [`Header`] is, so either reads what the other wrote.
+/// A header borrowed from where it is kept (a [`Header`], an outbox row). Serialized into the
+/// outbox with its value as bytes, whatever they are, in the encoding the previous release wrote
+/// with owned headers (the outbox's tests hold it to that).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct HeaderRef<'a> {
     pub key: &'a str,

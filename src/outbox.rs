@@ -281,10 +281,17 @@ mod tests {
         assert!(unpack(&packed[..packed.len() - 1]).is_err(), "a truncated row is an error, not fewer events");
     }
 
-    /// Rows the previous release wrote, with owned `Header`s, read the same: a rolling update
-    /// leaves them in the table for the new relay.
+    /// Rows the previous release wrote, with owned headers, read the same: a rolling update
+    /// leaves them in the table for the new relay. `Written` and `WrittenHeader` are that
+    /// release's types, kept here as the stored format.
     #[test]
     fn rows_written_with_owned_headers_read_back_borrowed() {
+        #[derive(Serialize)]
+        struct WrittenHeader {
+            key: String,
+            #[serde(with = "serde_bytes")]
+            value: Option<Vec<u8>>,
+        }
         #[derive(Serialize)]
         struct Written {
             topic: String,
@@ -292,15 +299,15 @@ mod tests {
             key: Option<Vec<u8>>,
             #[serde(with = "serde_bytes")]
             payload: Vec<u8>,
-            headers: Vec<crate::message::Header>,
+            headers: Vec<WrittenHeader>,
         }
         let written = vec![Written {
             topic: "stream".into(),
             key: Some(vec![0xfe]),
             payload: b"{}".to_vec(),
             headers: vec![
-                crate::message::Header { key: "x-rh-identity".into(), value: Some(vec![0xff, 0x00]) },
-                crate::message::Header { key: "empty".into(), value: None },
+                WrittenHeader { key: "x-rh-identity".into(), value: Some(vec![0xff, 0x00]) },
+                WrittenHeader { key: "empty".into(), value: None },
             ],
         }];
         let row = postcard::to_allocvec(&written).unwrap();
