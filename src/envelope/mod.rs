@@ -34,11 +34,13 @@ pub struct Checked {
     pub request_id: String,
 }
 
-/// What opening a message found: a checked message, or a rejection. The request id and identity
-/// are kept where they were readable so that even a rejection can be logged with them.
+/// What opening a message found: a checked message, or a rejection.
 #[derive(Debug)]
 pub struct Opened {
     pub result: Result<Checked, Rejection>,
+    /// For a rejection, the request id where it was readable, so that even a rejection can be
+    /// logged with it. A checked message carries its own ([`Checked::request_id`]), moved there
+    /// rather than copied; this is then `None`.
     pub request_id: Option<String>,
 }
 
@@ -51,21 +53,23 @@ pub fn request_id(message: &RawMessage) -> Option<String> {
 
 /// Runs every check on `message`.
 pub fn open(message: &RawMessage, validators: &Validators) -> Opened {
-    let request_id = request_id(message);
-    Opened { result: check(message, validators, request_id.as_deref()), request_id }
+    let mut request_id = request_id(message);
+    let result = check(message, validators, &mut request_id);
+    Opened { result, request_id }
 }
 
-fn check(message: &RawMessage, validators: &Validators, request_id: Option<&str>) -> Result<Checked, Rejection> {
+/// Checks `message`; when it passes, its request id moves out of `request_id` into [`Checked`].
+fn check(message: &RawMessage, validators: &Validators, request_id: &mut Option<String>) -> Result<Checked, Rejection> {
     let topic = validators
         .for_topic(&message.topic)
         .ok_or_else(|| Rejection::new(Reason::UnknownTopic, format!("topic {} has no schema in api/event/", message.topic)))?;
     let identity = validators.identities.check(message.header(IDENTITY_HEADER), &validators.identity)?;
-    let request_id = request_id.ok_or_else(|| {
-        Rejection::new(
+    if request_id.is_none() {
+        return Err(Rejection::new(
             Reason::RequestIdMissing,
             format!("the {REQUEST_ID_HEADER} header is missing, empty, not UTF-8 or longer than {MAX_REQUEST_ID_LEN} bytes"),
-        )
-    })?;
+        ));
+    }
     let bytes = message
         .payload
         .as_deref()
@@ -84,7 +88,8 @@ fn check(message: &RawMessage, validators: &Validators, request_id: Option<&str>
     let payload: Value = serde_json::from_slice(bytes)
         .map_err(|e| Rejection::new(Reason::PayloadNotJson, format!("topic {}: the value is not JSON: {e}", message.topic)))?;
     validators.check_payload(&message.topic, &topic.validator, &payload)?;
-    Ok(Checked { schema: topic.schema, payload, identity, request_id: request_id.to_string() })
+    let request_id = request_id.take().expect("a message without a request id was refused above");
+    Ok(Checked { schema: topic.schema, payload, identity, request_id })
 }
 
 #[cfg(test)]
