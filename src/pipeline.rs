@@ -496,13 +496,14 @@ impl Attempt<'_> {
             Some(false) => {}
         }
         let headers = dead_letter_headers(message, rejection, &self.pipeline.group_id);
+        let headers = header_refs(&headers);
         let topic = self.pipeline.topics.dead_letter();
         let payload = message.payload.as_deref().unwrap_or_default();
         let published = self
             .retry("dead_letter", message, || async {
                 self.pipeline
                     .publisher
-                    .publish(&topic, message.key.as_deref(), payload, &header_refs(&headers))
+                    .publish(&topic, message.key.as_deref(), payload, &headers)
                     .await
                     .map_err(anyhow::Error::from)
             })

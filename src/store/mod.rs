@@ -4,6 +4,7 @@
 //! one transaction. A redelivered message (same topic, partition, offset) finds its inbox row and
 //! is skipped, so Kafka's at-least-once delivery yields exactly-once effects in the database.
 
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -141,9 +142,7 @@ pub async fn record_all_in_inbox(
     request_ids: &[&str],
     org_ids: &[Option<&str>],
 ) -> Result<Vec<InboxEntry>, sqlx::Error> {
-    use std::collections::HashMap;
-    let distinct: std::collections::HashSet<(&str, i32, i64)> =
-        keys.iter().map(|k| (k.topic.as_str(), k.partition, k.offset)).collect();
+    let distinct: HashSet<(&str, i32, i64)> = keys.iter().map(|k| (k.topic.as_str(), k.partition, k.offset)).collect();
     if distinct.len() < keys.len() {
         let mut entries = Vec::with_capacity(keys.len());
         for ((key, request_id), org_id) in keys.iter().zip(request_ids).zip(org_ids) {
@@ -216,7 +215,7 @@ pub async fn record_all_in_inbox(
         )
         .fetch_all(&mut **tx)
         .await?;
-        let updated: std::collections::HashSet<usize> = updated.into_iter().map(|(n,)| n as usize).collect();
+        let updated: HashSet<usize> = updated.into_iter().map(|(n,)| n as usize).collect();
         for i in reused {
             if !updated.contains(&i) {
                 entries[i] = InboxEntry::Redelivery;
