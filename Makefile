@@ -2,6 +2,11 @@
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 CARGO ?= cargo
+# Where cargo builds: CARGO_TARGET_DIR when set.
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+# The benchmark's binaries in TARGET_DIR, unless BENCH_ARGS names others.
+BENCH_PATHS = $(if $(findstring --service,$(BENCH_ARGS)),,--service $(TARGET_DIR)/release/event-router) \
+	$(if $(findstring --python,$(BENCH_ARGS)),,--python $(TARGET_DIR)/bench-venv/bin/python)
 
 .PHONY: help run test lint soak bench clean-test-dbs
 
@@ -34,7 +39,7 @@ bench:
 	scripts/bench-python-venv.sh
 	$(CARGO) build --release -p event-router --bin event-router
 	$(CARGO) build --release -p bench --bin event-router-bench
-	target/release/event-router-bench $(BENCH_ARGS)
+	$(TARGET_DIR)/release/event-router-bench $(BENCH_PATHS) $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -4,7 +4,7 @@
 # message by the part of the service that made them. Counts, unlike CPU samples, barely move
 # with the machine's load, so a change is measured in one run each. Arguments go to the
 # benchmark (default: 20,000 messages, no steady phase; DHAT makes the service ~50x slower).
-# Output: target/allocations/{dhat.out,by-part.txt}.
+# Output: ${CARGO_TARGET_DIR:-target}/allocations/{dhat.out,by-part.txt}.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
@@ -12,7 +12,8 @@ cd "$(dirname "$0")/.."
 command -v valgrind >/dev/null || apt_install valgrind
 scripts/ensure-postgres.sh
 cargo build --release -p event-router --bin event-router -p bench --bin event-router-bench
-out=$(pwd)/target/allocations
+target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
+out=$target_dir/allocations
 rm -rf "$out" && mkdir -p "$out"
 
 # The benchmark kills the service with SIGKILL, which would lose DHAT's report. So the service
@@ -20,7 +21,7 @@ rm -rf "$out" && mkdir -p "$out"
 # the report) afterwards.
 cat >"$out/service.sh" <<EOF
 #!/usr/bin/env bash
-valgrind --tool=dhat --dhat-out-file="$out/dhat.out" "$(pwd)/target/release/event-router" "\$@" &
+valgrind --tool=dhat --dhat-out-file="$out/dhat.out" "$target_dir/release/event-router" "\$@" &
 echo \$! >"$out/valgrind.pid"
 wait
 EOF
@@ -29,7 +30,7 @@ args=("$@")
 messages=
 for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[i]}" = --messages ] && messages=${args[i + 1]}; done
 [ -n "$messages" ] || { messages=20000; args+=(--messages "$messages"); }
-target/release/event-router-bench --end-to-end-only --steady-seconds 0 --service "$out/service.sh" --out "$out" "${args[@]}"
+"$target_dir/release/event-router-bench" --end-to-end-only --steady-seconds 0 --service "$out/service.sh" --out "$out" "${args[@]}"
 kill -TERM "$(cat "$out/valgrind.pid")"
 while kill -0 "$(cat "$out/valgrind.pid")" 2>/dev/null; do sleep 1; done
 

@@ -4,7 +4,7 @@
 # counters; the software clock samples every process), then prints the share of each process and
 # the service's hottest functions. Arguments go to the benchmark, e.g.
 #   scripts/bench-profile.sh --messages 200000 --steady-seconds 0
-# Output: target/profile/{perf.data,by-process.txt,service-functions.txt}.
+# Output: ${CARGO_TARGET_DIR:-target}/profile/{perf.data,by-process.txt,service-functions.txt}.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
@@ -12,9 +12,13 @@ cd "$(dirname "$0")/.."
 command -v perf >/dev/null || apt_install linux-perf
 scripts/ensure-postgres.sh
 cargo build --release -p event-router --bin event-router -p bench --bin event-router-bench
-out=target/profile
+target_dir=${CARGO_TARGET_DIR:-target}
+out=$target_dir/profile
 mkdir -p "$out"
-target/release/event-router-bench --end-to-end-only --perf "$out/perf.data" --out "$out" "$@"
+# The benchmark's default service binary is under target/; point it at the one just built.
+service=(--service "$target_dir/release/event-router")
+for arg in "$@"; do [[ $arg == --service* ]] && service=(); done
+"$target_dir/release/event-router-bench" "${service[@]}" --end-to-end-only --perf "$out/perf.data" --out "$out" "$@"
 
 # Share of CPU samples per process (postgres backends, the service, the benchmark hosting the
 # embedded broker), then the service's own functions.

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The virtualenv of the Python consumer the benchmark compares the service with
-# (bench/python/consumer.py): target/bench-venv with bench/python/requirements.txt installed.
+# (bench/python/consumer.py): ${CARGO_TARGET_DIR:-target}/bench-venv with
+# bench/python/requirements.txt installed.
 # Idempotent: a stamp in the venv holds the requirements' hash, and nothing is done while it
 # matches and the packages import. Prints the venv's python on stdout.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
-venv=target/bench-venv
+venv=${CARGO_TARGET_DIR:-target}/bench-venv
 requirements=bench/python/requirements.txt
 stamp=$venv/requirements.sha256
 wanted=$(sha256sum "$requirements" | cut -d' ' -f1)
@@ -32,4 +33,8 @@ if ! ready; then
   echo "$wanted" >"$stamp"
 fi
 
-echo "$PWD/$venv/bin/python"
+# CARGO_TARGET_DIR may be absolute.
+case $venv in
+  /*) echo "$venv/bin/python" ;;
+  *) echo "$PWD/$venv/bin/python" ;;
+esac

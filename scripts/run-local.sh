@@ -16,14 +16,15 @@ export METRICS_ADDR=${METRICS_ADDR:-127.0.0.1:9000}
 # in the dead-letter topic instead of being ignored.
 export EVENT_ROUTER_TOPIC_PATTERN=${EVENT_ROUTER_TOPIC_PATTERN:-'^platform\.event-router\..*'}
 export LOG_FORMAT=${LOG_FORMAT:-text}
-RUN_DIR=target/run
+TARGET_DIR=${CARGO_TARGET_DIR:-target}
+RUN_DIR=$TARGET_DIR/run
 mkdir -p "$RUN_DIR"
 
 scripts/ensure-build-deps.sh
 scripts/ensure-postgres.sh
 say "building event-router (the first build compiles librdkafka: a few minutes)"
 cargo build --bin event-router
-BIN=target/debug/event-router
+BIN=$TARGET_DIR/debug/event-router
 
 # Background parts run in their own sessions so that Ctrl-C reaches only this script, which then
 # stops them in reverse order: demo, service (it commits offsets), broker last.

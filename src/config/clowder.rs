@@ -6,14 +6,18 @@
 //! ...), used wherever the environment does not set them, plus the topic name translations. So
 //! one parser validates everything, and an operator can still override a single setting.
 //! Certificates arrive as PEM text; they are written to files for librdkafka and PostgreSQL.
+//!
+//! Passwords are held as [`Secret`]s from the moment they are read, and [`Clowder`]'s `Debug`
+//! hides the settings that carry them, so no `{:?}` of these types can print one.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
 use std::path::{Path, PathBuf};
 
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
 use serde::Deserialize;
 
-use super::{invalid, ConfigError};
+use super::{invalid, redact_url, ConfigError, Secret};
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -46,7 +50,7 @@ struct Broker {
 #[serde(rename_all = "camelCase")]
 struct Sasl {
     username: Option<String>,
-    password: Option<String>,
+    password: Option<Secret>,
     sasl_mechanism: Option<String>,
     security_protocol: Option<String>,
 }
@@ -63,7 +67,7 @@ struct Topic {
 struct Database {
     name: String,
     username: String,
-    password: String,
+    password: Secret,
     hostname: String,
     port: u16,
     ssl_mode: Option<String>,
@@ -71,12 +75,33 @@ struct Database {
 }
 
 /// What the Clowder file contributes.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Clowder {
     /// Settings by environment variable name, used where the environment has none.
     pub settings: HashMap<String, String>,
     /// Requested topic name → actual topic name.
     pub translations: HashMap<String, String>,
+}
+
+/// The settings with passwords hidden: `*PASSWORD*` settings entirely, `DATABASE_URL` redacted.
+impl fmt::Debug for Clowder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let settings: BTreeMap<&str, String> = self
+            .settings
+            .iter()
+            .map(|(name, value)| {
+                let shown = if name.contains("PASSWORD") {
+                    "***".to_string()
+                } else if name.ends_with("_URL") {
+                    redact_url(value)
+                } else {
+                    value.clone()
+                };
+                (name.as_str(), shown)
+            })
+            .collect();
+        f.debug_struct("Clowder").field("settings", &settings).field("translations", &self.translations).finish()
+    }
 }
 
 /// Reads the Clowder file at `path`, writing its certificates next to `cert_dir`.
@@ -114,7 +139,7 @@ pub fn load(path: &Path, cert_dir: &Path) -> Result<Clowder, ConfigError> {
                     set("KAFKA_SASL_USERNAME", username.clone());
                 }
                 if let Some(password) = &sasl.password {
-                    set("KAFKA_SASL_PASSWORD", password.clone());
+                    set("KAFKA_SASL_PASSWORD", password.expose().to_string());
                 }
             }
             if let Some(ca) = &broker.cacert {
@@ -128,7 +153,7 @@ pub fn load(path: &Path, cert_dir: &Path) -> Result<Clowder, ConfigError> {
         let mut url = format!(
             "postgres://{}:{}@{}:{}/{}",
             encode(&db.username),
-            encode(&db.password),
+            encode(db.password.expose()),
             db.hostname,
             db.port,
             encode(&db.name)
@@ -233,6 +258,52 @@ mod tests {
         assert_eq!(config.kafka.brokers, "override:9092");
         assert_eq!(config.metrics_addr.port(), 9999);
         assert_eq!(config.kafka.sasl_username.as_deref(), Some("svc"));
+    }
+
+    #[test]
+    fn passwords_never_print_through_debug() {
+        let secrets = ["p@ss:word", "p%40ss%3Aword", "s3cr/et", "s3cr%2Fet"];
+        let dir = temp_dir();
+        let path = write_sample(&dir);
+        let parsed: AppConfig = serde_json::from_str(SAMPLE).unwrap();
+        let loaded = load(&path, &dir).unwrap();
+        let config =
+            Config::from_env(&[("ACG_CONFIG", path.to_str().unwrap()), ("EVENT_ROUTER_CERT_DIR", dir.to_str().unwrap())][..])
+                .unwrap();
+        assert_eq!(loaded.settings["KAFKA_SASL_PASSWORD"], "p@ss:word", "the settings themselves hold the password");
+        let kafka = parsed.kafka.as_ref().unwrap();
+        for printed in [
+            format!("{parsed:?}"),
+            format!("{parsed:#?}"),
+            format!("{:?}", kafka.brokers[0]),
+            format!("{:?}", kafka.brokers[0].sasl),
+            format!("{:?}", parsed.database),
+            format!("{loaded:?}"),
+            format!("{loaded:#?}"),
+            format!("{config:?}"),
+            format!("{config:#?}"),
+        ] {
+            for secret in secrets {
+                assert!(!printed.contains(secret), "`{secret}` printed in {printed}");
+            }
+        }
+        // What is not secret stays visible.
+        let printed = format!("{loaded:?}");
+        assert!(printed.contains("\"KAFKA_SASL_PASSWORD\": \"***\""), "{printed}");
+        assert!(printed.contains("postgres://er:***@db.example:5432/event%2Drouter?sslmode=verify%2Dfull"), "{printed}");
+        assert!(printed.contains("kafka-0.example:9093") && printed.contains("svc"), "{printed}");
+    }
+
+    #[test]
+    fn a_password_that_is_not_a_string_is_not_quoted_in_the_error() {
+        let dir = temp_dir();
+        let path = dir.join("cdappconfig.json");
+        let text = SAMPLE.replace("\"s3cr/et\"", "918273645");
+        std::fs::write(&path, text).unwrap();
+        let error = load(&path, &dir).unwrap_err();
+        assert_eq!(error.setting, "ACG_CONFIG");
+        assert!(!error.problem.contains("918273645"), "{}", error.problem);
+        assert!(error.problem.contains("secret"), "{}", error.problem);
     }
 
     #[test]

@@ -24,7 +24,9 @@ pub struct ProcessEnv;
 
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+        // A value that is not UTF-8 is kept (lossily) rather than read as unset, so that it fails
+        // its setting's check instead of silently giving way to the default.
+        std::env::var_os(name).map(|v| v.to_string_lossy().into_owned()).filter(|v| !v.trim().is_empty())
     }
 }
 
@@ -81,6 +83,16 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(***)")
+    }
+}
+
+/// A secret read from a file (the Clowder file's passwords). A value that is not a string is an
+/// error that does not quote it, as serde's own message would.
+impl<'de> serde::Deserialize<'de> for Secret {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <String as serde::Deserialize>::deserialize(deserializer)
+            .map(Secret)
+            .map_err(|_| serde::de::Error::custom("expected a string (the value is secret and not shown)"))
     }
 }
 
@@ -149,9 +161,13 @@ pub struct Config {
     /// Message values larger than this are dead-lettered as `payload_too_large`.
     pub max_message_bytes: usize,
     pub batching: Batching,
+    /// Inbox rows older than this are pruned (see [`crate::store::retention`]).
+    pub inbox_retention: Duration,
+    /// `dead_letters` rows older than this are pruned.
+    pub dead_letter_retention: Duration,
 }
 
-/// How a partition's messages are grouped into one database transaction.
+/// How consumed messages are buffered and grouped into database transactions.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Batching {
     /// The most messages in one transaction; also how many a partition buffers.
@@ -159,11 +175,14 @@ pub struct Batching {
     /// How long a batch that is not full waits for more messages. Zero takes what is waiting:
     /// under a backlog batches fill anyway, and a lone message is not held back.
     pub linger: Duration,
+    /// The memory all messages held in the service may take, buffered or opened, in bytes (see
+    /// `consumer::ByteBudget` for how a message is charged). Fetching pauses while it is spent.
+    pub max_buffered_bytes: usize,
 }
 
 impl Default for Batching {
     fn default() -> Self {
-        Batching { max_messages: 64, linger: Duration::ZERO }
+        Batching { max_messages: 64, linger: Duration::ZERO, max_buffered_bytes: 64 * 1024 * 1024 }
     }
 }
 
@@ -183,27 +202,83 @@ impl fmt::Debug for Config {
             .field("readiness_stall", &self.readiness_stall)
             .field("max_message_bytes", &self.max_message_bytes)
             .field("batching", &self.batching)
+            .field("inbox_retention", &self.inbox_retention)
+            .field("dead_letter_retention", &self.dead_letter_retention)
             .finish()
     }
 }
 
-/// The database URL with any password replaced, for logs.
+/// Query parameters whose values are secret (libpq's names; compared case-insensitively).
+const SECRET_PARAMETERS: &[&str] = &["password", "sslpassword"];
+
+/// The database URL with any password replaced by `***`, for logs: the userinfo's password and
+/// the values of `password` and `sslpassword` query parameters. The rest stays readable.
+///
+/// It is used in error messages about URLs that do not parse, so it does not rely on the URL
+/// being well formed: a password with unencoded `@`, `?` or `/` is still hidden, and query
+/// parameters are found wherever a `?` or `&` introduces them. When in doubt it hides too much.
 pub fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let credentials = &url[scheme_end + 3..at];
-            match credentials.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme_end + 3], &credentials[..colon], &url[at..]),
-                None => url.to_string(),
-            }
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let start = scheme_end + 3;
+    let rest = &url[start..];
+    let mut hidden: Vec<(usize, usize)> = Vec::new();
+
+    // The userinfo ends at an '@': the last one before the query, when a path separates the two
+    // (`user:pass@host/db?x=a@b`), otherwise the last one of all (a password with a raw '?').
+    let before_query = rest.find('?').and_then(|q| rest[..q].rfind('@').filter(|&at| rest[at..q].contains('/')));
+    if let Some(at) = before_query.or_else(|| rest.rfind('@')) {
+        if let Some(colon) = rest[..at].find(':') {
+            hidden.push((start + colon + 1, start + at));
         }
-        _ => url.to_string(),
     }
+
+    // `?name=value` and `&name=value` with a secret name; the value runs to the next '&'.
+    for (i, _) in rest.match_indices(['?', '&']) {
+        let tail = &rest[i + 1..];
+        let Some(eq) = tail.find(['=', '&']).filter(|&eq| tail[eq..].starts_with('=')) else {
+            continue;
+        };
+        let name = percent_encoding::percent_decode_str(&tail[..eq]).decode_utf8_lossy();
+        if SECRET_PARAMETERS.iter().any(|secret| name.trim().eq_ignore_ascii_case(secret)) {
+            let value_start = start + i + 1 + eq + 1;
+            let value_end = tail[eq + 1..].find('&').map_or(url.len(), |end| value_start + end);
+            hidden.push((value_start, value_end));
+        }
+    }
+
+    // Overlapping ranges (a fallback '@' inside the query) become one.
+    hidden.sort_unstable();
+    let mut merged: Vec<(usize, usize)> = Vec::with_capacity(hidden.len());
+    for (from, to) in hidden {
+        match merged.last_mut() {
+            Some(last) if from <= last.1 => last.1 = last.1.max(to),
+            _ => merged.push((from, to)),
+        }
+    }
+    let mut redacted = String::with_capacity(url.len());
+    let mut shown_from = 0;
+    for (from, to) in merged {
+        redacted.push_str(&url[shown_from..from]);
+        redacted.push_str("***");
+        shown_from = to;
+    }
+    redacted.push_str(&url[shown_from..]);
+    redacted
 }
 
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/event_router";
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
+/// 14 days: well above the usual 7-day topic retention (see [`crate::store::retention`]).
+pub const DEFAULT_INBOX_RETENTION_HOURS: u64 = 14 * 24;
+pub const DEFAULT_DEAD_LETTER_RETENTION_HOURS: u64 = 30 * 24;
+
+const DAY_SECONDS: u64 = 24 * 60 * 60;
+const DAY_MS: u64 = DAY_SECONDS * 1000;
+/// The longest retention: ten years, in hours.
+const MAX_RETENTION_HOURS: u64 = 10 * 365 * 24;
 
 impl Config {
     /// Reads the configuration; the first missing or invalid setting is the error.
@@ -290,7 +365,9 @@ impl Config {
             }
             None => brokers.clone(),
         };
-        let stream_publish_timeout = Duration::from_millis(parse_number(env, "EVENT_STREAM_PUBLISH_TIMEOUT_MS", 10_000u64)?);
+        // librdkafka takes milliseconds as an i32; a day is well below that.
+        let stream_publish_timeout =
+            Duration::from_millis(parse_bounded(env, "EVENT_STREAM_PUBLISH_TIMEOUT_MS", 10_000, DAY_MS.min(i32::MAX as u64))?);
         if stream_publish_timeout < Duration::from_millis(100) {
             return Err(invalid("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "must be at least 100"));
         }
@@ -299,7 +376,7 @@ impl Config {
         if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
             return Err(invalid("DATABASE_URL", "must start with postgres:// or postgresql://"));
         }
-        let database_max_connections = parse_number(env, "DATABASE_MAX_CONNECTIONS", 10u32)?;
+        let database_max_connections = parse_bounded(env, "DATABASE_MAX_CONNECTIONS", 10, 1000)? as u32;
         if database_max_connections == 0 {
             return Err(invalid("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
         }
@@ -310,26 +387,37 @@ impl Config {
             }
             None => SocketAddr::from(([0, 0, 0, 0], 9000)),
         };
-        let shutdown_timeout = Duration::from_secs(parse_number(env, "SHUTDOWN_TIMEOUT_SECONDS", 30u64)?);
-        let max_backoff = Duration::from_millis(parse_number(env, "RETRY_MAX_BACKOFF_MS", 30_000u64)?);
-        let handler_max_attempts = parse_number(env, "HANDLER_MAX_ATTEMPTS", 5u32)?;
+        let shutdown_timeout = Duration::from_secs(parse_bounded(env, "SHUTDOWN_TIMEOUT_SECONDS", 30, DAY_SECONDS)?);
+        let max_backoff = Duration::from_millis(parse_bounded(env, "RETRY_MAX_BACKOFF_MS", 30_000, 3_600_000)?);
+        let handler_max_attempts = parse_bounded(env, "HANDLER_MAX_ATTEMPTS", 5, 1000)? as u32;
         if handler_max_attempts == 0 {
             return Err(invalid("HANDLER_MAX_ATTEMPTS", "must be at least 1"));
         }
-        let readiness_stall = Duration::from_secs(parse_number(env, "READINESS_STALL_SECONDS", 120u64)?);
-        let max_message_bytes =
-            parse_number(env, "MAX_MESSAGE_BYTES", crate::envelope::validate::DEFAULT_MAX_PAYLOAD_BYTES as u64)? as usize;
+        let readiness_stall = Duration::from_secs(parse_bounded(env, "READINESS_STALL_SECONDS", 120, DAY_SECONDS)?);
+        let max_message_bytes = parse_bounded(
+            env,
+            "MAX_MESSAGE_BYTES",
+            crate::envelope::validate::DEFAULT_MAX_PAYLOAD_BYTES as u64,
+            100 * 1024 * 1024,
+        )? as usize;
         if max_message_bytes == 0 {
             return Err(invalid("MAX_MESSAGE_BYTES", "must be at least 1"));
         }
         let defaults = Batching::default();
-        let batching = Batching {
-            max_messages: parse_number(env, "BATCH_MAX_MESSAGES", defaults.max_messages as u64)? as usize,
-            linger: Duration::from_millis(parse_number(env, "BATCH_LINGER_MS", defaults.linger.as_millis() as u64)?),
-        };
-        if !(1..=10_000).contains(&batching.max_messages) {
+        let max_messages = parse_number(env, "BATCH_MAX_MESSAGES", defaults.max_messages as u64)?;
+        if !(1..=10_000).contains(&max_messages) {
             return Err(invalid("BATCH_MAX_MESSAGES", "must be between 1 and 10000"));
         }
+        let batching = Batching {
+            max_messages: max_messages as usize,
+            linger: Duration::from_millis(parse_bounded(env, "BATCH_LINGER_MS", defaults.linger.as_millis() as u64, 60_000)?),
+            max_buffered_bytes: parse_number(env, "MAX_BUFFERED_BYTES", defaults.max_buffered_bytes as u64)? as usize,
+        };
+        if !(1024 * 1024..=16 * 1024 * 1024 * 1024).contains(&batching.max_buffered_bytes) {
+            return Err(invalid("MAX_BUFFERED_BYTES", "must be between 1 MiB (1048576) and 16 GiB"));
+        }
+        let inbox_retention = parse_retention(env, "INBOX_RETENTION_HOURS", DEFAULT_INBOX_RETENTION_HOURS)?;
+        let dead_letter_retention = parse_retention(env, "DEAD_LETTER_RETENTION_HOURS", DEFAULT_DEAD_LETTER_RETENTION_HOURS)?;
 
         let kafka = KafkaConfig {
             brokers,
@@ -355,6 +443,8 @@ impl Config {
             readiness_stall,
             max_message_bytes,
             batching,
+            inbox_retention,
+            dead_letter_retention,
         })
     }
 }
@@ -385,8 +475,29 @@ fn parse_bool(env: &(impl Env + ?Sized), setting: &'static str, default: bool) -
 fn parse_number<T: std::str::FromStr>(env: &(impl Env + ?Sized), setting: &'static str, default: T) -> Result<T, ConfigError> {
     match env.var(setting) {
         None => Ok(default),
-        Some(v) => v.trim().parse().map_err(|_| invalid(setting, format!("`{v}` is not a non-negative whole number"))),
+        Some(v) => {
+            v.trim().parse().map_err(|_| invalid(setting, format!("`{}` is not a non-negative whole number", v.escape_debug())))
+        }
     }
+}
+
+/// A number no larger than `max`: durations and sizes beyond a sane bound are mistakes, and
+/// would overflow later (`Instant + Duration`, librdkafka's i32 milliseconds).
+fn parse_bounded(env: &(impl Env + ?Sized), setting: &'static str, default: u64, max: u64) -> Result<u64, ConfigError> {
+    let value = parse_number(env, setting, default)?;
+    if value > max {
+        return Err(invalid(setting, format!("{value} is more than the largest allowed, {max}")));
+    }
+    Ok(value)
+}
+
+/// A retention in hours: at least one, at most ten years.
+fn parse_retention(env: &(impl Env + ?Sized), setting: &'static str, default_hours: u64) -> Result<Duration, ConfigError> {
+    let hours = parse_bounded(env, setting, default_hours, MAX_RETENTION_HOURS)?;
+    if hours == 0 {
+        return Err(invalid(setting, "must be at least 1"));
+    }
+    Ok(Duration::from_secs(hours * 60 * 60))
 }
 
 #[cfg(test)]
@@ -413,7 +524,7 @@ mod tests {
     #[test]
     fn batching_is_configurable() {
         let config = parse(&[("BATCH_MAX_MESSAGES", "500"), ("BATCH_LINGER_MS", "20")]).unwrap();
-        assert_eq!(config.batching, Batching { max_messages: 500, linger: Duration::from_millis(20) });
+        assert_eq!(config.batching, Batching { max_messages: 500, linger: Duration::from_millis(20), ..Batching::default() });
     }
 
     #[test]
@@ -441,12 +552,143 @@ mod tests {
             (&[("BATCH_MAX_MESSAGES", "0")], "BATCH_MAX_MESSAGES"),
             (&[("BATCH_MAX_MESSAGES", "20000")], "BATCH_MAX_MESSAGES"),
             (&[("BATCH_LINGER_MS", "-5")], "BATCH_LINGER_MS"),
+            (&[("MAX_BUFFERED_BYTES", "1000")], "MAX_BUFFERED_BYTES"),
             (&[("SHUTDOWN_TIMEOUT_SECONDS", "-1")], "SHUTDOWN_TIMEOUT_SECONDS"),
+            // Upper bounds: a value that would overflow later is refused now.
+            (&[("SHUTDOWN_TIMEOUT_SECONDS", "18446744073709551615")], "SHUTDOWN_TIMEOUT_SECONDS"),
+            (&[("SHUTDOWN_TIMEOUT_SECONDS", "86401")], "SHUTDOWN_TIMEOUT_SECONDS"),
+            (&[("SHUTDOWN_TIMEOUT_SECONDS", "18446744073709551616")], "SHUTDOWN_TIMEOUT_SECONDS"),
+            (&[("RETRY_MAX_BACKOFF_MS", "3600001")], "RETRY_MAX_BACKOFF_MS"),
+            (&[("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "2147483648")], "EVENT_STREAM_PUBLISH_TIMEOUT_MS"),
+            (&[("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "86400001")], "EVENT_STREAM_PUBLISH_TIMEOUT_MS"),
+            (&[("BATCH_LINGER_MS", "60001")], "BATCH_LINGER_MS"),
+            (&[("BATCH_MAX_MESSAGES", "18446744073709551615")], "BATCH_MAX_MESSAGES"),
+            (&[("READINESS_STALL_SECONDS", "86401")], "READINESS_STALL_SECONDS"),
+            (&[("HANDLER_MAX_ATTEMPTS", "1001")], "HANDLER_MAX_ATTEMPTS"),
+            (&[("HANDLER_MAX_ATTEMPTS", "4294967296")], "HANDLER_MAX_ATTEMPTS"),
+            (&[("DATABASE_MAX_CONNECTIONS", "1001")], "DATABASE_MAX_CONNECTIONS"),
+            (&[("MAX_MESSAGE_BYTES", "104857601")], "MAX_MESSAGE_BYTES"),
+            (&[("INBOX_RETENTION_HOURS", "0")], "INBOX_RETENTION_HOURS"),
+            (&[("INBOX_RETENTION_HOURS", "87601")], "INBOX_RETENTION_HOURS"),
+            (&[("INBOX_RETENTION_HOURS", "two weeks")], "INBOX_RETENTION_HOURS"),
+            (&[("DEAD_LETTER_RETENTION_HOURS", "0")], "DEAD_LETTER_RETENTION_HOURS"),
+            (&[("DEAD_LETTER_RETENTION_HOURS", "87601")], "DEAD_LETTER_RETENTION_HOURS"),
         ];
         for (vars, setting) in cases {
             let error = parse(vars).unwrap_err();
             assert_eq!(&error.setting, setting, "{vars:?}");
             assert!(error.to_string().contains(setting));
+        }
+    }
+
+    #[test]
+    fn the_largest_allowed_values_are_accepted() {
+        let config = parse(&[
+            ("SHUTDOWN_TIMEOUT_SECONDS", "86400"),
+            ("RETRY_MAX_BACKOFF_MS", "3600000"),
+            ("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "86400000"),
+            ("BATCH_LINGER_MS", "60000"),
+            ("BATCH_MAX_MESSAGES", "10000"),
+            ("READINESS_STALL_SECONDS", "86400"),
+            ("HANDLER_MAX_ATTEMPTS", "1000"),
+            ("DATABASE_MAX_CONNECTIONS", "1000"),
+            ("MAX_MESSAGE_BYTES", "104857600"),
+            ("INBOX_RETENTION_HOURS", "87600"),
+            ("DEAD_LETTER_RETENTION_HOURS", "87600"),
+        ])
+        .unwrap();
+        assert_eq!(config.shutdown_timeout, Duration::from_secs(86_400));
+        assert_eq!(config.stream_publish_timeout, Duration::from_millis(86_400_000));
+        assert_eq!(config.handler_max_attempts, 1000);
+        assert_eq!(config.database_max_connections, 1000);
+        assert_eq!(config.max_message_bytes, 100 * 1024 * 1024);
+        assert_eq!(config.inbox_retention, Duration::from_secs(87_600 * 3600));
+        // The bounds keep later arithmetic safe.
+        assert!(std::time::Instant::now().checked_add(config.shutdown_timeout).is_some());
+        assert!(i32::try_from(config.stream_publish_timeout.as_millis()).is_ok());
+    }
+
+    #[test]
+    fn retention_defaults_and_settings() {
+        let config = parse(&[]).unwrap();
+        assert_eq!(config.inbox_retention, Duration::from_secs(14 * 24 * 3600));
+        assert_eq!(config.dead_letter_retention, Duration::from_secs(30 * 24 * 3600));
+        let config = parse(&[("INBOX_RETENTION_HOURS", "1"), ("DEAD_LETTER_RETENTION_HOURS", " 48 ")]).unwrap();
+        assert_eq!(config.inbox_retention, Duration::from_secs(3600));
+        assert_eq!(config.dead_letter_retention, Duration::from_secs(48 * 3600));
+        let printed = format!("{config:?}");
+        assert!(printed.contains("inbox_retention") && printed.contains("dead_letter_retention"), "{printed}");
+    }
+
+    #[test]
+    fn odd_bytes_in_numeric_settings_are_errors_not_panics() {
+        let numeric = [
+            "EVENT_STREAM_PUBLISH_TIMEOUT_MS",
+            "DATABASE_MAX_CONNECTIONS",
+            "SHUTDOWN_TIMEOUT_SECONDS",
+            "RETRY_MAX_BACKOFF_MS",
+            "HANDLER_MAX_ATTEMPTS",
+            "READINESS_STALL_SECONDS",
+            "MAX_MESSAGE_BYTES",
+            "BATCH_MAX_MESSAGES",
+            "BATCH_LINGER_MS",
+            "INBOX_RETENTION_HOURS",
+            "DEAD_LETTER_RETENTION_HOURS",
+        ];
+        let odd = ["12\0", "\0\x31", "\0", "１２", "12ms", "٣", "1\u{200b}", "\u{FFFD}", "1e3", "+-1", "0x10"];
+        for setting in numeric {
+            for value in odd {
+                let result = std::panic::catch_unwind(|| parse(&[(setting, value)]));
+                let error = result.unwrap_or_else(|_| panic!("{setting}={value:?} panicked")).unwrap_err();
+                assert_eq!(error.setting, setting, "{value:?}");
+                assert!(!error.to_string().contains('\0'), "NUL bytes are escaped: {error}");
+            }
+        }
+    }
+
+    #[test]
+    fn redact_url_hides_passwords_and_keeps_the_rest() {
+        let cases = [
+            ("postgres://app:hunter2@db:5432/er", "postgres://app:***@db:5432/er"),
+            ("postgres://app@db:5432/er", "postgres://app@db:5432/er"),
+            ("postgres://db/er", "postgres://db/er"),
+            ("postgresql://app:p%40ss%2Fw%3Ard@db/er?sslmode=require", "postgresql://app:***@db/er?sslmode=require"),
+            ("postgres://u@h/db?password=hunter2&sslmode=require", "postgres://u@h/db?password=***&sslmode=require"),
+            ("postgres://u@h/db?sslmode=require&PassWord=hunter2", "postgres://u@h/db?sslmode=require&PassWord=***"),
+            ("postgres://u@h/db?sslpassword=hunter2&sslkey=/k.pem", "postgres://u@h/db?sslpassword=***&sslkey=/k.pem"),
+            ("postgres://u@h/db?SSLPASSWORD=a%26b", "postgres://u@h/db?SSLPASSWORD=***"),
+            ("postgres://u@h/db?%70assword=hunter2", "postgres://u@h/db?%70assword=***"),
+            ("postgres://u:pw@h/db?password=pw2&sslpassword=pw3", "postgres://u:***@h/db?password=***&sslpassword=***"),
+            ("postgres://u@h/db?application_name=a@b&password=x", "postgres://u@h/db?application_name=a@b&password=***"),
+            ("postgres://u:pw@h/db?application_name=a@b", "postgres://u:***@h/db?application_name=a@b"),
+            ("postgres://u@h/db?passwords=visible&password_x=visible", "postgres://u@h/db?passwords=visible&password_x=visible"),
+            ("postgres://u:@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:pw@[::1]:5432/db", "postgres://u:***@[::1]:5432/db"),
+            // Not well formed: raw '@', '?', '/' and '#' in the password are still hidden.
+            ("postgres://u:p@ss@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:pa?ss@h/db?sslmode=require", "postgres://u:***@h/db?sslmode=require"),
+            ("postgres://u:p@s?s@h/db", "postgres://u:***@h/db"),
+            ("postgres://u:a/b#c@h/db", "postgres://u:***@h/db"),
+            ("postgres://u@h/db?password=a#b&c", "postgres://u@h/db?password=***&c"),
+            ("not a url", "not a url"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(redact_url(url), expected, "{url}");
+        }
+    }
+
+    #[test]
+    fn redact_url_never_shows_the_password() {
+        for password in ["hunter2", "p@ss", "pa?ss", "a/b", "x&password=y", "with space", "ünïcödé"] {
+            for url in [
+                format!("postgres://user:{password}@db.example:5432/er?sslmode=require"),
+                format!("postgres://user@db.example:5432/er?sslmode=require&password={password}"),
+                format!("postgres://user@db.example/er?sslpassword={password}"),
+            ] {
+                let redacted = redact_url(&url);
+                assert!(!redacted.contains(password), "{url} → {redacted}");
+                assert!(redacted.contains("***") && redacted.contains("user"), "{url} → {redacted}");
+            }
         }
     }
 
@@ -463,6 +705,9 @@ mod tests {
         let printed = format!("{config:?}");
         assert!(!printed.contains("hunter2") && !printed.contains("s3cret-pass"), "{printed}");
         assert!(printed.contains("postgres://app:***@db:5432/er"), "{printed}");
+        let config = parse(&[("DATABASE_URL", "postgres://app@db/er?sslmode=require&password=hunter2")]).unwrap();
+        let printed = format!("{config:?}");
+        assert!(!printed.contains("hunter2") && printed.contains("sslmode=require&password=***"), "{printed}");
     }
 
     #[test]

@@ -1,0 +1,117 @@
+//! Retention: inbox rows and dead letters older than their retention are pruned, in batches, and
+//! nothing younger is touched.
+
+use std::time::Duration;
+
+use event_router::store::retention::{self, Pruned, BATCH_ROWS};
+use testkit::TestDb;
+use tokio_util::sync::CancellationToken;
+
+const HOUR: Duration = Duration::from_secs(3600);
+const INBOX_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
+const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Inbox rows for offsets `offsets` of `topic`, processed `age_hours` ago.
+async fn insert_inbox(db: &TestDb, topic: &str, offsets: std::ops::Range<i64>, age_hours: i64) {
+    sqlx::query(
+        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id, processed_at)
+         SELECT $1, 0, o, '\\x01'::bytea, 'req-' || o, '42', now() - make_interval(hours => $4)
+         FROM generate_series($2::int8, $3::int8 - 1) AS o",
+    )
+    .bind(topic)
+    .bind(offsets.start)
+    .bind(offsets.end)
+    .bind(age_hours as i32)
+    .execute(&db.pool)
+    .await
+    .expect("insert inbox rows");
+}
+
+/// Dead letters for offsets `offsets` of `topic`, dead-lettered `age_hours` ago.
+async fn insert_dead_letters(db: &TestDb, topic: &str, offsets: std::ops::Range<i64>, age_hours: i64) {
+    sqlx::query(
+        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, fingerprint, message_key, payload, stage, reason,
+                                   error_class, message, attempts, consumer_group, request_id, org_id, dlq_partition,
+                                   dlq_offset, dead_lettered_at)
+         SELECT $1, 0, o, '\\x01'::bytea, NULL, '{}'::bytea, 'schema', 'schema_violation', 'permanent', 'bad', 1,
+                'event-router', 'req-' || o, '42', 0, o, now() - make_interval(hours => $4)
+         FROM generate_series($2::int8, $3::int8 - 1) AS o",
+    )
+    .bind(topic)
+    .bind(offsets.start)
+    .bind(offsets.end)
+    .bind(age_hours as i32)
+    .execute(&db.pool)
+    .await
+    .expect("insert dead letters");
+}
+
+async fn topics_left(db: &TestDb, table: &str) -> Vec<(String, i64)> {
+    sqlx::query_as(&format!("SELECT topic, count(*) FROM {table} GROUP BY topic ORDER BY topic"))
+        .fetch_all(&db.pool)
+        .await
+        .expect("count rows by topic")
+}
+
+#[tokio::test]
+async fn prune_deletes_exactly_the_rows_past_their_retention() {
+    let db = TestDb::create().await;
+    // More old inbox rows than one batch deletes, so the loop runs twice.
+    let old_inbox = BATCH_ROWS + 5;
+    insert_inbox(&db, "old", 0..old_inbox, 15 * 24).await;
+    insert_inbox(&db, "just-old", 0..3, 14 * 24 + 1).await;
+    insert_inbox(&db, "young", 0..4, 14 * 24 - 1).await;
+    insert_inbox(&db, "new", 0..5, 0).await;
+    insert_dead_letters(&db, "old", 0..7, 31 * 24).await;
+    insert_dead_letters(&db, "young", 0..2, 29 * 24).await;
+    // A dead letter younger than its own retention but older than the inbox's stays.
+    insert_dead_letters(&db, "new", 0..3, 15 * 24).await;
+
+    let pruned = retention::prune(&db.pool, INBOX_RETENTION, DEAD_LETTER_RETENTION).await.unwrap();
+
+    assert_eq!(pruned, Pruned { inbox: old_inbox as u64 + 3, dead_letters: 7 });
+    assert_eq!(topics_left(&db, "processed_messages").await, [("new".to_string(), 5), ("young".to_string(), 4)]);
+    assert_eq!(topics_left(&db, "dead_letters").await, [("new".to_string(), 3), ("young".to_string(), 2)]);
+
+    // Nothing more is old enough.
+    let again = retention::prune(&db.pool, INBOX_RETENTION, DEAD_LETTER_RETENTION).await.unwrap();
+    assert_eq!(again, Pruned::default());
+
+    // A shorter retention reaches younger rows; each table has its own.
+    let pruned = retention::prune(&db.pool, 2 * HOUR, DEAD_LETTER_RETENTION).await.unwrap();
+    assert_eq!(pruned, Pruned { inbox: 4, dead_letters: 0 });
+    assert_eq!(topics_left(&db, "processed_messages").await, [("new".to_string(), 5)]);
+    db.drop_database().await;
+}
+
+#[tokio::test]
+async fn the_retention_task_prunes_until_stopped() {
+    let db = TestDb::create().await;
+    insert_inbox(&db, "old", 0..3, 15 * 24).await;
+    insert_dead_letters(&db, "old", 0..2, 31 * 24).await;
+    insert_inbox(&db, "new", 0..1, 0).await;
+
+    let stop = CancellationToken::new();
+    let task = tokio::spawn(retention::run(
+        db.pool.clone(),
+        INBOX_RETENTION,
+        DEAD_LETTER_RETENTION,
+        Duration::from_millis(50),
+        stop.clone(),
+    ));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while db.count("processed_messages").await != 1 || db.count("dead_letters").await != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "the retention task did not prune within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Rows that age past the retention later are pruned by a later round.
+    insert_inbox(&db, "later", 0..2, 15 * 24).await;
+    while db.count("processed_messages").await != 1 {
+        assert!(tokio::time::Instant::now() < deadline, "the retention task did not prune again within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), task).await.expect("the retention task stops").unwrap();
+    assert_eq!(db.count("processed_messages").await, 1);
+    db.drop_database().await;
+}
