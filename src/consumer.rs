@@ -15,6 +15,15 @@
 //! RebalanceInProgress, so there a handover redoes what was finished since the last background
 //! commit, and the inbox makes that redo a no-op.)
 //!
+//! Memory is bounded in bytes, not only in messages: every message held in the service, from
+//! the moment it is copied out of librdkafka until its batch is finished, holds its share of a
+//! [`ByteBudget`]. When the budget is spent the loop pauses fetching and keeps polling (so the
+//! group membership and rebalances go on) until finished messages give bytes back.
+//!
+//! A partition worker that dies (a bug: handlers' panics are caught by the router) ends the
+//! consumer with an error, and with it the process, so that the orchestrator restarts it rather
+//! than leaving the partition silently stopped; so does a fatal client error.
+//!
 //! The consumer knows nothing about schemas or tables: it hands [`RawMessage`]s to the
 //! [`Pipeline`].
 
@@ -26,22 +35,69 @@ use std::time::Duration;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
 use rdkafka::error::{KafkaError, KafkaResult, RDKafkaErrorCode};
 use rdkafka::{ClientContext, Statistics, TopicPartitionList};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Batching;
-use crate::message::RawMessage;
+use crate::message::{HeaderLimits, RawMessage};
 use crate::pipeline::Pipeline;
 use crate::telemetry::Telemetry;
 
 type Slot = (String, i32);
 
+/// The bytes that messages held in the service may take.
+///
+/// A message is charged its raw size (key, value, headers) plus [`ByteBudget::OPENED_FACTOR`]
+/// times its value for what opening it makes: the parsed JSON tree (typically two to three times
+/// the text) and the stream event (about the text again). The charge is taken before the message
+/// is handed to its partition and given back when its batch is finished.
+#[derive(Clone)]
+pub struct ByteBudget {
+    bytes: Arc<Semaphore>,
+    total: usize,
+}
+
+impl ByteBudget {
+    pub const OPENED_FACTOR: usize = 3;
+
+    pub fn new(total: usize) -> Self {
+        ByteBudget { bytes: Arc::new(Semaphore::new(total)), total }
+    }
+
+    /// What `message` is charged; a message larger than the whole budget is charged all of it
+    /// (it then goes through alone).
+    pub fn cost(&self, message: &RawMessage) -> u32 {
+        let value = message.payload.as_ref().map_or(0, Vec::len);
+        let cost = message.size().saturating_add(value.saturating_mul(Self::OPENED_FACTOR)).max(1);
+        cost.min(self.total).min(u32::MAX as usize) as u32
+    }
+
+    fn try_charge(&self, cost: u32) -> Option<OwnedSemaphorePermit> {
+        self.bytes.clone().try_acquire_many_owned(cost).ok()
+    }
+
+    async fn charge(&self, cost: u32) -> OwnedSemaphorePermit {
+        self.bytes.clone().acquire_many_owned(cost).await.expect("the budget's semaphore is never closed")
+    }
+
+    /// Bytes not charged right now.
+    pub fn available(&self) -> usize {
+        self.bytes.available_permits()
+    }
+}
+
+/// A message and its charge on the budget, given back when it is dropped.
+struct Charged {
+    message: RawMessage,
+    _charge: OwnedSemaphorePermit,
+}
+
 /// A running partition worker, as the fetch loop and the rebalance callback see it.
 struct Worker {
-    messages: mpsc::Sender<RawMessage>,
+    messages: mpsc::Sender<Charged>,
     /// Set while the partition is paused because the worker's buffer was full: messages that
     /// were fetched before the pause took effect, in order, waiting for room.
-    held_back: Option<mpsc::UnboundedSender<RawMessage>>,
+    held_back: Option<mpsc::UnboundedSender<Charged>>,
     /// Stop taking messages; finish the one in hand.
     stop: CancellationToken,
     /// Give up on the one in hand (its offset is not stored).
@@ -77,12 +133,26 @@ impl Worker {
 #[derive(Default)]
 pub struct Workers {
     running: Mutex<HashMap<Slot, Worker>>,
+    /// Messages fetched while the byte budget was spent, in fetch order, waiting for bytes.
+    starved: Mutex<std::collections::VecDeque<RawMessage>>,
+    /// Cancelled when a partition worker died; the reason is in `death`.
+    died: CancellationToken,
+    death: Mutex<Option<String>>,
 }
 
 impl Workers {
     fn take(&self, partitions: &TopicPartitionList) -> Vec<Worker> {
+        let revoked: std::collections::HashSet<Slot> =
+            partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+        // Waiting messages of revoked partitions are the next owner's to read.
+        self.starved.lock().expect("starved lock").retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
         let mut running = self.running.lock().expect("workers lock");
-        partitions.elements().iter().filter_map(|e| running.remove(&(e.topic().to_string(), e.partition()))).collect()
+        revoked.iter().filter_map(|slot| running.remove(slot)).collect()
+    }
+
+    fn worker_died(&self, slot: &Slot, why: String) {
+        self.death.lock().expect("death lock").get_or_insert_with(|| format!("the worker of {}[{}] died: {why}", slot.0, slot.1));
+        self.died.cancel();
     }
 
     fn take_all(&self) -> Vec<Worker> {
@@ -180,8 +250,15 @@ impl ConsumerContext for ConsumerEvents {
                 self.joined.store(true, Ordering::Release);
                 self.telemetry.rebalance("assign", &describe(partitions));
             }
-            Rebalance::Revoke(partitions) => self.telemetry.rebalance("revoke", &describe(partitions)),
-            Rebalance::Error(error) => self.telemetry.rebalance("error", &error.to_string()),
+            // Not joined until the next assignment: a consumer out of its group shows in /readyz.
+            Rebalance::Revoke(partitions) => {
+                self.joined.store(false, Ordering::Release);
+                self.telemetry.rebalance("revoke", &describe(partitions));
+            }
+            Rebalance::Error(error) => {
+                self.joined.store(false, Ordering::Release);
+                self.telemetry.rebalance("error", &error.to_string());
+            }
         }
     }
 }
@@ -193,36 +270,121 @@ pub type RouterConsumer = StreamConsumer<ConsumerEvents>;
 ///
 /// Each partition buffers up to `batching.max_messages` messages between this loop and its
 /// worker, which is also the largest batch the worker writes in one transaction. A partition
-/// whose buffer is full is paused (see `dispatch`). With one worker per owned partition that
-/// bounds the messages held in the service; librdkafka's own pre-fetch queue is bounded
+/// whose buffer is full is paused (see `dispatch`); all of them are paused while the byte budget
+/// (`batching.max_buffered_bytes`) is spent. librdkafka's own pre-fetch queue is bounded
 /// separately (`queued.max.messages.kbytes`), and it also bounds what a pause holds back.
+///
+/// `Err` when the consumer died: a partition worker ended unexpectedly or librdkafka reported a
+/// fatal error. The offsets of finished messages are committed first all the same.
 pub async fn run(
     consumer: Arc<RouterConsumer>,
     pipeline: Arc<Pipeline>,
     stop: CancellationToken,
     shutdown_deadline: Duration,
     batching: Batching,
-) {
+) -> anyhow::Result<()> {
+    let budget = ByteBudget::new(batching.max_buffered_bytes);
+    let workers = consumer.context().workers.clone();
+    let mut paused_for_budget = false;
+    let mut died = None;
     loop {
-        let received = tokio::select! {
+        let waiting = workers.starved.lock().expect("starved lock").front().map(|m| budget.cost(m));
+        tokio::select! {
             biased;
             _ = stop.cancelled() => break,
-            received = consumer.recv() => received,
-        };
-        let message = match received {
-            Ok(message) => RawMessage::from_kafka(&message),
-            Err(error) => {
-                pipeline.telemetry.consumer_error(&error);
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
+            _ = workers.died.cancelled() => {
+                died = workers.death.lock().expect("death lock").clone();
+                break;
+            }
+            charge = budget.charge(waiting.unwrap_or(0)), if waiting.is_some() => {
+                // A revoke may have taken the front message meanwhile: then this charge is
+                // given back and the next round charges the new front.
+                let front = {
+                    let mut starved = workers.starved.lock().expect("starved lock");
+                    match starved.front() {
+                        Some(m) if Some(budget.cost(m)) == waiting => starved.pop_front(),
+                        _ => None,
+                    }
+                };
+                if let Some(message) = front {
+                    dispatch(&consumer, &pipeline, batching, Charged { message, _charge: charge });
+                }
+                paused_for_budget = feed_starved(&consumer, &pipeline, batching, &budget, paused_for_budget);
+            }
+            received = consumer.recv() => {
+                let message = match received {
+                    Ok(message) => RawMessage::from_kafka(&message, HeaderLimits::SERVICE),
+                    // librdkafka raises a fatal error once and then refuses to work; it reaches
+                    // `recv` as `MessageConsumptionFatal` with the underlying error's code.
+                    Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
+                        pipeline.telemetry.consumer_error(&error);
+                        died = Some(format!("librdkafka reported a fatal error: {error}"));
+                        break;
+                    }
+                    Err(error) => {
+                        pipeline.telemetry.consumer_error(&error);
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let mut starved = workers.starved.lock().expect("starved lock");
+                let charge = if starved.is_empty() { budget.try_charge(budget.cost(&message)) } else { None };
+                match charge {
+                    Some(charge) => {
+                        drop(starved);
+                        dispatch(&consumer, &pipeline, batching, Charged { message, _charge: charge });
+                    }
+                    None => {
+                        // Behind the others that wait, in fetch order.
+                        starved.push_back(message);
+                        drop(starved);
+                        if !paused_for_budget {
+                            paused_for_budget = true;
+                            set_all_paused(&consumer, &workers, true);
+                            pipeline.telemetry.budget_spent(budget.available(), batching.max_buffered_bytes);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let running = workers.take_all();
+    // An error here means the runtime is shutting down under us; there is nothing left to wait for.
+    let _ = tokio::task::spawn_blocking(move || stop_all_blocking(running, shutdown_deadline)).await;
+    commit_stored(consumer, COMMIT_DEADLINE).await;
+    match died {
+        None => Ok(()),
+        Some(why) => Err(anyhow::anyhow!("the Kafka consumer stopped: {why}")),
+    }
+}
+
+/// Hands waiting messages to their partitions while the budget has room for them, in order;
+/// resumes fetching once none waits. Returns whether fetching is still paused for the budget.
+fn feed_starved(
+    consumer: &Arc<RouterConsumer>,
+    pipeline: &Arc<Pipeline>,
+    batching: Batching,
+    budget: &ByteBudget,
+    paused: bool,
+) -> bool {
+    let workers = &consumer.context().workers;
+    loop {
+        let next = {
+            let mut starved = workers.starved.lock().expect("starved lock");
+            let Some(front) = starved.front() else { break };
+            match budget.try_charge(budget.cost(front)) {
+                Some(charge) => starved.pop_front().map(|message| Charged { message, _charge: charge }),
+                None => return paused,
             }
         };
-        dispatch(&consumer, &pipeline, batching, message);
+        if let Some(charged) = next {
+            dispatch(consumer, pipeline, batching, charged);
+        }
     }
-    let workers = consumer.context().workers.take_all();
-    // An error here means the runtime is shutting down under us; there is nothing left to wait for.
-    let _ = tokio::task::spawn_blocking(move || stop_all_blocking(workers, shutdown_deadline)).await;
-    commit_stored(consumer, COMMIT_DEADLINE).await;
+    if paused {
+        set_all_paused(consumer, workers, false);
+    }
+    false
 }
 
 /// Hands `message` to its partition's worker, starting one if needed. When the worker's buffer
@@ -230,10 +392,11 @@ pub async fn run(
 /// which would hold up every other partition; the messages fetched before the pause took effect
 /// are held back in order and handed over as room appears, then the partition is resumed. So
 /// memory stays bounded and one slow partition slows only itself.
-fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, message: RawMessage) {
-    let slot = (message.topic.clone(), message.partition);
+fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, message: Charged) {
+    let slot = (message.message.topic.clone(), message.message.partition);
     let mut running = consumer.context().workers.running.lock().expect("workers lock");
-    let worker = running.entry(slot.clone()).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone(), batching));
+    let worker =
+        running.entry(slot.clone()).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone(), batching, slot.clone()));
     if let Some(held_back) = &worker.held_back {
         // Behind the messages already waiting; the forwarding task hands them over in order.
         let _ = held_back.send(message);
@@ -248,12 +411,13 @@ fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: 
             worker.held_back = Some(held_back);
             tokio::spawn(hand_over_held_back(consumer.clone(), slot, worker.messages.clone(), waiting));
         }
-        Err(mpsc::error::TrySendError::Closed(message)) => {
-            // The worker was stopped by a revoke after the message was fetched; the partition's
-            // next owner reads it again from the committed offset.
+        Err(mpsc::error::TrySendError::Closed(Charged { message, .. })) => {
+            // The worker was stopped by a revoke after the message was fetched (the partition's
+            // next owner reads it again from the committed offset), or it died, which ends the
+            // consumer (see `run`).
             tracing::debug!(
                 topic = %message.topic, partition = message.partition, offset = message.offset,
-                "dropped a message of a revoked partition"
+                "dropped a message of a partition whose worker has stopped"
             );
         }
     }
@@ -265,8 +429,8 @@ fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: 
 async fn hand_over_held_back(
     consumer: Arc<RouterConsumer>,
     slot: Slot,
-    to_worker: mpsc::Sender<RawMessage>,
-    mut waiting: mpsc::UnboundedReceiver<RawMessage>,
+    to_worker: mpsc::Sender<Charged>,
+    mut waiting: mpsc::UnboundedReceiver<Charged>,
 ) {
     loop {
         let next = {
@@ -299,6 +463,26 @@ async fn hand_over_held_back(
     }
 }
 
+/// Pauses every assigned partition (the byte budget is spent), or resumes every one whose worker
+/// is not itself behind (those resume when their held-back messages are handed over).
+fn set_all_paused(consumer: &RouterConsumer, workers: &Workers, paused: bool) {
+    let Ok(assignment) = consumer.assignment() else { return };
+    let mut partitions = TopicPartitionList::new();
+    {
+        let running = workers.running.lock().expect("workers lock");
+        for element in assignment.elements() {
+            let slot = (element.topic().to_string(), element.partition());
+            if paused || running.get(&slot).is_none_or(|worker| worker.held_back.is_none()) {
+                partitions.add_partition(&slot.0, slot.1);
+            }
+        }
+    }
+    let result = if paused { consumer.pause(&partitions) } else { consumer.resume(&partitions) };
+    if let Err(error) = result {
+        tracing::debug!(%error, paused, "pause or resume of all partitions refused");
+    }
+}
+
 fn set_paused(consumer: &RouterConsumer, (topic, partition): &Slot, paused: bool) {
     let mut partitions = TopicPartitionList::new();
     partitions.add_partition(topic, *partition);
@@ -309,25 +493,41 @@ fn set_paused(consumer: &RouterConsumer, (topic, partition): &Slot, paused: bool
     }
 }
 
-fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching: Batching) -> Worker {
+fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching: Batching, slot: Slot) -> Worker {
     let (messages, receiver) = mpsc::channel(batching.max_messages);
     let (stop, abandon) = (CancellationToken::new(), CancellationToken::new());
     let (finished, done) = oneshot::channel();
-    tokio::spawn({
-        let (stop, abandon) = (stop.clone(), abandon.clone());
-        async move {
-            partition_worker(consumer, pipeline, receiver, batching, stop, abandon).await;
-            let _ = finished.send(());
+    let workers = consumer.context().workers.clone();
+    let work = tokio::spawn(partition_worker(consumer, pipeline, receiver, batching, stop.clone(), abandon.clone()));
+    // Watches the worker: one that panicked ends the consumer instead of leaving its partition
+    // stopped while the group thinks it is owned.
+    tokio::spawn(async move {
+        if let Err(error) = work.await {
+            let why = match error.try_into_panic() {
+                Ok(panic) => panic_message(panic.as_ref()),
+                Err(error) => error.to_string(),
+            };
+            workers.worker_died(&slot, why);
         }
+        let _ = finished.send(());
     });
     Worker { messages, held_back: None, stop, abandon, done }
+}
+
+/// The text a panic carried, if any.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Processes one partition's messages in order, storing each offset once it is finished.
 async fn partition_worker(
     consumer: Arc<RouterConsumer>,
     pipeline: Arc<Pipeline>,
-    mut messages: mpsc::Receiver<RawMessage>,
+    mut messages: mpsc::Receiver<Charged>,
     batching: Batching,
     stop: CancellationToken,
     abandon: CancellationToken,
@@ -368,9 +568,13 @@ async fn partition_worker(
                 }
             }
         }
-        let (topic, partition) = (batch[0].topic.clone(), batch[0].partition);
-        let offsets: Vec<i64> = batch.iter().map(|m| m.offset).collect();
-        let finished = pipeline.process_batch(std::mem::take(&mut batch), &abandon).await;
+        let (topic, partition) = (batch[0].message.topic.clone(), batch[0].message.partition);
+        let offsets: Vec<i64> = batch.iter().map(|m| m.message.offset).collect();
+        // The charges are given back when the batch is finished, not when its messages move on.
+        let (messages, charges): (Vec<RawMessage>, Vec<OwnedSemaphorePermit>) =
+            batch.drain(..).map(|Charged { message, _charge }| (message, _charge)).unzip();
+        let finished = pipeline.process_batch(messages, &abandon).await;
+        drop(charges);
         if let Some(&last) = finished.checked_sub(1).map(|i| &offsets[i]) {
             if let Err(error) = consumer.store_offset(&topic, partition, last) {
                 // Only possible if the partition was revoked without this worker being stopped

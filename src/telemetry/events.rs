@@ -120,6 +120,24 @@ impl Telemetry {
         );
     }
 
+    /// The broker refused even a dead-letter copy that fits the producer's limit; the message is
+    /// recorded in the `dead_letters` table only.
+    pub fn dead_letter_copy_refused(&self, message: &RawMessage, error: &anyhow::Error) {
+        self.metrics.retries.with_label_values(&["dead_letter"]).inc();
+        tracing::error!(
+            topic = %message.topic, partition = message.partition, offset = message.offset, error = %format!("{error:#}"),
+            "the dead-letter topic refused the message's copy for good; it is recorded in the dead_letters table only"
+        );
+    }
+
+    /// The database refused a `dead_letters` row for good; the copy in the topic is the record.
+    pub fn dead_letter_row_refused(&self, message: &RawMessage, error: &anyhow::Error) {
+        tracing::error!(
+            topic = %message.topic, partition = message.partition, offset = message.offset, error = %format!("{error:#}"),
+            "the database refused the dead_letters row for good; the copy in the dead-letter topic is the only record"
+        );
+    }
+
     /// A handler asked to try the message again later.
     pub fn handler_retrying(&self, ctx: &Context, rejection: &Rejection, attempt: u32, max_attempts: u32, delay: Duration) {
         self.metrics.retries.with_label_values(&["handler"]).inc();
@@ -184,8 +202,25 @@ impl Telemetry {
         self.metrics.outbox_oldest_age_seconds.set(oldest_age_seconds);
     }
 
+    /// Kafka refused a stream event for good; it was parked in `stream_undeliverable`.
+    pub fn stream_event_undeliverable(&self, topic: &str, error: &dyn std::fmt::Display) {
+        self.metrics.stream_undeliverable.inc();
+        tracing::error!(%topic, error = %error, "Kafka refused a stream event for good; it is kept in the stream_undeliverable table and the stream goes on");
+    }
+
     pub fn stream_published(&self, ok: bool) {
         self.metrics.stream_published.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+    }
+
+    /// The byte budget for messages held in the service is spent: fetching pauses until finished
+    /// messages give bytes back.
+    pub fn budget_spent(&self, available: usize, total: usize) {
+        self.metrics.budget_exhausted.inc();
+        tracing::info!(
+            available,
+            total,
+            "message memory budget (MAX_BUFFERED_BYTES) spent; fetching paused until messages finish"
+        );
     }
 
     pub fn consumer_error(&self, error: &dyn std::fmt::Display) {

@@ -40,6 +40,8 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub rebalances: IntCounterVec,
     pub consumer_errors: IntCounter,
+    pub budget_exhausted: IntCounter,
+    pub stream_undeliverable: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -80,6 +82,18 @@ impl Metrics {
         let consumer_errors = IntCounter::new("event_router_consumer_errors_total", "Errors returned by the Kafka consumer.")
             .expect("valid metric");
         registry.register(Box::new(consumer_errors.clone())).expect("unique metric");
+        let budget_exhausted = IntCounter::new(
+            "event_router_memory_budget_exhausted_total",
+            "Times fetching paused because messages held in the service reached MAX_BUFFERED_BYTES.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(budget_exhausted.clone())).expect("unique metric");
+        let stream_undeliverable = IntCounter::new(
+            "event_router_stream_undeliverable_total",
+            "Stream events Kafka refused for good, parked in the stream_undeliverable table.",
+        )
+        .expect("valid metric");
+        registry.register(Box::new(stream_undeliverable.clone())).expect("unique metric");
         let histogram = |name: &str, help: &str, buckets: Vec<f64>| {
             let metric = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), &["topic"]).expect("valid metric");
             registry.register(Box::new(metric.clone())).expect("unique metric");
@@ -179,6 +193,8 @@ impl Metrics {
             in_flight,
             rebalances,
             consumer_errors,
+            budget_exhausted,
+            stream_undeliverable,
             build_info,
         }
     }

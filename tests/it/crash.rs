@@ -136,7 +136,7 @@ async fn request_ids(brokers: &str, topic: &str, expected: usize, timeout: Durat
     let mut settle: Option<Instant> = None;
     while Instant::now() < deadline && settle.is_none_or(|until| Instant::now() < until) {
         let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
-        let message = event_router::message::RawMessage::from_kafka(&message);
+        let message = event_router::message::RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED);
         read += 1;
         if let Some(id) = header(&message, REQUEST_ID_HEADER) {
             ids.insert(id);

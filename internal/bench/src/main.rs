@@ -231,7 +231,7 @@ async fn consume_only(base: &Config, total: u64) -> anyhow::Result<Duration> {
     let mut seen = 1;
     while seen < total {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.context("consume-only stalled")??;
-        let _ = RawMessage::from_kafka(&message);
+        let _ = RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED);
         seen += 1;
     }
     Ok(started.elapsed())
@@ -324,7 +324,7 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
             message.topic.clone(),
             partition.to_string(),
             offset.to_string(),
-            hex(&message.fingerprint()),
+            hex(&message.fingerprints().current),
             request_id.clone(),
             "bench".into(),
         ]));
