@@ -89,6 +89,7 @@ impl EventProducer {
             payload: Some(outgoing.value.clone()),
             headers,
             timestamp_ms: None,
+            header_problem: None,
         }
     }
 

@@ -17,7 +17,7 @@ pub use identity::{Identity, IdentityType};
 pub use reason::{ErrorClass, Reason, Rejection, Stage};
 pub use validate::Validators;
 
-use crate::message::RawMessage;
+use crate::message::{HeaderLimits, HeaderProblem, RawMessage};
 use crate::topics::TopicSchema;
 
 pub const IDENTITY_HEADER: &str = "x-rh-identity";
@@ -44,11 +44,57 @@ pub struct Opened {
     pub request_id: Option<String>,
 }
 
-/// The request id header, if present, valid UTF-8, non-empty and of sane length.
+/// The request id header, if present, valid UTF-8, non-empty, of sane length, free of control
+/// characters (it is logged, stored as text and re-published) and not given twice.
 pub fn request_id(message: &RawMessage) -> Option<String> {
     let raw = message.header(REQUEST_ID_HEADER)?;
     let text = std::str::from_utf8(raw).ok()?.trim();
-    (!text.is_empty() && text.len() <= MAX_REQUEST_ID_LEN).then(|| text.to_string())
+    let valid = !text.is_empty() && text.len() <= MAX_REQUEST_ID_LEN && !text.chars().any(char::is_control);
+    (valid && message.header_count(REQUEST_ID_HEADER) == 1).then(|| text.to_string())
+}
+
+/// Why [`request_id`] found none.
+fn request_id_rejection(message: &RawMessage) -> Rejection {
+    if message.header_count(REQUEST_ID_HEADER) > 1 {
+        return Rejection::new(
+            Reason::RequestIdDuplicate,
+            format!(
+                "the {REQUEST_ID_HEADER} header is given {} times (names compared ignoring case)",
+                message.header_count(REQUEST_ID_HEADER)
+            ),
+        );
+    }
+    match message.header(REQUEST_ID_HEADER).map(|raw| std::str::from_utf8(raw).map(str::trim)) {
+        None | Some(Ok("")) => {
+            Rejection::new(Reason::RequestIdMissing, format!("the {REQUEST_ID_HEADER} header is missing or empty"))
+        }
+        Some(Err(_)) => Rejection::new(Reason::RequestIdInvalid, format!("the {REQUEST_ID_HEADER} header is not UTF-8")),
+        Some(Ok(text)) if text.len() > MAX_REQUEST_ID_LEN => Rejection::new(
+            Reason::RequestIdInvalid,
+            format!("the {REQUEST_ID_HEADER} header has {} bytes, over the limit of {MAX_REQUEST_ID_LEN}", text.len()),
+        ),
+        Some(Ok(_)) => {
+            Rejection::new(Reason::RequestIdInvalid, format!("the {REQUEST_ID_HEADER} header contains a control character"))
+        }
+    }
+}
+
+/// A problem the consumer found in the record's headers, as a rejection.
+fn header_rejection(problem: HeaderProblem, limits: HeaderLimits) -> Rejection {
+    match problem {
+        HeaderProblem::TooMany { count } => Rejection::new(
+            Reason::HeadersTooLarge,
+            format!("the record has {count} headers, over the limit of {}; none were read", limits.max_count),
+        ),
+        HeaderProblem::TooLarge { bytes } => Rejection::new(
+            Reason::HeadersTooLarge,
+            format!("the record's headers hold {bytes} bytes, over the limit of {}; none were read", limits.max_bytes),
+        ),
+        HeaderProblem::NameNotUtf8 { index } => Rejection::new(
+            Reason::HeaderNameNotUtf8,
+            format!("header #{index} has a name that is not UTF-8 (kept with U+FFFD in the dead-letter copy)"),
+        ),
+    }
 }
 
 /// Runs every check on `message`.
@@ -63,12 +109,19 @@ fn check(message: &RawMessage, validators: &Validators, request_id: &mut Option<
     let topic = validators
         .for_topic(&message.topic)
         .ok_or_else(|| Rejection::new(Reason::UnknownTopic, format!("topic {} has no schema in api/event/", message.topic)))?;
+    if let Some(problem) = message.header_problem {
+        return Err(header_rejection(problem, HeaderLimits::SERVICE));
+    }
+    let identities = message.header_count(IDENTITY_HEADER);
+    if identities > 1 {
+        return Err(Rejection::new(
+            Reason::IdentityDuplicate,
+            format!("the {IDENTITY_HEADER} header is given {identities} times (names compared ignoring case)"),
+        ));
+    }
     let identity = validators.identities.check(message.header(IDENTITY_HEADER), &validators.identity)?;
     if request_id.is_none() {
-        return Err(Rejection::new(
-            Reason::RequestIdMissing,
-            format!("the {REQUEST_ID_HEADER} header is missing, empty, not UTF-8 or longer than {MAX_REQUEST_ID_LEN} bytes"),
-        ));
+        return Err(request_id_rejection(message));
     }
     let bytes = message
         .payload

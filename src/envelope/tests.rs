@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::Config;
-use crate::message::Header;
+use crate::message::{Header, HeaderProblem};
 use crate::samples;
 use serde_json::json;
 
@@ -18,6 +18,7 @@ fn message(key: &str, payload: &[u8], headers: &[(&str, &[u8])]) -> RawMessage {
         payload: Some(payload.to_vec()),
         headers: headers.iter().map(|(k, v)| Header { key: k.to_string(), value: Some(v.to_vec()) }).collect(),
         timestamp_ms: None,
+        header_problem: None,
     }
 }
 
@@ -145,7 +146,7 @@ fn oversized_request_id_is_refused() {
     let body = samples::todo_created(1).to_string();
     let msg =
         message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, identity.as_bytes()), (REQUEST_ID_HEADER, long.as_bytes())]);
-    assert_eq!(open(&msg, &validators()).result.unwrap_err().reason, Reason::RequestIdMissing);
+    assert_eq!(open(&msg, &validators()).result.unwrap_err().reason, Reason::RequestIdInvalid);
 }
 
 #[test]
@@ -175,4 +176,163 @@ fn the_identity_cache_remembers_only_identities_that_passed_and_stays_bounded() 
     let third = cache.check(Some(&header("3")), &validators.identity).unwrap();
     assert_eq!(third.org_id.as_deref(), Some("3"));
     assert_eq!(cache.len(), 1);
+}
+
+fn with_headers(headers: Vec<Header>) -> RawMessage {
+    let body = samples::todo_created(1).to_string();
+    RawMessage { headers, ..message("todo-created", body.as_bytes(), &[]) }
+}
+
+fn header(key: &str, value: &[u8]) -> Header {
+    Header { key: key.into(), value: Some(value.to_vec()) }
+}
+
+fn identity_header() -> Vec<u8> {
+    identity::encode_identity(&samples::user_identity("1")).into_bytes()
+}
+
+#[test]
+fn an_identity_or_request_id_given_twice_is_ambiguous() {
+    let v = validators();
+    let twice = with_headers(vec![
+        header("x-rh-identity", &identity_header()),
+        header("X-RH-IDENTITY", &identity_header()),
+        header(REQUEST_ID_HEADER, b"r"),
+    ]);
+    assert_eq!(open(&twice, &v).result.unwrap_err().reason, Reason::IdentityDuplicate);
+    let twice = with_headers(vec![
+        header(IDENTITY_HEADER, &identity_header()),
+        header(REQUEST_ID_HEADER, b"r1"),
+        header("X-Rh-Insights-Request-Id", b"r2"),
+    ]);
+    let opened = open(&twice, &v);
+    assert_eq!(opened.result.unwrap_err().reason, Reason::RequestIdDuplicate);
+    assert_eq!(opened.request_id, None, "neither of two request ids is logged as the message's");
+}
+
+#[test]
+fn control_characters_in_a_request_id_or_identity_text_are_refused() {
+    let v = validators();
+    for bad in [&b"a\0b"[..], b"line\nbreak", b"\x1b[31mred"] {
+        let msg = with_headers(vec![header(IDENTITY_HEADER, &identity_header()), header(REQUEST_ID_HEADER, bad)]);
+        assert_eq!(open(&msg, &v).result.unwrap_err().reason, Reason::RequestIdInvalid, "{bad:?}");
+    }
+    let not_utf8 = with_headers(vec![header(IDENTITY_HEADER, &identity_header()), header(REQUEST_ID_HEADER, b"\xff\xfe")]);
+    assert_eq!(open(&not_utf8, &v).result.unwrap_err().reason, Reason::RequestIdInvalid);
+
+    for member in ["org_id", "account_number", "auth_type"] {
+        let mut document = samples::user_identity("1");
+        document["identity"][member] = json!("12\u{0}34");
+        let msg = with_headers(vec![
+            header(IDENTITY_HEADER, identity::encode_identity(&document).as_bytes()),
+            header(REQUEST_ID_HEADER, b"r"),
+        ]);
+        let rejection = open(&msg, &v).result.unwrap_err();
+        assert_eq!(rejection.reason, Reason::IdentitySchemaViolation, "{member}");
+        assert!(rejection.message.contains(&format!("/identity/{member}")), "{}", rejection.message);
+    }
+}
+
+#[test]
+fn header_problems_found_while_reading_are_rejections() {
+    let v = validators();
+    let cases = [
+        (HeaderProblem::TooMany { count: 100_000 }, Reason::HeadersTooLarge, "100000 headers"),
+        (HeaderProblem::TooLarge { bytes: 900_000 }, Reason::HeadersTooLarge, "900000 bytes"),
+        (HeaderProblem::NameNotUtf8 { index: 2 }, Reason::HeaderNameNotUtf8, "header #2"),
+    ];
+    for (problem, reason, says) in cases {
+        let mut msg = with_headers(vec![header(IDENTITY_HEADER, &identity_header()), header(REQUEST_ID_HEADER, b"r")]);
+        msg.header_problem = Some(problem);
+        let rejection = open(&msg, &v).result.unwrap_err();
+        assert_eq!(rejection.reason, reason);
+        assert!(rejection.message.contains(says), "{}", rejection.message);
+    }
+}
+
+#[test]
+fn deeply_nested_json_is_refused_as_not_json_without_overflowing_the_stack() {
+    let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+    let msg = RawMessage {
+        payload: Some(nested.into_bytes()),
+        ..with_headers(vec![header(IDENTITY_HEADER, &identity_header()), header(REQUEST_ID_HEADER, b"r")])
+    };
+    let rejection = open(&msg, &validators()).result.unwrap_err();
+    assert_eq!(rejection.reason, Reason::PayloadNotJson);
+    assert!(rejection.message.contains("recursion limit"), "{}", rejection.message);
+}
+
+#[test]
+fn a_payload_breaking_its_schema_a_million_times_gets_a_bounded_message() {
+    // The todo schema allows no extra members: each of these breaks `additionalProperties`.
+    let mut payload = samples::todo_created(1);
+    let object = payload.as_object_mut().unwrap();
+    for i in 0..50_000 {
+        object.insert(format!("x{i}"), json!(i));
+    }
+    let started = std::time::Instant::now();
+    let rejection = open_payload("todo-created", &payload).unwrap_err();
+    assert_eq!(rejection.reason, Reason::SchemaViolation);
+    assert!(rejection.message.len() <= crate::envelope::reason::MAX_MESSAGE_LEN, "{}", rejection.message.len());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+#[test]
+fn nul_in_payload_strings_and_property_names_is_escaped_in_the_rejection() {
+    let payload = json!({"id": 1, "title": "t", "description": "d", "na\u{0}me": "v\u{0}"});
+    let rejection = open_payload("todo-created", &payload).unwrap_err();
+    assert_eq!(rejection.reason, Reason::SchemaViolation);
+    assert!(!rejection.message.contains('\0'), "{}", rejection.message);
+    assert!(rejection.message.contains("na\\u{0}me"), "{}", rejection.message);
+}
+
+mod properties {
+    //! Whatever bytes arrive, opening a message returns a checked message or a rejection: it
+    //! never panics, and a rejection's message holds no control character.
+    use super::*;
+    use proptest::prelude::*;
+
+    fn arbitrary_header() -> impl Strategy<Value = Header> {
+        let names = prop_oneof![
+            Just("x-rh-identity".to_string()),
+            Just("X-Rh-Identity".to_string()),
+            Just("x-rh-insights-request-id".to_string()),
+            ".{0,24}",
+        ];
+        let values = prop_oneof![
+            Just(Some(identity_header())),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            proptest::collection::vec(any::<u8>(), 0..64)
+                .prop_map(|bytes| Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes).into_bytes())),
+        ];
+        (names, values).prop_map(|(key, value)| Header { key, value })
+    }
+
+    fn arbitrary_payload() -> impl Strategy<Value = Option<Vec<u8>>> {
+        prop_oneof![
+            Just(Some(samples::todo_created(1).to_string().into_bytes())),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
+            "\\PC{0,64}".prop_map(|text| Some(json!({"id": 1, "title": text, "description": text}).to_string().into_bytes())),
+            proptest::collection::btree_map(".{0,8}", any::<i64>(), 0..8).prop_map(|map| Some(serde_json::to_vec(&map).unwrap())),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 2000, ..ProptestConfig::default() })]
+        #[test]
+        fn opening_never_panics(
+            headers in proptest::collection::vec(arbitrary_header(), 0..6),
+            payload in arbitrary_payload(),
+            key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
+            topic in prop_oneof![Just("todo-created"), Just("host-status-changed"), Just("cluster-install-progressed"), Just("nope")],
+        ) {
+            let msg = RawMessage { headers, payload, key, ..message(topic, b"", &[]) };
+            match open(&msg, &VALIDATORS).result {
+                Ok(checked) => prop_assert!(!checked.request_id.chars().any(char::is_control)),
+                Err(rejection) => prop_assert!(!rejection.message.chars().any(char::is_control)),
+            }
+        }
+    }
+
+    static VALIDATORS: std::sync::LazyLock<Validators> = std::sync::LazyLock::new(validators);
 }

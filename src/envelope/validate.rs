@@ -50,8 +50,10 @@ pub struct Validators {
 /// Distinct identities remembered as checked (see [`IdentityCache`]); a few hundred KiB at most.
 const IDENTITY_CACHE_CAPACITY: usize = 4096;
 
-/// The default limit on a message value: Kafka's own default `message.max.bytes` is about 1 MB.
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
+/// The default limit on a message value: below the 1,000,000-byte record the service's producers
+/// send ([`crate::kafka::MAX_RECORD_BYTES`]), with room for what the enriched stream event adds
+/// (metadata, the key twice, the identity header).
+pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 900_000;
 
 impl Validators {
     /// Compiles the identity schema and every registry schema, naming topics through `topics`.
@@ -108,13 +110,21 @@ impl Validators {
             format!("at `{at}` (keyword `{}`): {rule}", e.kind().keyword())
         };
         let mut message = format!("topic {topic}: {}", describe(&first));
-        let rest: Vec<_> = errors.collect();
-        for error in rest.iter().take(SHOWN - 1) {
-            message.push_str("; ");
-            message.push_str(&describe(error));
+        // Only a few errors are shown and the rest are not collected: a hostile payload of a
+        // megabyte can break a rule a million times. Counting stops at a bound too.
+        const COUNTED: usize = 1000;
+        let mut more = 0;
+        for error in errors.take(COUNTED) {
+            if more < SHOWN - 1 {
+                message.push_str("; ");
+                message.push_str(&describe(&error));
+            }
+            more += 1;
         }
-        if rest.len() > SHOWN - 1 {
-            message.push_str(&format!("; and {} more", rest.len() - (SHOWN - 1)));
+        match more.checked_sub(SHOWN - 1) {
+            Some(0) | None => {}
+            Some(rest) if more == COUNTED => message.push_str(&format!("; and at least {rest} more")),
+            Some(rest) => message.push_str(&format!("; and {rest} more")),
         }
         Err(Rejection::new(Reason::SchemaViolation, message))
     }
