@@ -5,7 +5,8 @@
 //! `kafka_dlt-*`: enough to find the original message and to re-inject it after a fix.
 
 use crate::envelope::Rejection;
-use crate::message::{Header, RawMessage};
+use crate::kafka::{record_size, MAX_RECORD_BYTES};
+use crate::message::{header_refs, Header, RawMessage};
 
 pub const ORIGINAL_TOPIC: &str = "x-dlq-original-topic";
 pub const ORIGINAL_PARTITION: &str = "x-dlq-original-partition";
@@ -17,6 +18,56 @@ pub const REASON: &str = "x-dlq-reason";
 pub const ERROR_CLASS: &str = "x-dlq-error-class";
 pub const MESSAGE: &str = "x-dlq-message";
 pub const ATTEMPTS: &str = "x-dlq-attempts";
+/// On a copy too large to send whole: which parts were left out (`value`, `headers`, `key`,
+/// comma separated). The `dead_letters` table keeps the key and value in full.
+pub const OMITTED: &str = "x-dlq-omitted";
+
+/// What is published to the dead-letter topic for one message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Copy<'a> {
+    pub key: Option<&'a [u8]>,
+    pub value: &'a [u8],
+    pub headers: Vec<Header>,
+}
+
+/// The dead-letter copy of `message`, made to fit in a Kafka record. The rule, in order, until
+/// it fits: the whole message; the value left out; the original headers left out too (the
+/// dead-letter headers and the request id stay); the key left out too. [`OMITTED`] names what
+/// was left out. The `dead_letters` table row keeps the key and the value in full, and `replay`
+/// takes them from there.
+pub fn copy<'a>(message: &'a RawMessage, rejection: &Rejection, group_id: &str) -> Copy<'a> {
+    let full = dead_letter_headers(message, rejection, group_id);
+    let value = message.payload.as_deref().unwrap_or_default();
+    let key = message.key.as_deref();
+    let fits =
+        |key: Option<&[u8]>, value: &[u8], headers: &[Header]| record_size(key, value, &header_refs(headers)) <= MAX_RECORD_BYTES;
+    if fits(key, value, &full) {
+        return Copy { key, value, headers: full };
+    }
+    let mut omitted = vec!["value"];
+    let with_omitted = |mut headers: Vec<Header>, omitted: &[&str]| {
+        headers.push(Header { key: OMITTED.into(), value: Some(omitted.join(",").into_bytes()) });
+        headers
+    };
+    let headers = with_omitted(full.clone(), &omitted);
+    if fits(key, &[], &headers) {
+        return Copy { key, value: &[], headers };
+    }
+    omitted.push("headers");
+    let context: Vec<Header> = full
+        .into_iter()
+        .filter(|h| {
+            let name = h.key.to_ascii_lowercase();
+            name.starts_with("x-dlq-") || name == crate::envelope::REQUEST_ID_HEADER
+        })
+        .collect();
+    let headers = with_omitted(context.clone(), &omitted);
+    if fits(key, &[], &headers) {
+        return Copy { key, value: &[], headers };
+    }
+    omitted.push("key");
+    Copy { key: None, value: &[], headers: with_omitted(context, &omitted) }
+}
 
 /// The original headers followed by the dead-letter headers. Any `x-dlq-*` header the message
 /// already had (a message dead-lettered twice) is replaced, not duplicated.
@@ -57,6 +108,7 @@ mod tests {
                 Header { key: "X-DLQ-Reason".into(), value: Some(b"old".to_vec()) },
             ],
             timestamp_ms: Some(1_700_000_000_000),
+            header_problem: None,
         };
         let headers = dead_letter_headers(&message, &Rejection::new(Reason::PayloadNotJson, "bad"), "g");
         let get =
@@ -67,5 +119,43 @@ mod tests {
         assert_eq!(get(ORIGINAL_OFFSET).as_deref(), Some("42"));
         assert_eq!(get(ORIGINAL_TIMESTAMP).as_deref(), Some("1700000000000"));
         assert!(get("X-DLQ-Reason").is_none());
+    }
+
+    fn message_of(key: usize, value: usize, headers: usize) -> RawMessage {
+        RawMessage {
+            topic: "t".into(),
+            partition: 0,
+            offset: 1,
+            key: Some(vec![b'k'; key]),
+            payload: Some(vec![b'v'; value]),
+            headers: (0..headers)
+                .map(|i| Header { key: format!("h{i}"), value: Some(vec![b'x'; 1000]) })
+                .chain([Header { key: "x-rh-insights-request-id".into(), value: Some(b"req".to_vec()) }])
+                .collect(),
+            timestamp_ms: None,
+            header_problem: None,
+        }
+    }
+
+    #[test]
+    fn a_copy_always_fits_in_a_record_and_says_what_it_left_out() {
+        let rejection = Rejection::new(Reason::PayloadTooLarge, "big");
+        let omitted = |copy: &Copy| {
+            copy.headers.iter().find(|h| h.key == OMITTED).map(|h| String::from_utf8(h.value.clone().unwrap()).unwrap())
+        };
+        let cases = [
+            (message_of(10, 1000, 2), None, true),
+            (message_of(10, MAX_RECORD_BYTES, 2), Some("value"), true),
+            (message_of(10, MAX_RECORD_BYTES, 1000), Some("value,headers"), true),
+            (message_of(MAX_RECORD_BYTES, MAX_RECORD_BYTES, 2), Some("value,headers,key"), false),
+        ];
+        for (message, expected, key_kept) in cases {
+            let copy = copy(&message, &rejection, "g");
+            assert!(record_size(copy.key, copy.value, &header_refs(&copy.headers)) <= MAX_RECORD_BYTES);
+            assert_eq!(omitted(&copy).as_deref(), expected);
+            assert_eq!(copy.key.is_some(), key_kept);
+            assert!(copy.headers.iter().any(|h| h.key == REASON), "the reason always travels");
+            assert!(copy.headers.iter().any(|h| h.key == "x-rh-insights-request-id"), "so does the request id");
+        }
     }
 }

@@ -66,10 +66,44 @@ pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// The largest record the service's producers send (librdkafka's `message.max.bytes`, set
+/// explicitly at its default; a Kafka broker's own default is about 1 MiB). Everything the
+/// service publishes is checked against it first (see [`record_size`]), because a record over it
+/// can never be sent, and retrying it would stop whatever waits behind it.
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
+/// What librdkafka counts of a record against `message.max.bytes`: key, value and headers, with
+/// a margin for the length prefixes and the record's framing.
+pub fn record_size(key: Option<&[u8]>, value: &[u8], headers: &[HeaderRef<'_>]) -> usize {
+    let headers: usize = headers.iter().map(|h| h.key.len() + h.value.map_or(0, <[u8]>::len) + 16).sum();
+    key.map_or(0, <[u8]>::len) + value.len() + headers + 128
+}
+
+/// Whether a publish error can never succeed on retry: the record itself is refused (too
+/// large, invalid), by librdkafka or by the broker.
+pub fn is_permanent(error: &KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as Code;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            Code::MessageSizeTooLarge
+                | Code::InvalidMessageSize
+                | Code::InvalidMessage
+                | Code::InvalidRecord
+                | Code::InvalidTopic
+        )
+    )
+}
+
 /// Producer settings: idempotent, acknowledged by all in-sync replicas.
 pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = client_config(kafka);
-    config.set("enable.idempotence", "true").set("acks", "all").set("linger.ms", "5").set("message.timeout.ms", "30000");
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", "5")
+        .set("message.timeout.ms", "30000")
+        .set("message.max.bytes", MAX_RECORD_BYTES.to_string());
     config
 }
 

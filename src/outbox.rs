@@ -40,6 +40,9 @@ const RELAY_LOCK: i64 = 0x6f7574626f78;
 /// Events published per batch: whole rows are read until they hold at least this many (every row
 /// holds at least one, so that is also the most rows a batch reads).
 const BATCH: i64 = 500;
+/// Bytes of events read per batch, by the same rule (a row larger than this is read alone): with
+/// large messages, 500 events could be half a gigabyte.
+const BATCH_BYTES: i64 = 16 * 1024 * 1024;
 /// How often an idle relay looks for rows written by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(500);
 
@@ -195,14 +198,19 @@ impl Relay {
         if !locked {
             return Ok(BatchResult { published: 0, locked_out: true });
         }
-        // Whole rows in id order, until they hold at least BATCH events.
+        // Whole rows in id order, until they hold at least BATCH events or BATCH_BYTES bytes
+        // (`octet_length` reads the stored size, not the data).
         let rows: Vec<Row> = sqlx::query_as(
             "SELECT id, events, topic, message_key, payload, headers
-             FROM (SELECT *, sum(event_count) OVER (ORDER BY id) - event_count AS before
-                   FROM outbox ORDER BY id LIMIT $1) AS oldest
-             WHERE before < $1 ORDER BY id",
+             FROM (SELECT *, sum(event_count) OVER w - event_count AS before,
+                          sum(size) OVER w - size AS bytes_before
+                   FROM (SELECT *, COALESCE(octet_length(events), octet_length(payload), 0)::int8 AS size
+                         FROM outbox ORDER BY id LIMIT $1) AS o
+                   WINDOW w AS (ORDER BY id)) AS oldest
+             WHERE before < $1 AND bytes_before < $2 ORDER BY id",
         )
         .bind(BATCH)
+        .bind(BATCH_BYTES)
         .fetch_all(&mut *tx)
         .await?;
         if rows.is_empty() {
@@ -222,14 +230,25 @@ impl Relay {
         let (mut published, mut total) = (0, 0);
         let mut first_error = None;
         for (row, events) in rows.iter().zip(&events) {
-            for result in results.by_ref().take(events.len()) {
+            // A row is done when each of its events was acknowledged or refused for good (those
+            // are parked); a transient failure keeps it, and every row after it, for next time.
+            let mut refused = Vec::new();
+            for (event, result) in events.iter().zip(results.by_ref().take(events.len())) {
                 total += 1;
                 self.telemetry.stream_published(result.is_ok());
-                if let Err(error) = result {
-                    first_error.get_or_insert(error);
+                match result {
+                    Ok(_) => {}
+                    Err(error) if crate::kafka::is_permanent(&error) => refused.push((event, error)),
+                    Err(error) => {
+                        first_error.get_or_insert(error);
+                    }
                 }
             }
             if first_error.is_none() {
+                for (event, error) in refused {
+                    park(&mut tx, row.id, event, &error).await?;
+                    self.telemetry.stream_event_undeliverable(event.topic, &error);
+                }
                 delivered.push(row.id);
                 published += events.len();
             }
@@ -242,6 +261,34 @@ impl Relay {
                 .context(format!("publishing to the stream ({published} of {total} events acknowledged in order)"))),
         }
     }
+}
+
+/// Moves an event Kafka refused for good out of the way of the events behind it (see migration
+/// 0007): kept without its identity header, with the error.
+async fn park(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    outbox_id: i64,
+    event: &OutgoingEvent<'_>,
+    error: &rdkafka::error::KafkaError,
+) -> Result<(), sqlx::Error> {
+    let request_id = event
+        .headers
+        .iter()
+        .find(|h| h.key.eq_ignore_ascii_case(crate::envelope::REQUEST_ID_HEADER))
+        .and_then(|h| h.value)
+        .map(String::from_utf8_lossy);
+    sqlx::query(
+        "INSERT INTO stream_undeliverable (outbox_id, topic, message_key, payload, request_id, error) VALUES ($1, $2, $3, $4, $5, $6)",
+    )
+    .bind(outbox_id)
+    .bind(event.topic)
+    .bind(event.key)
+    .bind(event.payload)
+    .bind(request_id.map(|id| crate::envelope::reason::escape_control(id.into_owned())))
+    .bind(crate::envelope::reason::escape_control(error.to_string()))
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
 }
 
 /// Rows read at most: beyond it the backlog gauge reads what those rows hold; the age is what

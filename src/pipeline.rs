@@ -25,9 +25,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::TopicConfig;
-use crate::dead_letter::dead_letter_headers;
-use crate::envelope::{self, Checked, Rejection, Validators};
-use crate::kafka::Publisher;
+use crate::dead_letter;
+use crate::envelope::{self, Checked, Reason, Rejection, Validators};
+use crate::kafka::{self, Publisher};
 use crate::message::{header_refs, RawMessage};
 use crate::outbox::{self, OutgoingEvent};
 use crate::replay;
@@ -210,6 +210,22 @@ impl Pipeline {
             Err(rejection) => return Step::Reject { message, rejection, request_id: opened.request_id },
         };
         let event = self.topics.stream_enabled.then(|| stream::enriched_event(&checked, &message, received_at));
+        if let Some(event) = &event {
+            // An event that can never be published would stop the stream behind it: such a
+            // message is refused before it has any effect.
+            let size = stream::record_size(&message, &checked.request_id, event);
+            if size > kafka::MAX_RECORD_BYTES {
+                let rejection = Rejection::new(
+                    Reason::EventTooLarge,
+                    format!(
+                        "topic {}: the enriched stream event would be a {size}-byte record, over the limit of {} (it carries the key twice and the identity header)",
+                        message.topic,
+                        kafka::MAX_RECORD_BYTES
+                    ),
+                );
+                return Step::Reject { message, rejection, request_id: Some(checked.request_id) };
+            }
+        }
         let Checked { schema, payload, identity, request_id } = checked;
         let ctx = Context {
             topic: message.topic.clone(),
@@ -269,13 +285,13 @@ impl Pipeline {
                 let mut end = run.len();
                 while end > 0 {
                     match attempt.retry("database", &run[0].message, || attempt.write(&run[..end])).await {
-                        None => return self.abandoned_from(&steps, done),
-                        Some(BatchWrite::Committed(handled)) => {
+                        Err(_) => return self.abandoned_from(&steps, done),
+                        Ok(BatchWrite::Committed(handled)) => {
                             self.finish_handled(&run[..end], handled);
                             done += end;
                             break;
                         }
-                        Some(BatchWrite::Refused(index, _)) => end = index.min(end - 1),
+                        Ok(BatchWrite::Refused(index, _)) => end = index.min(end - 1),
                     }
                 }
                 if end == run.len() {
@@ -365,10 +381,11 @@ impl Attempt<'_> {
         let alone = [p];
         let mut attempt = 1;
         let result = loop {
+            // `write` turns every permanent failure into a refusal, so only the deadline stops it.
             let refusal = match self.retry("database", &p.message, || self.write(&alone)).await {
-                None => return Outcome::Abandoned,
-                Some(BatchWrite::Committed(mut handled)) => break handled.remove(0),
-                Some(BatchWrite::Refused(_, refusal)) => refusal,
+                Err(_) => return Outcome::Abandoned,
+                Ok(BatchWrite::Committed(mut handled)) => break handled.remove(0),
+                Ok(BatchWrite::Refused(_, refusal)) => refusal,
             };
             let rejection = match refusal {
                 Refusal::Retryable(rejection) if attempt < self.pipeline.max_attempts => {
@@ -392,11 +409,28 @@ impl Attempt<'_> {
         outcome
     }
 
+    /// Writes `batch` in one transaction (see [`Attempt::write_once`]). The database refusing a
+    /// value itself (a data exception) is no transient failure: retrying cannot help, so it is a
+    /// refusal, pinned on the first message; the callers then write that message
+    /// alone, which either succeeds or dead-letters it, and the rest goes on.
+    async fn write(&self, batch: &[&Prepared]) -> anyhow::Result<BatchWrite> {
+        match self.write_once(batch).await {
+            Err(error) if error.downcast_ref::<sqlx::Error>().is_some_and(store::is_data_exception) => Ok(BatchWrite::Refused(
+                0,
+                Refusal::Rejected(Rejection::new(
+                    Reason::DatabaseRejected,
+                    format!("the database refused the message's rows: {error:#}"),
+                )),
+            )),
+            result => result,
+        }
+    }
+
     /// Writes `batch` in one transaction, in order: the inbox rows with one statement, then the
     /// handler once per run of one topic, then the outbox row holding the events, so a
     /// partition's backlog costs one commit and a few round trips per batch. The first refusal undoes the
     /// whole transaction and names the message. `Err` is a transient failure, to be retried.
-    async fn write(&self, batch: &[&Prepared]) -> anyhow::Result<BatchWrite> {
+    async fn write_once(&self, batch: &[&Prepared]) -> anyhow::Result<BatchWrite> {
         let opened = Instant::now();
         let mut tx = self.pipeline.pool.begin().await?;
         let mut keys = Vec::with_capacity(batch.len());
@@ -470,7 +504,8 @@ impl Attempt<'_> {
     /// replaying it twice has one effect.
     async fn inbox_key(&self, tx: &mut store::Tx, message: &RawMessage) -> anyhow::Result<InboxKey> {
         let key = InboxKey::of(message);
-        if let Some(original) = replay::replay_of(message, key.fingerprint) {
+        // A replay goes back to its original topic; a header naming another topic is not one.
+        if let Some(original) = replay::replay_of(message, &key).filter(|o| o.topic == message.topic) {
             if dead_letters::is_recorded(&mut **tx, &original).await? {
                 return Ok(original);
             }
@@ -479,7 +514,8 @@ impl Attempt<'_> {
     }
 
     /// Publishes `message` to the dead-letter topic and records it in `dead_letters`. A message
-    /// already recorded (a redelivery) is not published again.
+    /// already recorded (a redelivery) is not published again. The copy is made to fit in a
+    /// record ([`dead_letter::copy`]); the row keeps the full key and value.
     async fn dead_letter(
         &self,
         message: &RawMessage,
@@ -491,24 +527,29 @@ impl Attempt<'_> {
         let fingerprint = key.fingerprint;
         match self.retry("database", message, || async { Ok(dead_letters::is_recorded(&self.pipeline.pool, &key).await?) }).await
         {
-            None => return Outcome::Abandoned,
-            Some(true) => return Outcome::Duplicate,
-            Some(false) => {}
+            Err(Halt::Abandoned) => return Outcome::Abandoned,
+            Err(Halt::Permanent(_)) | Ok(false) => {}
+            Ok(true) => return Outcome::Duplicate,
         }
-        let headers = dead_letter_headers(message, rejection, &self.pipeline.group_id);
-        let headers = header_refs(&headers);
+        let copy = dead_letter::copy(message, rejection, &self.pipeline.group_id);
+        let headers = header_refs(&copy.headers);
         let topic = self.pipeline.topics.dead_letter();
-        let payload = message.payload.as_deref().unwrap_or_default();
         let published = self
             .retry("dead_letter", message, || async {
-                self.pipeline
-                    .publisher
-                    .publish(&topic, message.key.as_deref(), payload, &headers)
-                    .await
-                    .map_err(anyhow::Error::from)
+                self.pipeline.publisher.publish(&topic, copy.key, copy.value, &headers).await.map_err(anyhow::Error::from)
             })
             .await;
-        let Some(delivery) = published else { return Outcome::Abandoned };
+        let delivery = match published {
+            Ok(delivery) => delivery,
+            Err(Halt::Abandoned) => return Outcome::Abandoned,
+            Err(Halt::Permanent(error)) => {
+                // The broker refuses even the copy that fits the producer's limit (its own
+                // limit is lower): without a copy the message would block its partition for
+                // good, so the row alone records it, with no coordinates in the topic.
+                self.pipeline.telemetry.dead_letter_copy_refused(message, &error);
+                kafka::Delivery { partition: -1, offset: -1 }
+            }
+        };
         let record = DeadLetter {
             message,
             fingerprint: &fingerprint,
@@ -519,12 +560,12 @@ impl Attempt<'_> {
             dead_letter_partition: delivery.partition,
             dead_letter_offset: delivery.offset,
         };
-        if self
-            .retry("database", message, || async { Ok(dead_letters::record(&self.pipeline.pool, &record).await?) })
-            .await
-            .is_none()
-        {
-            return Outcome::Abandoned;
+        match self.retry("database", message, || async { Ok(dead_letters::record(&self.pipeline.pool, &record).await?) }).await {
+            Ok(()) => {}
+            Err(Halt::Abandoned) => return Outcome::Abandoned,
+            // Values are checked before they get here (rejection messages are escaped, request
+            // and org ids validated), so this is a bug; the copy in the topic is the record.
+            Err(Halt::Permanent(error)) => self.pipeline.telemetry.dead_letter_row_refused(message, &error),
         }
         self.pipeline.telemetry.message_dead_lettered(message, rejection, request_id);
         Outcome::DeadLettered
@@ -538,9 +579,10 @@ impl Attempt<'_> {
         }
     }
 
-    /// Runs `attempt` until it succeeds, backing off between failures. `None` when the shutdown
-    /// deadline passed first.
-    async fn retry<T, F, Fut>(&self, step: &'static str, message: &RawMessage, mut attempt: F) -> Option<T>
+    /// Runs `attempt` until it succeeds, backing off between failures. Stops early when the
+    /// shutdown deadline passed, or when the failure can never succeed on retry (the database
+    /// refusing the data, Kafka refusing the record): those would otherwise stop the partition.
+    async fn retry<T, F, Fut>(&self, step: &'static str, message: &RawMessage, mut attempt: F) -> Result<T, Halt>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = anyhow::Result<T>>,
@@ -549,22 +591,37 @@ impl Attempt<'_> {
         loop {
             let result = tokio::select! {
                 biased;
-                _ = self.abandon.cancelled() => return None,
+                _ = self.abandon.cancelled() => return Err(Halt::Abandoned),
                 result = attempt() => result,
             };
             match result {
-                Ok(value) => return Some(value),
+                Ok(value) => return Ok(value),
+                Err(error) if is_permanent(&error) => return Err(Halt::Permanent(error)),
                 Err(error) => {
                     let delay = self.pipeline.backoff.delay(failures);
                     failures += 1;
                     self.pipeline.telemetry.retrying(step, message, failures, delay, &format!("{error:#}"));
                     if !self.sleep_unless_abandoned(delay).await {
-                        return None;
+                        return Err(Halt::Abandoned);
                     }
                 }
             }
         }
     }
+}
+
+/// Why [`Attempt::retry`] stopped without a result.
+enum Halt {
+    /// The shutdown or revoke deadline passed.
+    Abandoned,
+    /// Retrying cannot help.
+    Permanent(anyhow::Error),
+}
+
+/// Whether `error` is one that no retry can mend.
+fn is_permanent(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<sqlx::Error>().is_some_and(store::is_data_exception)
+        || error.downcast_ref::<rdkafka::error::KafkaError>().is_some_and(kafka::is_permanent)
 }
 
 /// Writes that several partitions have ready at the same time, merged into one transaction.

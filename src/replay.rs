@@ -27,19 +27,18 @@ use crate::message::{header_refs, Header, RawMessage};
 use crate::store::dead_letters::{self, Recorded};
 use crate::store::{self, InboxKey};
 
-/// Header on a re-injected message: `<topic>/<partition>/<offset>` of the original.
-pub const REPLAY_OF: &str = "x-event-router-replay-of";
+pub use crate::message::REPLAY_OF;
 
-/// The original a replayed message claims to be, with the replayed message's own fingerprint
-/// (key, value and timestamp are the original's, so the fingerprints agree when the claim is
-/// true).
-pub fn replay_of(message: &RawMessage, fingerprint: [u8; 32]) -> Option<InboxKey> {
+/// The original a replayed message claims to be, with the replayed message's own fingerprints
+/// (`key`'s: key, value, timestamp and headers are the original's, so the fingerprints agree
+/// when the claim is true).
+pub fn replay_of(message: &RawMessage, key: &InboxKey) -> Option<InboxKey> {
     let value = std::str::from_utf8(message.header(REPLAY_OF)?).ok()?;
     let mut parts = value.rsplitn(3, '/');
     let offset = parts.next()?.parse().ok()?;
     let partition = parts.next()?.parse().ok()?;
     let topic = parts.next()?.to_string();
-    Some(InboxKey { topic, partition, offset, fingerprint })
+    Some(InboxKey { topic, partition, offset, ..key.clone() })
 }
 
 /// Where the dead letters to replay are chosen.
@@ -73,14 +72,24 @@ pub struct Summary {
     pub skipped_already_replayed: u64,
     /// Chosen in the table, but the copy is no longer in the dead-letter topic (retention).
     pub missing_copies: u64,
+    /// Copies naming an original topic the service does not own: never re-injected.
+    pub refused_foreign_topic: u64,
+    /// Copies that left out their value or key (too large to copy whole) and have no
+    /// `dead_letters` row to take them from.
+    pub incomplete_copies: u64,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} matched, {} replayed, {} skipped (replayed before; --include-replayed to replay again), {} missing from the dead-letter topic",
-            self.matched, self.replayed, self.skipped_already_replayed, self.missing_copies
+            "{} matched, {} replayed, {} skipped (replayed before; --include-replayed to replay again), {} missing from the dead-letter topic, {} refused (original topic not owned by the service), {} incomplete (value or key left out of the copy and not in the dead_letters table)",
+            self.matched,
+            self.replayed,
+            self.skipped_already_replayed,
+            self.missing_copies,
+            self.refused_foreign_topic,
+            self.incomplete_copies
         )
     }
 }
@@ -102,10 +111,34 @@ impl Copy {
             offset: text(dead_letter::ORIGINAL_OFFSET)?.parse().ok()?,
             key: message.key.clone(),
             payload: message.payload.clone(),
-            headers: Vec::new(),
+            // The original's headers and the dead-letter ones, which fingerprints leave out.
+            headers: message.headers.clone(),
             timestamp_ms: original_timestamp,
+            header_problem: None,
         };
         Some(Copy { original: InboxKey::of(&original_message), original_timestamp, message })
+    }
+
+    /// Whether the copy left out its value or key ([`dead_letter::OMITTED`]).
+    fn is_incomplete(&self) -> bool {
+        self.message
+            .header(dead_letter::OMITTED)
+            .is_some_and(|omitted| omitted.split(|b| *b == b',').any(|part| part == b"value" || part == b"key"))
+    }
+
+    /// Puts back the key and value the copy left out, as the `dead_letters` row kept them; the
+    /// original's fingerprint is then the real one again.
+    fn complete(&mut self, key: Option<Vec<u8>>, value: Option<Vec<u8>>) {
+        self.message.key = key;
+        self.message.payload = value;
+        let fingerprints = crate::message::fingerprints(
+            self.message.key.as_deref(),
+            self.message.payload.as_deref(),
+            self.original_timestamp,
+            &self.message.headers,
+        );
+        self.original.fingerprint = fingerprints.current;
+        self.original.legacy_fingerprint = fingerprints.legacy;
     }
 
     fn reason(&self) -> Option<&str> {
@@ -159,6 +192,9 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
     };
     let to_find = wanted.as_ref().map(HashSet::len);
 
+    // Only topics the service owns are re-injected into: the original topic comes from a header
+    // of the copy, which whoever can write to the dead-letter topic controls.
+    let owned: HashSet<String> = crate::topics::REGISTRY.iter().map(|schema| config.topics.name(schema.key)).collect();
     let publisher = Publisher::new(&config.kafka)?;
     let copies = read_dead_letter_topic(config)?;
     let progress = indicatif::ProgressBar::new(copies.len() as u64).with_message("dead letters read");
@@ -171,20 +207,33 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
     for message in copies {
         progress.inc(1);
         let coordinates = (message.partition, message.offset);
-        let Some(copy) = Copy::parse(message) else { continue };
+        let Some(mut copy) = Copy::parse(message) else { continue };
         match &wanted {
             Some(wanted) if !wanted.contains(&coordinates) => continue,
             Some(_) => found += 1,
-            None => {
-                if !matches_headers(&copy, filter) {
-                    continue;
-                }
-                summary.matched += 1;
-                if !filter.include_replayed && dead_letters::lookup(&pool, &copy.original).await? == Recorded::Replayed {
-                    summary.skipped_already_replayed += 1;
+            None if !matches_headers(&copy, filter) => continue,
+            None => summary.matched += 1,
+        }
+        if !owned.contains(&copy.original.topic) {
+            summary.refused_foreign_topic += 1;
+            continue;
+        }
+        // A copy too large to send whole left out its value (or key): the table kept them.
+        if copy.is_incomplete() {
+            match original_from_table(&pool, &copy).await? {
+                Some((key, value)) => copy.complete(key, value),
+                None => {
+                    summary.incomplete_copies += 1;
                     continue;
                 }
             }
+        }
+        if wanted.is_none()
+            && !filter.include_replayed
+            && dead_letters::lookup(&pool, &copy.original).await? == Recorded::Replayed
+        {
+            summary.skipped_already_replayed += 1;
+            continue;
         }
         let original = &copy.original;
         if !done.insert((original.topic.clone(), original.partition, original.offset, original.fingerprint)) {
@@ -211,6 +260,23 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
     }
     pool.close().await;
     Ok(summary)
+}
+
+/// The key and value a `dead_letters` row kept of the copy's original, found by the copy's
+/// coordinates in the dead-letter topic.
+async fn original_from_table(pool: &sqlx::PgPool, copy: &Copy) -> anyhow::Result<Option<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
+    sqlx::query_as(
+        "SELECT message_key, payload FROM dead_letters
+         WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND dlq_partition = $4 AND dlq_offset = $5",
+    )
+    .bind(&copy.original.topic)
+    .bind(copy.original.partition)
+    .bind(copy.original.offset)
+    .bind(copy.message.partition)
+    .bind(copy.message.offset)
+    .fetch_optional(pool)
+    .await
+    .context("reading a dead letter's value from the dead_letters table")
 }
 
 fn matches_headers(copy: &Copy, filter: &Filter) -> bool {
@@ -246,7 +312,7 @@ fn read_dead_letter_topic(config: &Config) -> anyhow::Result<Vec<RawMessage>> {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {
                 idle = 0;
-                let message = RawMessage::from_kafka(&message);
+                let message = RawMessage::from_kafka(&message, crate::message::HeaderLimits::UNBOUNDED);
                 if ends.get(&message.partition).is_some_and(|end| message.offset + 1 >= *end) {
                     ends.remove(&message.partition);
                 }

@@ -58,6 +58,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
+use futures::FutureExt as _;
 use serde_json::Value;
 
 use crate::envelope::{Identity, Reason, Rejection};
@@ -99,6 +100,9 @@ pub enum HandlerError {
     /// Something outside the message failed (database, network); the message is retried.
     #[error("transient failure: {0}")]
     Transient(#[source] anyhow::Error),
+    /// The handler panicked (set by the router, not by handlers).
+    #[error("{0}")]
+    Panicked(Rejection),
 }
 
 impl HandlerError {
@@ -227,7 +231,22 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
                 })?;
                 typed.push((event, *ctx));
             }
-            self.handler.handle_batch(typed, tx).await.map_err(|BatchError { index, error }| {
+            // A handler that panics is a bug in the handler, triggered by this input: the
+            // message is dead-lettered (`handler_panicked`) instead of the panic taking the
+            // partition's worker, and with it the consumer, down on every redelivery.
+            let handled = std::panic::AssertUnwindSafe(self.handler.handle_batch(typed, tx)).catch_unwind().await;
+            let handled = handled.unwrap_or_else(|panic| {
+                let rejection = Rejection::new(
+                    Reason::HandlerPanicked,
+                    format!(
+                        "topic {}: the handler panicked: {}",
+                        events[0].1.topic,
+                        crate::consumer::panic_message(panic.as_ref())
+                    ),
+                );
+                Err(BatchError { index: 0, error: HandlerError::Panicked(rejection) })
+            });
+            handled.map_err(|BatchError { index, error }| {
                 // A run is one topic's messages.
                 let topic = &events[0].1.topic;
                 let error = match error {
@@ -238,6 +257,7 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
                         DispatchError::Retryable(Rejection::new(Reason::Handler(code), format!("topic {topic}: {message}")))
                     }
                     HandlerError::Transient(error) => DispatchError::Transient(error),
+                    HandlerError::Panicked(rejection) => DispatchError::Rejected(rejection),
                 };
                 (index.min(events.len() - 1), error)
             })

@@ -75,6 +75,14 @@ pub fn enriched_event(checked: &Checked, source: &RawMessage, received_at: DateT
 /// About what an event adds to its payload (names, metadata, the schema's digest).
 const METADATA_BYTES: usize = 512;
 
+/// [`crate::kafka::record_size`] of the stream event `event` for `source`, with the headers of
+/// [`propagated_headers`] counted in place (this runs for every message).
+pub fn record_size(source: &RawMessage, request_id: &str, event: &[u8]) -> usize {
+    let identity = source.header(IDENTITY_HEADER).map_or(0, |value| IDENTITY_HEADER.len() + value.len() + 16);
+    let request = REQUEST_ID_HEADER.len() + request_id.len() + 16;
+    crate::kafka::record_size(source.key.as_deref(), event, &[]) + identity + request
+}
+
 /// The headers a stream event carries: the source's identity and request id, borrowed from the
 /// source message.
 pub fn propagated_headers<'a>(source: &'a RawMessage, request_id: &'a str) -> Vec<HeaderRef<'a>> {
@@ -84,4 +92,32 @@ pub fn propagated_headers<'a>(source: &'a RawMessage, request_id: &'a str) -> Ve
     }
     headers.push(HeaderRef { key: REQUEST_ID_HEADER, value: Some(request_id.as_bytes()) });
     headers
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Header;
+
+    #[test]
+    fn the_counted_size_is_that_of_the_record_as_published() {
+        let source = RawMessage {
+            topic: "t".into(),
+            partition: 0,
+            offset: 0,
+            key: Some(b"key".to_vec()),
+            payload: None,
+            headers: vec![
+                Header { key: "X-Rh-Identity".into(), value: Some(vec![b'i'; 300]) },
+                Header { key: "other".into(), value: Some(vec![b'o'; 50]) },
+            ],
+            timestamp_ms: None,
+            header_problem: None,
+        };
+        let event = vec![b'e'; 1000];
+        assert_eq!(
+            record_size(&source, "request", &event),
+            crate::kafka::record_size(source.key.as_deref(), &event, &propagated_headers(&source, "request"))
+        );
+    }
 }

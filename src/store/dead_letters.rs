@@ -34,9 +34,10 @@ pub enum Recorded {
     Replayed,
 }
 
-/// The lookup of one record by its unique key (topic, partition, offset, fingerprint).
+/// The lookup of one record by its unique key (topic, partition, offset, fingerprint), by its
+/// current or its legacy fingerprint (rows older releases wrote).
 pub const LOOKUP: &str = "SELECT bool_or(replayed_at IS NOT NULL) FROM dead_letters
-     WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint = $4";
+     WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint IN ($4, $5)";
 
 /// Looks the record up.
 pub async fn lookup<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<Recorded, sqlx::Error> {
@@ -45,6 +46,7 @@ pub async fn lookup<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result
         .bind(key.partition)
         .bind(key.offset)
         .bind(&key.fingerprint[..])
+        .bind(&key.legacy_fingerprint[..])
         .fetch_one(executor)
         .await?;
     Ok(match replayed {
@@ -63,12 +65,13 @@ pub async fn is_recorded<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> R
 pub async fn mark_replayed(pool: &PgPool, key: &InboxKey) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE dead_letters SET replayed_at = now()
-         WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint = $4",
+         WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint IN ($4, $5)",
     )
     .bind(&key.topic)
     .bind(key.partition)
     .bind(key.offset)
     .bind(&key.fingerprint[..])
+    .bind(&key.legacy_fingerprint[..])
     .execute(pool)
     .await?;
     Ok(())

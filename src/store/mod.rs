@@ -11,6 +11,7 @@ use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, Postgres, Transaction};
 
 pub mod dead_letters;
+pub mod retention;
 
 use crate::config::redact_url;
 use crate::message::RawMessage;
@@ -79,17 +80,27 @@ pub struct InboxKey {
     pub topic: String,
     pub partition: i32,
     pub offset: i64,
+    /// [`crate::message::Fingerprints::current`]: what this release stores.
     pub fingerprint: [u8; 32],
+    /// [`crate::message::Fingerprints::legacy`]: a stored row that has it is this record too.
+    pub legacy_fingerprint: [u8; 32],
 }
 
 impl InboxKey {
     pub fn of(message: &RawMessage) -> Self {
+        let fingerprints = message.fingerprints();
         InboxKey {
             topic: message.topic.clone(),
             partition: message.partition,
             offset: message.offset,
-            fingerprint: message.fingerprint(),
+            fingerprint: fingerprints.current,
+            legacy_fingerprint: fingerprints.legacy,
         }
+    }
+
+    /// Whether a stored fingerprint is this record's.
+    pub fn matches(&self, stored: &[u8]) -> bool {
+        stored == self.fingerprint || stored == self.legacy_fingerprint
     }
 }
 
@@ -108,7 +119,7 @@ pub async fn record_in_inbox(
          ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE
             SET fingerprint = EXCLUDED.fingerprint, request_id = EXCLUDED.request_id,
                 org_id = EXCLUDED.org_id, processed_at = now()
-            WHERE processed_messages.fingerprint <> EXCLUDED.fingerprint
+            WHERE processed_messages.fingerprint NOT IN (EXCLUDED.fingerprint, $7)
          RETURNING xmax = 0",
     )
     .bind(&key.topic)
@@ -117,6 +128,7 @@ pub async fn record_in_inbox(
     .bind(&key.fingerprint[..])
     .bind(request_id)
     .bind(org_id)
+    .bind(&key.legacy_fingerprint[..])
     .fetch_optional(&mut **tx)
     .await?;
     Ok(match fresh {
@@ -176,7 +188,7 @@ pub async fn record_all_in_inbox(
         .iter()
         .map(|k| match known.get(&(k.topic.as_str(), k.partition, k.offset)) {
             None => InboxEntry::New,
-            Some(fingerprint) if *fingerprint == k.fingerprint => InboxEntry::Redelivery,
+            Some(fingerprint) if k.matches(fingerprint) => InboxEntry::Redelivery,
             Some(_) => InboxEntry::OffsetReused,
         })
         .collect();
@@ -243,6 +255,18 @@ fn inbox_rows<'q>(
         .bind(rows.iter().map(|&i| request_ids[i]).collect::<Vec<_>>())
         .bind(rows.iter().map(|&i| org_ids[i]).collect::<Vec<_>>())
         .bind(rows.iter().map(|&i| i as i32).collect::<Vec<_>>())
+}
+
+/// Whether a value itself was refused (SQLSTATE class 22, data exception: a NUL in text, a
+/// number out of range, bad encoding): retrying the same statement can never succeed. Unlike
+/// [`is_data_error`] this leaves out integrity constraints, which in the service's own tables
+/// mean a concurrent writer (the inbox during a rebalance) and succeed on retry.
+pub fn is_data_exception(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22")),
+        sqlx::Error::Encode(_) => true,
+        _ => false,
+    }
 }
 
 /// Whether a database error is about the data (retrying cannot help) rather than the database
