@@ -4,10 +4,11 @@
 //! compilation, handler completeness, Kafka clients, the HTTP listener) so that a bad setting
 //! stops the process before it consumes anything. `run_until_stopped` then runs the consumer and
 //! the HTTP endpoints until the shutdown future completes, finishes in-flight work within the
-//! configured deadline, and commits offsets.
+//! configured deadline, and commits offsets. If the consumer task ends first (it died), it stops
+//! the rest the same way and returns an error, so that the process exits non-zero and is restarted.
 
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,6 +42,8 @@ pub struct Application {
     pipeline: Arc<Pipeline>,
     relay: Option<Relay>,
     http_state: HttpState,
+    /// The readiness check's own pool, so that probes never take the pipeline's connections.
+    readiness_pool: sqlx::PgPool,
 }
 
 impl Application {
@@ -58,6 +61,7 @@ impl Application {
 
         let pool = store::connect(config.database_url.expose(), config.database_max_connections).await?;
         store::MIGRATOR.run(&pool).await.context("applying database migrations")?;
+        let readiness_pool = http::readiness_pool(config.database_url.expose()).await?;
 
         let known_topics = validators
             .topics()
@@ -113,8 +117,24 @@ impl Application {
             consumer: Arc::new(consumer),
             pipeline,
             relay,
-            http_state: HttpState { telemetry, pool, consumer_joined: joined, stall_threshold },
+            http_state: HttpState {
+                telemetry,
+                pool,
+                database: Arc::default(),
+                consumer_joined: joined,
+                consumer_running: Arc::new(AtomicBool::new(false)),
+                stall_threshold,
+                limits: http::HttpLimits::default(),
+            },
+            readiness_pool,
         })
+    }
+
+    /// The Kafka consumer, for fault injection in tests (librdkafka's `rd_kafka_test_fatal_error`
+    /// needs the client).
+    #[doc(hidden)]
+    pub fn consumer(&self) -> Arc<RouterConsumer> {
+        self.consumer.clone()
     }
 
     /// Where `/metrics`, `/healthz` and `/readyz` are served.
@@ -130,7 +150,17 @@ impl Application {
             async move { http_stop.cancelled().await }
         }));
         let sampling = tokio::spawn(sample_outbox(self.http_state.clone(), http_stop.clone()));
-        let consuming = tokio::spawn(consumer::run(
+        let pruning = tokio::spawn(store::retention::run(
+            self.http_state.pool.clone(),
+            self.config.inbox_retention,
+            self.config.dead_letter_retention,
+            store::retention::DEFAULT_INTERVAL,
+            http_stop.clone(),
+        ));
+        let checking =
+            tokio::spawn(http::watch_database(self.readiness_pool, self.http_state.database.clone(), http_stop.clone()));
+        self.http_state.consumer_running.store(true, Ordering::Release);
+        let mut consuming = tokio::spawn(consumer::run(
             self.consumer.clone(),
             self.pipeline.clone(),
             stop.clone(),
@@ -140,22 +170,57 @@ impl Application {
         let relay_stop = CancellationToken::new();
         let relaying = self.relay.map(|relay| tokio::spawn(relay.run(relay_stop.clone(), RELAY_DRAIN_DEADLINE)));
 
-        shutdown.await;
-        tracing::info!(deadline_s = self.config.shutdown_timeout.as_secs(), "shutting down: finishing in-flight messages");
-        stop.cancel();
-        consuming.await.context("the consumer task panicked")?;
+        // The consumer ending by itself (a worker panicked, a fatal Kafka error) leaves a pod that
+        // consumes nothing: stop the service and fail, so that the orchestrator restarts it.
+        let consumer_died = tokio::select! {
+            biased;
+            () = shutdown => None,
+            ended = &mut consuming => Some(ended),
+        };
+        let consumed = match consumer_died {
+            None => {
+                tracing::info!(
+                    deadline_s = self.config.shutdown_timeout.as_secs(),
+                    "shutting down: finishing in-flight messages"
+                );
+                stop.cancel();
+                let ended = consuming.await;
+                self.http_state.consumer_running.store(false, Ordering::Release);
+                ended.context("the consumer task panicked").and_then(|result| result)
+            }
+            Some(ended) => {
+                self.http_state.consumer_running.store(false, Ordering::Release);
+                let error = match ended {
+                    Ok(Ok(())) => anyhow::anyhow!("the consumer stopped without being asked to"),
+                    Ok(Err(error)) => error.context("the consumer died"),
+                    Err(panic) => anyhow::Error::new(panic).context("the consumer task panicked"),
+                };
+                tracing::error!(error = %format!("{error:#}"), "the consumer ended before shutdown was requested; stopping the service");
+                stop.cancel();
+                Err(error)
+            }
+        };
         relay_stop.cancel();
         if let Some(relaying) = relaying {
             relaying.await.context("the outbox relay panicked")?;
         }
-        self.consumer.unsubscribe();
+        if consumed.is_ok() {
+            self.consumer.unsubscribe();
+        } else {
+            // A consumer that died of a fatal error can hang in librdkafka's teardown; the
+            // process is about to exit, so it is left as it is rather than destroyed.
+            std::mem::forget(self.consumer.clone());
+        }
         if let Err(error) = self.pipeline.publisher.flush(Duration::from_secs(5)) {
             tracing::warn!(%error, "producer flush at shutdown failed");
         }
         http_stop.cancel();
         http.await.context("the HTTP task panicked")??;
         sampling.await.context("the outbox sampler panicked")?;
+        pruning.await.context("the retention task panicked")?;
+        checking.await.context("the readiness check panicked")?;
         self.http_state.pool.close().await;
+        consumed?;
         tracing::info!("event-router stopped");
         Ok(())
     }

@@ -186,6 +186,9 @@ pub struct TestApp {
     pub db: Arc<TestDb>,
     pub config: Config,
     pub http_addr: SocketAddr,
+    /// The service's Kafka consumer, for fault injection. Weak: the service owns it, and it must
+    /// be gone before the broker is (a consumer whose cluster vanished cannot close).
+    consumer: std::sync::Weak<event_router::consumer::RouterConsumer>,
     stop: CancellationToken,
     handle: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -257,6 +260,7 @@ impl TestApp {
         let config = test_config(broker.bootstrap_servers(), &db.url, group, extra);
         let app = Application::build_with_router(config.clone(), router).await.expect("the service starts");
         let http_addr = app.http_addr();
+        let consumer = Arc::downgrade(&app.consumer());
         let stop = CancellationToken::new();
         // The task keeps the broker alive until the service has stopped, even when a failing test
         // drops its handles first: a consumer whose cluster vanished cannot finish shutting down.
@@ -266,7 +270,18 @@ impl TestApp {
             drop(alive);
             result
         });
-        TestApp { broker, db, config, http_addr, stop, handle: Some(handle) }
+        TestApp { broker, db, config, http_addr, consumer, stop, handle: Some(handle) }
+    }
+
+    /// The service's Kafka consumer while the service runs, for fault injection.
+    pub fn consumer(&self) -> Arc<event_router::consumer::RouterConsumer> {
+        self.consumer.upgrade().expect("the service is running")
+    }
+
+    /// Waits for the instance to end by itself (not asked to stop) and returns how it ended.
+    pub async fn ended(mut self, timeout: Duration) -> anyhow::Result<()> {
+        let handle = self.handle.take().expect("the instance runs");
+        tokio::time::timeout(timeout, handle).await.expect("the instance ended in time").expect("service task")
     }
 
     /// Another instance on the same broker and database.
@@ -342,7 +357,7 @@ pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Durat
     while messages.len() < count {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(message)) => messages.push(RawMessage::from_kafka(&message)),
+            Ok(Ok(message)) => messages.push(RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED)),
             Ok(Err(error)) => panic!("reading {topic}: {error}"),
             Err(_) => panic!("read {} of {count} messages from {topic} within {timeout:?}", messages.len()),
         }
@@ -356,7 +371,7 @@ pub async fn drain_topic(brokers: &str, topic: &str, window: Duration) -> Vec<Ra
     let deadline = Instant::now() + window;
     let mut messages = Vec::new();
     while let Ok(Ok(message)) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), consumer.recv()).await {
-        messages.push(RawMessage::from_kafka(&message));
+        messages.push(RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED));
     }
     messages
 }
