@@ -233,25 +233,26 @@ async fn the_dead_letter_lookup_keeps_to_the_unique_key_when_planned_on_an_empty
     // every dead letter.
     let db = testkit::TestDb::create().await;
     let mut connection = db.pool.acquire().await.unwrap();
-    sqlx::raw_sql(&format!("PREPARE lookup(text, int, bigint, bytea) AS {}", event_router::store::dead_letters::LOOKUP))
+    sqlx::raw_sql(&format!("PREPARE lookup(text, int, bigint, bytea, bytea) AS {}", event_router::store::dead_letters::LOOKUP))
         .execute(&mut *connection)
         .await
         .unwrap();
     // Five custom plans, then PostgreSQL settles on a generic one.
     for _ in 0..6 {
-        sqlx::raw_sql("EXECUTE lookup('platform.event-router.todo-created', 0, 1, '\\x00')")
+        sqlx::raw_sql("EXECUTE lookup('platform.event-router.todo-created', 0, 1, '\\x00', '\\x01')")
             .execute(&mut *connection)
             .await
             .unwrap();
     }
-    let plan: Vec<String> = sqlx::query_scalar("EXPLAIN EXECUTE lookup('platform.event-router.todo-created', 0, 1, '\\x00')")
-        .fetch_all(&mut *connection)
-        .await
-        .unwrap();
+    let plan: Vec<String> =
+        sqlx::query_scalar("EXPLAIN EXECUTE lookup('platform.event-router.todo-created', 0, 1, '\\x00', '\\x01')")
+            .fetch_all(&mut *connection)
+            .await
+            .unwrap();
     let condition = plan.iter().find(|line| line.contains("Index Cond")).cloned().unwrap_or_default();
     assert!(
-        condition.contains("kafka_offset = $3") && condition.contains("fingerprint = $4"),
-        "the lookup uses all of the unique key as its index condition:\n{}",
+        condition.contains("kafka_partition = $2") && condition.contains("kafka_offset = $3"),
+        "the lookup finds the record's coordinates through the unique key (its fingerprints, current or legacy, then pick among the few rows there):\n{}",
         plan.join("\n")
     );
 }

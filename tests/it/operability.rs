@@ -171,3 +171,163 @@ async fn readyz_follows_the_database_away_and_back() {
     eventually(Duration::from_secs(30), "the waiting message handled", || async { db.count("todos").await == 1 }).await;
     app.stop().await;
 }
+
+/// The HTTP server alone, on a port of its own, with `limits`; stopped by cancelling the token.
+async fn serve_http(
+    limits: event_router::http::HttpLimits,
+) -> (std::net::SocketAddr, tokio_util::sync::CancellationToken, tokio::task::JoinHandle<std::io::Result<()>>) {
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+    let state = event_router::http::HttpState {
+        telemetry: Arc::new(event_router::telemetry::Telemetry::new(vec![])),
+        // Never connected: the endpoints do not use the pipeline's pool.
+        pool: sqlx::PgPool::connect_lazy("postgres://nobody@127.0.0.1:1/nothing").unwrap(),
+        database: Arc::default(),
+        consumer_joined: Arc::new(AtomicBool::new(false)),
+        consumer_running: Arc::new(AtomicBool::new(false)),
+        stall_threshold: Duration::from_secs(60),
+        limits,
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = tokio_util::sync::CancellationToken::new();
+    let server = tokio::spawn(event_router::http::serve(listener, state, {
+        let stop = stop.clone();
+        async move { stop.cancelled().await }
+    }));
+    (addr, stop, server)
+}
+
+/// Opens a connection and sends the start of a request line, then nothing.
+async fn slow_client(addr: std::net::SocketAddr) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(b"GET /healthz HT").await.unwrap();
+    stream
+}
+
+/// Reads until the server closes the connection (end of stream or reset).
+async fn read_until_closed(stream: &mut tokio::net::TcpStream) {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = [0u8; 1024];
+    while let Ok(read) = stream.read(&mut buffer).await {
+        if read == 0 {
+            break;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_client_is_disconnected_and_cannot_hold_the_connection_slots() {
+    let header_read_timeout = Duration::from_millis(500);
+    let limits = event_router::http::HttpLimits { header_read_timeout, max_connections: 1, ..Default::default() };
+    let (addr, stop, server) = serve_http(limits).await;
+
+    let started = std::time::Instant::now();
+    let mut slow = slow_client(addr).await;
+    // The only slot is taken: a well-behaved request waits until the slow client is gone.
+    let waiting = tokio::spawn(async move {
+        let answer = testkit::http_get(addr, "/healthz").await;
+        (answer, started.elapsed())
+    });
+    tokio::time::timeout(header_read_timeout + Duration::from_secs(2), read_until_closed(&mut slow))
+        .await
+        .expect("the server closes a connection that sends no complete request head in time");
+    assert!(started.elapsed() >= header_read_timeout - Duration::from_millis(100), "not before the timeout");
+
+    let (answer, waited) =
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("served once the slot is free").unwrap();
+    assert_eq!(answer, (200, "ok".to_string()));
+    assert!(waited >= header_read_timeout - Duration::from_millis(100), "waited for the slot ({waited:?})");
+
+    stop.cancel();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_shutdown_is_bounded_even_with_a_connection_stuck_mid_request() {
+    let limits = event_router::http::HttpLimits { header_read_timeout: Duration::from_secs(60), ..Default::default() };
+    let (addr, stop, server) = serve_http(limits).await;
+    let mut slow = slow_client(addr).await;
+    assert_eq!(testkit::http_get(addr, "/healthz").await.0, 200);
+
+    let stopping = std::time::Instant::now();
+    stop.cancel();
+    tokio::time::timeout(event_router::http::SHUTDOWN_GRACE + Duration::from_secs(2), server)
+        .await
+        .expect("serve returns within the shutdown grace")
+        .unwrap()
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(1), read_until_closed(&mut slow)).await.expect("the stuck connection is closed");
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "no longer listening");
+    assert!(stopping.elapsed() < event_router::http::SHUTDOWN_GRACE + Duration::from_secs(2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_probes_use_one_session_of_their_own_however_many_arrive() {
+    let app = spawn_app().await;
+    eventually(Duration::from_secs(30), "ready", || async { app.get("/readyz").await.0 == 200 }).await;
+    let (_, body) = app.get("/readyz").await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    for key in ["database", "consumer_running", "consumer_joined", "stalled", "stalled_seconds"] {
+        assert!(body.get(key).is_some(), "/readyz reports {key}: {body}");
+    }
+    assert_eq!(body["consumer_running"], true);
+
+    let probes = futures::future::join_all((0..200).map(|_| app.get("/readyz")));
+    let answers = tokio::time::timeout(Duration::from_secs(10), probes).await.expect("200 probes answered promptly");
+    assert!(answers.iter().all(|(status, _)| *status == 200), "every probe ready");
+
+    // Sessions of the readiness check on this test's database, and what each last ran.
+    let sessions: Vec<(String, String)> =
+        sqlx::query_as("SELECT application_name, query FROM pg_stat_activity WHERE datname = $1 AND application_name = $2")
+            .bind(&app.db.name)
+            .bind(event_router::http::READINESS_APPLICATION_NAME)
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert_eq!(sessions.len(), 1, "one readiness session: {sessions:?}");
+    assert_eq!(sessions[0].1, "SELECT 1", "the readiness session is the one checking the database");
+    app.stop().await;
+}
+
+/// A consumer that dies (here: librdkafka raising a fatal error, injected as its own test API
+/// allows) is not left running as a pod that consumes nothing: `/readyz` answers 503 with
+/// `consumer_running: false` while the service stops, and the service ends with an error, so that
+/// the process exits non-zero and the orchestrator restarts it. (An event waits in the outbox for
+/// a stream broker that is down, so stopping takes the relay's drain deadline: long enough to
+/// probe.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_that_dies_fails_readiness_and_ends_the_service_with_an_error() {
+    use rdkafka::consumer::Consumer as _;
+    let stream_cluster = event_router::dev_broker::DevBroker::start(1).unwrap();
+    stream_cluster.create_topic("platform.event-router.events-stream", 1).unwrap();
+    stream_cluster.broker_down(1).unwrap();
+    let app = testkit::spawn_app_with(&[("EVENT_STREAM_BROKERS", stream_cluster.bootstrap_servers())]).await;
+    app.send("todo-created", &Outgoing::json(&samples::todo_created(1), IdentityHeader::Document(samples::user_identity("1"))))
+        .await;
+    eventually(Duration::from_secs(20), "handled, its event waiting in the outbox", || async {
+        app.db.count("todos").await == 1 && app.db.count("outbox").await == 1
+    })
+    .await;
+    assert_eq!(app.get("/readyz").await.0, 200);
+
+    let reason = std::ffi::CString::new("injected by the test").unwrap();
+    // SAFETY: a live client handle of the running service, and a NUL-terminated reason.
+    let injected = unsafe {
+        rdkafka_sys::rd_kafka_test_fatal_error(
+            app.consumer().client().native_ptr(),
+            rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__NOT_IMPLEMENTED,
+            reason.as_ptr(),
+        )
+    };
+    assert_eq!(injected, rdkafka_sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR);
+    eventually(Duration::from_secs(5), "/readyz answers 503 with consumer_running false", || async {
+        let (status, body) = app.get("/readyz").await;
+        status == 503 && body.contains("\"consumer_running\":false")
+    })
+    .await;
+    let ended = app.ended(Duration::from_secs(30)).await;
+    let error = format!("{:#}", ended.expect_err("the service ends with an error"));
+    assert!(error.contains("fatal"), "{error}");
+}

@@ -113,7 +113,13 @@ async fn a_recreated_topic_reusing_offsets_is_handled_not_mistaken_for_redeliver
 async fn two_owners_of_a_partition_record_a_message_once() {
     use event_router::store::{record_all_in_inbox, InboxEntry, InboxKey};
     let db = testkit::TestDb::create().await;
-    let key = InboxKey { topic: "platform.event-router.todo-created".into(), partition: 3, offset: 41, fingerprint: [7; 32] };
+    let key = InboxKey {
+        topic: "platform.event-router.todo-created".into(),
+        partition: 3,
+        offset: 41,
+        fingerprint: [7; 32],
+        legacy_fingerprint: [8; 32],
+    };
     let record = |tx| async {
         let mut tx = tx;
         let result = record_all_in_inbox(&mut tx, std::slice::from_ref(&key), &["request"], &[Some("1")]).await;
@@ -141,4 +147,72 @@ async fn two_owners_of_a_partition_record_a_message_once() {
     assert_eq!(entries.unwrap(), [InboxEntry::Redelivery], "the retry finds the row");
     retry.commit().await.unwrap();
     assert_eq!(db.count("processed_messages").await, 1);
+}
+
+/// Inbox rows written by releases whose fingerprint left the headers out are still recognised:
+/// a redelivery across the upgrade is a duplicate, not a second handling. And a recreated topic
+/// whose new record differs from the old one only in its headers (another identity) is a new
+/// record, not a redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fingerprints_count_headers_and_rows_of_older_releases_still_match() {
+    let app = spawn_app().await;
+    let identity = || IdentityHeader::Document(samples::user_identity("7"));
+    app.send("todo-created", &Outgoing { key: Some("k".into()), ..Outgoing::json(&samples::todo_created(1), identity()) }).await;
+    eventually(WAIT, "handled", || async { app.db.count("todos").await == 1 }).await;
+    // Rewrite the row as an older release stored it: without the headers in the digest.
+    let sent = app.read_topic(&app.topic("todo-created"), 1, WAIT).await.remove(0);
+    let legacy = sent.fingerprints().legacy;
+    assert_ne!(legacy, sent.fingerprints().current);
+    sqlx::query("UPDATE processed_messages SET fingerprint = $1").bind(&legacy[..]).execute(&app.db.pool).await.unwrap();
+
+    let again = app.spawn_sibling("event-router-redelivery").await;
+    eventually(WAIT, "the redelivery is a duplicate", || async {
+        again
+            .metric("event_router_messages_processed_total", &[("topic", &app.topic("todo-created")), ("outcome", "duplicate")])
+            .await
+            == 1.0
+    })
+    .await;
+    assert_eq!(app.db.count("todos").await, 1);
+    again.stop().await;
+    let db = app.db.clone();
+    app.stop().await;
+
+    // A row as this release stores it (a legacy row cannot tell records apart by headers), then
+    // a new, empty broker (offsets start at 0 again) and a record with the same key, value and
+    // timestamp as the first, but another identity header.
+    let current = sent.fingerprints().current;
+    sqlx::query("UPDATE processed_messages SET fingerprint = $1").bind(&current[..]).execute(&db.pool).await.unwrap();
+    let config = testkit::test_config("127.0.0.1:1", &db.url, "probe", &[]);
+    let second = testkit::TestApp::spawn(testkit::start_broker(&config), db.clone(), "event-router-test", &[]).await;
+    let producer = second.producer();
+    let mut record = producer.build(
+        "todo-created",
+        &Outgoing {
+            key: Some("k".into()),
+            request_id: Some("other-identity".into()),
+            ..Outgoing::json(&samples::todo_created(1), IdentityHeader::Document(samples::user_identity("8")))
+        },
+    );
+    record.timestamp_ms = sent.timestamp_ms;
+    record.payload = sent.payload.clone();
+    let publisher = event_router::kafka::Publisher::new(&second.config.kafka).unwrap();
+    publisher
+        .publish_at(
+            &record.topic,
+            record.key.as_deref(),
+            record.payload.as_deref().unwrap(),
+            &event_router::message::header_refs(&record.headers),
+            record.timestamp_ms,
+        )
+        .await
+        .unwrap();
+    eventually(WAIT, "the new record was handled, not skipped as a redelivery", || async {
+        second
+            .metric("event_router_dead_letters_total", &[("topic", &second.topic("todo-created")), ("reason", "todo_id_taken")])
+            .await
+            == 1.0
+    })
+    .await;
+    second.stop().await;
 }

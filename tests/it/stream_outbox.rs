@@ -133,3 +133,51 @@ fn invalid_stream_settings_stop_start_up_naming_the_setting() {
         assert!(stderr.contains(&format!("configuration setting {setting}")), "{stderr}");
     }
 }
+
+/// An event the stream broker refuses for good (its own record limit is lower than the
+/// service's) is parked in `stream_undeliverable`, without the identity header, and the events
+/// behind it are published: one such event does not stop the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_refused_for_good_is_parked_and_the_stream_goes_on() {
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+    let stream_cluster = DevBroker::start(1).unwrap();
+    let stream_topic = "platform.event-router.events-stream";
+    stream_cluster.create_topic(stream_topic, 1).unwrap();
+    // The stream cluster answers the next produce requests with "record too large".
+    stream_cluster.push_request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_MSG_SIZE_TOO_LARGE; 3]);
+    let app = spawn_app_with(&[("EVENT_STREAM_BROKERS", stream_cluster.bootstrap_servers())]).await;
+    let identity = || IdentityHeader::Document(samples::user_identity("5"));
+    let send = |id: u32| Outgoing {
+        key: Some(format!("k{id}")),
+        request_id: Some(format!("req-{id}")),
+        ..Outgoing::json(&samples::todo_created(id), identity())
+    };
+
+    app.send("todo-created", &send(1)).await;
+    eventually(WAIT, "the refused event is parked", || async { app.db.count("stream_undeliverable").await >= 1 }).await;
+    for id in 2..=4 {
+        app.send("todo-created", &send(id)).await;
+    }
+    eventually(WAIT, "the outbox drains", || async { app.db.count("outbox").await == 0 }).await;
+    let parked: Vec<(String, Option<String>, String)> =
+        sqlx::query_as("SELECT topic, request_id, error FROM stream_undeliverable ORDER BY id")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    assert!(!parked.is_empty() && parked.len() <= 3, "{parked:?}");
+    assert!(
+        parked.iter().all(|(topic, _, error)| topic == stream_topic && error.to_lowercase().contains("too large")),
+        "{parked:?}"
+    );
+    assert_eq!(parked[0].1.as_deref(), Some("req-1"));
+    let parked_ids: Vec<String> = parked.iter().filter_map(|(_, id, _)| id.clone()).collect();
+    // Every event not parked reached the stream.
+    let expected = 4 - parked.len();
+    let events = testkit::read_topic(stream_cluster.bootstrap_servers(), stream_topic, expected, WAIT).await;
+    for event in &events {
+        let request_id = testkit::header(event, event_router::envelope::REQUEST_ID_HEADER).unwrap();
+        assert!(!parked_ids.contains(&request_id), "{request_id} was both parked and published");
+    }
+    assert_eq!(app.metric("event_router_stream_undeliverable_total", &[]).await, parked.len() as f64);
+    app.stop().await;
+}
