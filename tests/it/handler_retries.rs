@@ -30,15 +30,7 @@ impl Handler<TodoCreated> for TodoForKnownOrg {
         if !known {
             return Err(HandlerError::retryable("org_not_registered", format!("org {:?} is not registered yet", ctx.org_id())));
         }
-        sqlx::query("INSERT INTO todos (id, title, description, org_id, request_id) VALUES ($1, $2, $3, $4, $5)")
-            .bind(todo.id as i32)
-            .bind(todo.title.as_str())
-            .bind(todo.description.as_str())
-            .bind(ctx.org_id())
-            .bind(&ctx.request_id)
-            .execute(&mut **tx)
-            .await?;
-        Ok(())
+        testkit::insert_todo(&todo, ctx, tx).await
     }
 }
 

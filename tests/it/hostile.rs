@@ -319,15 +319,7 @@ async fn a_handler_panic_dead_letters_the_message_and_the_partition_goes_on() {
     impl Handler<TodoCreated> for PanicsOnThirteen {
         async fn handle(&self, todo: TodoCreated, ctx: &Context, tx: &mut Tx) -> Result<(), HandlerError> {
             assert!(todo.id != 13, "thirteen is unlucky");
-            sqlx::query("INSERT INTO todos (id, title, description, org_id, request_id) VALUES ($1, $2, $3, $4, $5)")
-                .bind(todo.id as i32)
-                .bind(todo.title.as_str())
-                .bind(todo.description.as_str())
-                .bind(ctx.org_id())
-                .bind(&ctx.request_id)
-                .execute(&mut **tx)
-                .await?;
-            Ok(())
+            testkit::insert_todo(&todo, ctx, tx).await
         }
     }
     let mut routes = router();

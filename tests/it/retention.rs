@@ -13,37 +13,45 @@ const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// Inbox rows for offsets `offsets` of `topic`, processed `age_hours` ago.
 async fn insert_inbox(db: &TestDb, topic: &str, offsets: std::ops::Range<i64>, age_hours: i64) {
-    sqlx::query(
+    insert_rows(
+        db,
         "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id, processed_at)
          SELECT $1, 0, o, '\\x01'::bytea, 'req-' || o, '42', now() - make_interval(hours => $4)
          FROM generate_series($2::int8, $3::int8 - 1) AS o",
+        topic,
+        offsets,
+        age_hours,
     )
-    .bind(topic)
-    .bind(offsets.start)
-    .bind(offsets.end)
-    .bind(age_hours as i32)
-    .execute(&db.pool)
-    .await
-    .expect("insert inbox rows");
+    .await;
+}
+
+/// Runs `sql` with `topic` as $1, the offsets' range as $2..$3 and the age in hours as $4.
+async fn insert_rows(db: &TestDb, sql: &str, topic: &str, offsets: std::ops::Range<i64>, age_hours: i64) {
+    sqlx::query(sql)
+        .bind(topic)
+        .bind(offsets.start)
+        .bind(offsets.end)
+        .bind(age_hours as i32)
+        .execute(&db.pool)
+        .await
+        .expect("insert rows");
 }
 
 /// Dead letters for offsets `offsets` of `topic`, dead-lettered `age_hours` ago.
 async fn insert_dead_letters(db: &TestDb, topic: &str, offsets: std::ops::Range<i64>, age_hours: i64) {
-    sqlx::query(
+    insert_rows(
+        db,
         "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, fingerprint, message_key, payload, stage, reason,
                                    error_class, message, attempts, consumer_group, request_id, org_id, dlq_partition,
                                    dlq_offset, dead_lettered_at)
          SELECT $1, 0, o, '\\x01'::bytea, NULL, '{}'::bytea, 'schema', 'schema_violation', 'permanent', 'bad', 1,
                 'event-router', 'req-' || o, '42', 0, o, now() - make_interval(hours => $4)
          FROM generate_series($2::int8, $3::int8 - 1) AS o",
+        topic,
+        offsets,
+        age_hours,
     )
-    .bind(topic)
-    .bind(offsets.start)
-    .bind(offsets.end)
-    .bind(age_hours as i32)
-    .execute(&db.pool)
-    .await
-    .expect("insert dead letters");
+    .await;
 }
 
 async fn topics_left(db: &TestDb, table: &str) -> Vec<(String, i64)> {

@@ -484,3 +484,21 @@ impl Drop for TcpProxy {
         self.task.abort();
     }
 }
+
+/// Inserts `todo` as the sample handler would, one row: for test handlers that wrap the write
+/// with a behaviour of their own (a retry, a panic).
+pub async fn insert_todo(
+    todo: &event_router::topics::TodoCreated,
+    ctx: &event_router::router::Context,
+    tx: &mut event_router::store::Tx,
+) -> Result<(), event_router::router::HandlerError> {
+    sqlx::query("INSERT INTO todos (id, title, description, org_id, request_id) VALUES ($1, $2, $3, $4, $5)")
+        .bind(todo.id as i32)
+        .bind(todo.title.as_str())
+        .bind(todo.description.as_str())
+        .bind(ctx.org_id())
+        .bind(&ctx.request_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
