@@ -14,8 +14,11 @@
 //! - [`envelope`] turns bytes and headers into a checked message or a [`envelope::Rejection`]
 //!   with a stable reason code. Pure, so every rule is unit-tested.
 //! - [`router`] maps a topic to its handler; [`handlers`] holds one file per topic.
-//! - [`store`] owns SQL: the pool, migrations, and the inbox that makes redelivery a no-op.
-//! - [`pipeline`] strings those together for one message, with retries for transient failures.
+//! - [`store`] owns SQL: the pool, migrations, and the inbox that makes redelivery a no-op (a
+//!   replayed dead letter is filed there under its original's coordinates).
+//! - [`pipeline`] strings those together: open (checks) → write (one transaction, merged across
+//!   partitions) → finish, with the dead-letter flow; [`retry`] is the backoff it and the outbox
+//!   relay share.
 //! - [`stream`] and [`dead_letter`] shape what is re-published; [`kafka`] publishes it;
 //!   [`outbox`] keeps stream events in the handler's transaction and relays them.
 //! - [`topics`] is generated at build time from `api/event/*.event.json`.
@@ -40,6 +43,7 @@ pub mod outbox;
 pub mod pipeline;
 pub mod producer;
 pub mod replay;
+pub mod retry;
 pub mod router;
 pub mod samples;
 pub mod store;

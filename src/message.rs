@@ -153,7 +153,8 @@ pub const REPLAY_OF: &str = "x-event-router-replay-of";
 /// What identifies a record's content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Fingerprints {
-    /// SHA-256 of key, value, timestamp and headers (those [`added_by_the_service`] left out).
+    /// SHA-256 of key, value, timestamp and headers (but not the `x-dlq-*` and replay headers the
+    /// service adds to copies).
     pub current: [u8; 32],
     /// The same without the headers: what releases before headers counted stored. Rows they
     /// wrote are still recognised (a redelivery across an upgrade is still a redelivery); it

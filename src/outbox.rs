@@ -31,7 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::kafka::Publisher;
 use crate::message::HeaderRef;
-use crate::pipeline::Backoff;
+use crate::retry::Backoff;
 use crate::store::Tx;
 use crate::telemetry::Telemetry;
 
@@ -295,7 +295,7 @@ async fn park(
 /// alerts.
 const BACKLOG_ROW_LIMIT: i64 = 1_000_000;
 
-/// Events waiting in the outbox (in at most [`BACKLOG_ROW_LIMIT`] rows) and the age of the
+/// Events waiting in the outbox (in at most `BACKLOG_ROW_LIMIT` rows) and the age of the
 /// oldest, in seconds. Read through the primary key from the oldest row, as the relay reads: a
 /// `count(*)` over the table scanned every row the relay had deleted and autovacuum not yet
 /// removed, 400 ms every 5 s after a 1,000,000-message drain, in the middle of the steady load

@@ -28,18 +28,7 @@ use crate::store::dead_letters::{self, Recorded};
 use crate::store::{self, InboxKey};
 
 pub use crate::message::REPLAY_OF;
-
-/// The original a replayed message claims to be, with the replayed message's own fingerprints
-/// (`key`'s: key, value, timestamp and headers are the original's, so the fingerprints agree
-/// when the claim is true).
-pub fn replay_of(message: &RawMessage, key: &InboxKey) -> Option<InboxKey> {
-    let value = std::str::from_utf8(message.header(REPLAY_OF)?).ok()?;
-    let mut parts = value.rsplitn(3, '/');
-    let offset = parts.next()?.parse().ok()?;
-    let partition = parts.next()?.parse().ok()?;
-    let topic = parts.next()?.to_string();
-    Some(InboxKey { topic, partition, offset, ..key.clone() })
-}
+pub use crate::store::replay_of;
 
 /// Where the dead letters to replay are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

@@ -104,6 +104,18 @@ impl InboxKey {
     }
 }
 
+/// The original a replayed message claims to be, with the replayed message's own fingerprints
+/// (`key`'s: key, value, timestamp and headers are the original's, so the fingerprints agree
+/// when the claim is true).
+pub fn replay_of(message: &RawMessage, key: &InboxKey) -> Option<InboxKey> {
+    let value = std::str::from_utf8(message.header(crate::message::REPLAY_OF)?).ok()?;
+    let mut parts = value.rsplitn(3, '/');
+    let offset = parts.next()?.parse().ok()?;
+    let partition = parts.next()?.parse().ok()?;
+    let topic = parts.next()?.to_string();
+    Some(InboxKey { topic, partition, offset, ..key.clone() })
+}
+
 /// Records a message in the inbox, in the transaction that will carry its handler's writes.
 pub async fn record_in_inbox(
     tx: &mut Tx,

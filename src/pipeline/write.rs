@@ -1,0 +1,241 @@
+//! The database work of one or more prepared messages, and the single-message path around it:
+//! retries with backoff for transient failures, a handler's retryable refusals, dead letters.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+
+use super::open::{Prepared, Step};
+use super::{Outcome, Pipeline};
+use crate::envelope::{Reason, Rejection};
+use crate::kafka;
+use crate::message::RawMessage;
+use crate::outbox::{self, OutgoingEvent};
+use crate::router::DispatchError;
+use crate::store::dead_letters;
+use crate::store::{self, InboxEntry, InboxKey};
+use crate::stream;
+use crate::telemetry::HandlingTime;
+
+/// What a transaction over one or more prepared messages did.
+pub(super) enum BatchWrite {
+    Committed(Vec<Handled>),
+    /// The message at this index was refused; nothing was committed.
+    Refused(usize, Refusal),
+}
+
+pub(super) enum Handled {
+    FirstTime(HandlingTime),
+    Duplicate,
+}
+
+/// A handler's refusal: for good, or for now.
+pub(super) enum Refusal {
+    Rejected(Rejection),
+    Retryable(Rejection),
+}
+
+/// Work on messages with the token that abandons it.
+pub(super) struct Attempt<'a> {
+    pub(super) pipeline: &'a Pipeline,
+    pub(super) abandon: &'a CancellationToken,
+}
+
+impl Attempt<'_> {
+    /// The single-message path: a skip, a dead letter, or the database work with retries.
+    pub(super) async fn process(&self, step: &Step) -> Outcome {
+        let p = match step {
+            Step::Skip(_) => return Outcome::Skipped,
+            Step::Reject { message, rejection, request_id } => {
+                return self.dead_letter(message, rejection, request_id.as_deref(), None).await;
+            }
+            Step::Ready(p) => &**p,
+        };
+        let alone = [p];
+        let mut attempt = 1;
+        let result = loop {
+            // `write` turns every permanent failure into a refusal, so only the deadline stops it.
+            let refusal = match self.retry("database", &p.message, || self.write(&alone)).await {
+                Err(_) => return Outcome::Abandoned,
+                Ok(BatchWrite::Committed(mut handled)) => break handled.remove(0),
+                Ok(BatchWrite::Refused(_, refusal)) => refusal,
+            };
+            let rejection = match refusal {
+                Refusal::Retryable(rejection) if attempt < self.pipeline.max_attempts => {
+                    let delay = self.pipeline.backoff.delay(attempt - 1);
+                    self.pipeline.telemetry.handler_retrying(&p.ctx, &rejection, attempt, self.pipeline.max_attempts, delay);
+                    if !self.sleep_unless_abandoned(delay).await {
+                        return Outcome::Abandoned;
+                    }
+                    attempt += 1;
+                    continue;
+                }
+                Refusal::Retryable(rejection) => rejection.retries_exhausted(attempt),
+                Refusal::Rejected(rejection) => rejection,
+            };
+            return self.dead_letter(&p.message, &rejection, Some(&p.ctx.request_id), p.ctx.org_id()).await;
+        };
+        let outcome = self.pipeline.handled(p, result);
+        if outcome == Outcome::Handled && p.event.is_some() {
+            self.pipeline.relay_wake.notify_one();
+        }
+        outcome
+    }
+
+    /// Writes `batch` in one transaction (see [`Attempt::write_once`]). The database refusing a
+    /// value itself (a data exception) is no transient failure: retrying cannot help, so it is a
+    /// refusal, pinned on the first message; the callers then write that message
+    /// alone, which either succeeds or dead-letters it, and the rest goes on.
+    pub(super) async fn write(&self, batch: &[&Prepared]) -> anyhow::Result<BatchWrite> {
+        match self.write_once(batch).await {
+            Err(error) if error.downcast_ref::<sqlx::Error>().is_some_and(store::is_data_exception) => Ok(BatchWrite::Refused(
+                0,
+                Refusal::Rejected(Rejection::new(
+                    Reason::DatabaseRejected,
+                    format!("the database refused the message's rows: {error:#}"),
+                )),
+            )),
+            result => result,
+        }
+    }
+
+    /// Writes `batch` in one transaction, in order: the inbox rows with one statement, then the
+    /// handler once per run of one topic, then the outbox row holding the events, so a
+    /// partition's backlog costs one commit and a few round trips per batch. The first refusal undoes the
+    /// whole transaction and names the message. `Err` is a transient failure, to be retried.
+    async fn write_once(&self, batch: &[&Prepared]) -> anyhow::Result<BatchWrite> {
+        let opened = Instant::now();
+        let mut tx = self.pipeline.pool.begin().await?;
+        let mut keys = Vec::with_capacity(batch.len());
+        for p in batch {
+            keys.push(self.inbox_key(&mut tx, &p.message).await?);
+        }
+        let request_ids: Vec<&str> = batch.iter().map(|p| p.ctx.request_id.as_str()).collect();
+        let org_ids: Vec<Option<&str>> = batch.iter().map(|p| p.ctx.org_id()).collect();
+        let entries = store::record_all_in_inbox(&mut tx, &keys, &request_ids, &org_ids).await?;
+        // Redeliveries have no new effects; the rest go to their handlers, a call per run of
+        // consecutive messages of the same topic (a partition's batch is one run).
+        let mut fresh: Vec<usize> = Vec::with_capacity(batch.len());
+        for (index, (p, entry)) in batch.iter().zip(entries).enumerate() {
+            match entry {
+                InboxEntry::Redelivery => continue,
+                InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(&p.ctx),
+                InboxEntry::New => {}
+            }
+            fresh.push(index);
+        }
+        let mut handler_time = Duration::ZERO;
+        for run in fresh.chunk_by(|a, b| batch[*a].schema.key == batch[*b].schema.key) {
+            let events: Vec<_> = run.iter().map(|&i| (&batch[i].payload, &batch[i].ctx)).collect();
+            let started = Instant::now();
+            let refusal = match self.pipeline.router.dispatch(batch[run[0]].schema.key, &events, &mut tx).await {
+                Ok(()) => None,
+                Err((i, DispatchError::Rejected(rejection))) => Some((run[i], Refusal::Rejected(rejection))),
+                Err((i, DispatchError::Retryable(rejection))) => Some((run[i], Refusal::Retryable(rejection))),
+                Err((_, DispatchError::Transient(error))) => return Err(error),
+            };
+            if let Some((index, refusal)) = refusal {
+                tx.rollback().await?;
+                return Ok(BatchWrite::Refused(index, refusal));
+            }
+            handler_time += started.elapsed();
+        }
+        // A set-based handler's time is shared out over the messages it wrote.
+        let handler = handler_time / fresh.len().max(1) as u32;
+        let stream_topic = self.pipeline.topics.stream();
+        let mut handled = Vec::with_capacity(batch.len());
+        let mut events = Vec::new();
+        let mut fresh = fresh.into_iter().peekable();
+        for (index, p) in batch.iter().enumerate() {
+            if fresh.next_if_eq(&index).is_none() {
+                handled.push(Handled::Duplicate);
+                continue;
+            }
+            handled.push(Handled::FirstTime(HandlingTime { handler, transaction: Duration::ZERO }));
+            if let Some(payload) = &p.event {
+                events.push(OutgoingEvent {
+                    topic: &stream_topic,
+                    key: p.message.key.as_deref(),
+                    payload,
+                    headers: stream::propagated_headers(&p.message, &p.ctx.request_id),
+                });
+            }
+        }
+        outbox::enqueue_all(&mut tx, &events).await?;
+        tx.commit().await?;
+        self.pipeline.telemetry.transaction_committed(batch.len());
+        let transaction = opened.elapsed();
+        for result in &mut handled {
+            if let Handled::FirstTime(timing) = result {
+                timing.transaction = transaction;
+            }
+        }
+        Ok(BatchWrite::Committed(handled))
+    }
+
+    /// What the inbox knows `message` by. A replayed dead letter counts as its original, so that
+    /// replaying it twice has one effect.
+    async fn inbox_key(&self, tx: &mut store::Tx, message: &RawMessage) -> anyhow::Result<InboxKey> {
+        let key = InboxKey::of(message);
+        // A replay goes back to its original topic; a header naming another topic is not one.
+        if let Some(original) = store::replay_of(message, &key).filter(|o| o.topic == message.topic) {
+            if dead_letters::is_recorded(&mut **tx, &original).await? {
+                return Ok(original);
+            }
+        }
+        Ok(key)
+    }
+
+    /// Sleeps for `delay`; false when the shutdown deadline came first.
+    pub(super) async fn sleep_unless_abandoned(&self, delay: Duration) -> bool {
+        tokio::select! {
+            _ = self.abandon.cancelled() => false,
+            _ = tokio::time::sleep(delay) => true,
+        }
+    }
+
+    /// Runs `attempt` until it succeeds, backing off between failures. Stops early when the
+    /// shutdown deadline passed, or when the failure can never succeed on retry (the database
+    /// refusing the data, Kafka refusing the record): those would otherwise stop the partition.
+    pub(super) async fn retry<T, F, Fut>(&self, step: &'static str, message: &RawMessage, mut attempt: F) -> Result<T, Halt>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        let mut failures = 0u32;
+        loop {
+            let result = tokio::select! {
+                biased;
+                _ = self.abandon.cancelled() => return Err(Halt::Abandoned),
+                result = attempt() => result,
+            };
+            match result {
+                Ok(value) => return Ok(value),
+                Err(error) if is_permanent(&error) => return Err(Halt::Permanent(error)),
+                Err(error) => {
+                    let delay = self.pipeline.backoff.delay(failures);
+                    failures += 1;
+                    self.pipeline.telemetry.retrying(step, message, failures, delay, &format!("{error:#}"));
+                    if !self.sleep_unless_abandoned(delay).await {
+                        return Err(Halt::Abandoned);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Why [`Attempt::retry`] stopped without a result.
+pub(super) enum Halt {
+    /// The shutdown or revoke deadline passed.
+    Abandoned,
+    /// Retrying cannot help.
+    Permanent(anyhow::Error),
+}
+
+/// Whether `error` is one that no retry can mend.
+fn is_permanent(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<sqlx::Error>().is_some_and(store::is_data_exception)
+        || error.downcast_ref::<rdkafka::error::KafkaError>().is_some_and(kafka::is_permanent)
+}
