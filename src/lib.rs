@@ -25,15 +25,18 @@
 //! - [`telemetry`] logs and counts; [`http`] serves `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`] assembles it all; [`config`] reads the environment.
 //! - [`replay`] re-injects dead letters once their cause is fixed.
-//! - [`producer`] is the library behind `event-router produce`; [`dev_broker`] hosts librdkafka's
-//!   mock cluster for development and tests; [`demo`] and [`samples`] make traffic.
+//! - [`producer`] is the library behind `event-router produce`; [`demo`] and [`samples`] make
+//!   traffic. librdkafka's mock cluster, for development and tests, is hosted by the
+//!   `internal/dev-broker` crate, which with `internal/raw-headers` holds all of the project's
+//!   `unsafe` (FFI); this crate has none.
+
+#![forbid(unsafe_code)]
 
 pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod demo;
-pub mod dev_broker;
 pub mod envelope;
 pub mod handlers;
 pub mod http;

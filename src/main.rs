@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
+use dev_broker::DevBroker;
 use event_router::app::Application;
 use event_router::config::{Config, ProcessEnv};
-use event_router::dev_broker::DevBroker;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing, ProduceError};
 use event_router::telemetry::{init_logging, LogFormat};
 use event_router::{demo, replay, samples, store, topics};

@@ -6,7 +6,7 @@
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use event_router::dev_broker::DevBroker;
+use dev_broker::DevBroker;
 use event_router::envelope::identity::encode_identity;
 use event_router::envelope::{IDENTITY_HEADER, REQUEST_ID_HEADER};
 use event_router::samples;

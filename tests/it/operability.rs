@@ -300,7 +300,7 @@ async fn readiness_probes_use_one_session_of_their_own_however_many_arrive() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_that_dies_fails_readiness_and_ends_the_service_with_an_error() {
     use rdkafka::consumer::Consumer as _;
-    let stream_cluster = event_router::dev_broker::DevBroker::start(1).unwrap();
+    let stream_cluster = dev_broker::DevBroker::start(1).unwrap();
     stream_cluster.create_topic("platform.event-router.events-stream", 1).unwrap();
     stream_cluster.broker_down(1).unwrap();
     let app = testkit::spawn_app_with(&[("EVENT_STREAM_BROKERS", stream_cluster.bootstrap_servers())]).await;

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use event_router::dev_broker::DevBroker;
+use dev_broker::DevBroker;
 use event_router::producer::{IdentityHeader, Outgoing};
 use event_router::samples;
 use serde_json::Value;

@@ -25,8 +25,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context as _};
 use clap::Parser;
+use dev_broker::DevBroker;
 use event_router::config::Config;
-use event_router::dev_broker::DevBroker;
 use event_router::envelope::Validators;
 use event_router::kafka::Publisher;
 use event_router::message::RawMessage;

@@ -9,9 +9,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dev_broker::DevBroker;
 use event_router::app::Application;
 use event_router::config::Config;
-use event_router::dev_broker::DevBroker;
 use event_router::message::RawMessage;
 use event_router::producer::{EventProducer, Outgoing, Sent};
 use event_router::router::Router;
