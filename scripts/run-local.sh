@@ -10,7 +10,13 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 export KAFKA_BROKERS=${KAFKA_BROKERS:-127.0.0.1:9092}
-export DATABASE_URL=${DATABASE_URL:-postgres://postgres@127.0.0.1:5432/event_router}
+# The embedded broker starts empty every time, so by default every run gets a fresh
+# development database too: a database that kept the last run's inbox would see the new
+# broker's offsets as reused. A DATABASE_URL of your own is used as it is.
+if [ -z "${DATABASE_URL:-}" ]; then
+  DEV_DATABASE=event_router_dev
+  export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DEV_DATABASE
+fi
 export METRICS_ADDR=${METRICS_ADDR:-127.0.0.1:9000}
 # Any topic under the prefix is consumed, so a topic without a schema shows up as `unknown_topic`
 # in the dead-letter topic instead of being ignored.
@@ -48,6 +54,10 @@ for _ in $(seq 1 50); do
   sleep 0.2
 done
 
+if [ -n "${DEV_DATABASE:-}" ]; then
+  say "recreating the development database $DEV_DATABASE (fresh, like the broker)"
+  psql -q -h 127.0.0.1 -U postgres -d postgres -c "DROP DATABASE IF EXISTS $DEV_DATABASE WITH (FORCE)"
+fi
 say "migrating $DATABASE_URL"
 "$BIN" migrate
 

@@ -117,10 +117,12 @@ impl Attempt<'_> {
         // Redeliveries have no new effects; the rest go to their handlers, a call per run of
         // consecutive messages of the same topic (a partition's batch is one run).
         let mut fresh: Vec<usize> = Vec::with_capacity(batch.len());
-        for (index, (p, entry)) in batch.iter().zip(entries).enumerate() {
+        // Said once the transaction commits: a merged write that fails is written again.
+        let mut reused: Vec<usize> = Vec::new();
+        for (index, entry) in entries.into_iter().enumerate() {
             match entry {
                 InboxEntry::Redelivery => continue,
-                InboxEntry::OffsetReused => self.pipeline.telemetry.offset_reused(&p.ctx),
+                InboxEntry::OffsetReused => reused.push(index),
                 InboxEntry::New => {}
             }
             fresh.push(index);
@@ -165,6 +167,9 @@ impl Attempt<'_> {
         outbox::enqueue_all(&mut tx, &events).await?;
         tx.commit().await?;
         self.pipeline.telemetry.transaction_committed(batch.len());
+        for index in reused {
+            self.pipeline.telemetry.offset_reused(&batch[index].ctx);
+        }
         let transaction = opened.elapsed();
         for result in &mut handled {
             if let Handled::FirstTime(timing) = result {
