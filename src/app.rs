@@ -19,14 +19,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 use crate::consumer::{self, ConsumerEvents, RouterConsumer};
-use crate::envelope::Validators;
 use crate::http::{self, HttpState};
 use crate::kafka::{self, Publisher};
 use crate::outbox::Relay;
 use crate::pipeline::Pipeline;
-use crate::retry::Backoff;
 use crate::router::Router;
-use crate::telemetry::{KnownTopic, Telemetry};
 use crate::{handlers, store};
 
 /// The longest a rebalance waits for revoked partitions' messages in hand (librdkafka holds the
@@ -55,20 +52,14 @@ impl Application {
 
     /// Builds the service with another routing table (a binary with its own handlers, a test).
     pub async fn build_with_router(config: Config, router: Router) -> anyhow::Result<Self> {
-        router.check_complete()?;
-        let validators = Validators::compile(&config.topics)?.with_max_payload_bytes(config.max_message_bytes);
-        let mut topics: Vec<String> = validators.topic_names().map(str::to_owned).collect();
-        topics.sort();
-
         let pool = store::connect(config.database_url.expose(), config.database_max_connections).await?;
         store::MIGRATOR.run(&pool).await.context("applying database migrations")?;
         let readiness_pool = http::readiness_pool(config.database_url.expose()).await?;
+        let pipeline = Arc::new(Pipeline::from_config(&config, router, pool.clone())?);
+        let telemetry = pipeline.telemetry.clone();
+        let mut topics: Vec<String> = pipeline.validators.topic_names().map(str::to_owned).collect();
+        topics.sort();
 
-        let known_topics = validators
-            .topics()
-            .map(|(name, key)| KnownTopic { name: name.to_owned(), handler_reasons: router.reasons(key) })
-            .collect();
-        let telemetry = Arc::new(Telemetry::new(known_topics));
         let joined = Arc::new(AtomicBool::new(false));
         let consumer: RouterConsumer = kafka::consumer_config(&config.kafka)
             .create_with_context(ConsumerEvents::new(
@@ -79,37 +70,19 @@ impl Application {
             .context("KAFKA_BROKERS: cannot create the Kafka consumer")?;
         consumer::subscribe(&consumer, &topics, config.topics.pattern.as_deref())
             .context("EVENT_ROUTER_TOPIC_PATTERN: cannot subscribe")?;
-        let publisher = Publisher::new(&config.kafka).context("KAFKA_BROKERS: cannot create the Kafka producer")?;
-        let backoff = Backoff { initial: Duration::from_millis(100), max: config.max_backoff };
         let relay = if config.topics.stream_enabled {
             let stream_publisher = Publisher::with_timeout(&config.stream_kafka, config.stream_publish_timeout)
                 .context("EVENT_STREAM_BROKERS: cannot create the stream producer")?;
-            Some(Relay::new(pool.clone(), stream_publisher, telemetry.clone(), backoff))
-        } else {
-            None
-        };
-
-        if config.topics.stream_enabled {
             tracing::info!(topic = %config.topics.stream(), "event stream enabled");
+            Some(Relay::new(pool.clone(), stream_publisher, telemetry.clone(), pipeline.backoff, pipeline.relay_wake()))
         } else {
             tracing::debug!("event stream is switched off (EVENT_STREAM_ENABLED=false): handled messages are not re-published");
-        }
+            None
+        };
 
         let listener = TcpListener::bind(config.metrics_addr)
             .await
             .with_context(|| format!("METRICS_ADDR: cannot listen on {}", config.metrics_addr))?;
-        let pipeline = Arc::new(Pipeline::new(
-            validators,
-            router,
-            pool.clone(),
-            publisher,
-            config.topics.clone(),
-            config.kafka.group_id.clone(),
-            telemetry.clone(),
-            backoff,
-            relay.as_ref().map(|r| r.wake.clone()).unwrap_or_default(),
-            config.handler_max_attempts,
-        ));
         tracing::info!(topics = ?topics, group = %config.kafka.group_id, "event-router started");
         let stall_threshold = config.readiness_stall;
         Ok(Application {

@@ -140,8 +140,8 @@ struct BatchResult {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, publisher: Publisher, telemetry: Arc<Telemetry>, backoff: Backoff) -> Self {
-        Relay { pool, publisher, telemetry, wake: Arc::new(Notify::new()), backoff }
+    pub fn new(pool: PgPool, publisher: Publisher, telemetry: Arc<Telemetry>, backoff: Backoff, wake: Arc<Notify>) -> Self {
+        Relay { pool, publisher, telemetry, wake, backoff }
     }
 
     /// Relays until `stop` is cancelled, then tries to empty the outbox within `drain_deadline`.

@@ -12,6 +12,11 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// From 100 ms up to `RETRY_MAX_BACKOFF_MS`.
+    pub fn for_config(config: &crate::config::Config) -> Self {
+        Backoff { initial: Duration::from_millis(100), max: config.max_backoff }
+    }
+
     /// Full jitter: a random delay up to the exponential bound, so partitions that failed
     /// together do not retry together.
     pub fn delay(&self, attempt: u32) -> Duration {

@@ -30,12 +30,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::TopicConfig;
+use anyhow::Context as _;
+
+use crate::config::{Config, TopicConfig};
 use crate::envelope::Validators;
 use crate::kafka::Publisher;
 use crate::message::RawMessage;
 use crate::router::Router;
-use crate::telemetry::{HandlingTime, Telemetry};
+use crate::telemetry::{HandlingTime, KnownTopic, Telemetry};
 
 use crate::retry::Backoff;
 use group_commit::GroupCommit;
@@ -88,35 +90,38 @@ pub struct Pipeline {
 }
 
 impl Pipeline {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        validators: Validators,
-        router: Router,
-        pool: sqlx::PgPool,
-        publisher: Publisher,
-        topics: TopicConfig,
-        group_id: String,
-        telemetry: Arc<Telemetry>,
-        backoff: Backoff,
-        relay_wake: Arc<Notify>,
-        max_attempts: u32,
-    ) -> Self {
-        let output_topics = [topics.stream(), topics.dead_letter()];
-        Pipeline {
+    /// The pipeline `config` describes, with `router`'s handlers, writing through `pool`: the one
+    /// place that assembles it, for the service, the tests and the benchmark. Fails when a schema
+    /// has no handler or does not compile, or the producer cannot be created.
+    pub fn from_config(config: &Config, router: Router, pool: sqlx::PgPool) -> anyhow::Result<Self> {
+        router.check_complete()?;
+        let validators = Validators::compile(&config.topics)?.with_max_payload_bytes(config.max_message_bytes);
+        let known_topics = validators
+            .topics()
+            .map(|(name, key)| KnownTopic { name: name.to_owned(), handler_reasons: router.reasons(key) })
+            .collect();
+        let publisher = Publisher::new(&config.kafka).context("KAFKA_BROKERS: cannot create the Kafka producer")?;
+        let topics = config.topics.clone();
+        Ok(Pipeline {
+            output_topics: [topics.stream(), topics.dead_letter()],
             validators,
             router,
             pool,
             publisher,
             topics,
-            group_id,
-            telemetry,
-            backoff,
-            relay_wake,
-            max_attempts,
-            output_topics,
+            group_id: config.kafka.group_id.clone(),
+            telemetry: Arc::new(Telemetry::new(known_topics)),
+            backoff: Backoff::for_config(config),
+            relay_wake: Arc::default(),
+            max_attempts: config.handler_max_attempts,
             group: GroupCommit::new(),
             open_batches: tokio::sync::Semaphore::new(Self::MAX_OPEN_BATCHES),
-        }
+        })
+    }
+
+    /// What the outbox relay waits on: notified after each commit that wrote a stream event.
+    pub fn relay_wake(&self) -> Arc<Notify> {
+        self.relay_wake.clone()
     }
 
     /// How many partitions may hold their batch opened at once. An opened message (its JSON

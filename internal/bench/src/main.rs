@@ -28,14 +28,11 @@ use clap::Parser;
 use dev_broker::DevBroker;
 use event_router::config::Config;
 use event_router::envelope::Validators;
-use event_router::kafka::Publisher;
 use event_router::message::RawMessage;
 use event_router::outbox::{self, OutgoingEvent};
 use event_router::pipeline::Pipeline;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
-use event_router::retry::Backoff;
 use event_router::samples;
-use event_router::telemetry::{KnownTopic, Telemetry};
 use event_router::topics::REGISTRY;
 use futures::stream::{self, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -375,23 +372,8 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
 /// as the consumer would.
 async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMessage], batch: usize) -> anyhow::Result<Duration> {
     let config = config(broker.bootstrap_servers(), &db.url, "bench-insert-path");
-    let router = event_router::handlers::router();
-    let validators = Validators::compile(&config.topics)?;
-    let known =
-        validators.topics().map(|(name, key)| KnownTopic { name: name.into(), handler_reasons: router.reasons(key) }).collect();
     let pool = event_router::store::connect(config.database_url.expose(), config.database_max_connections).await?;
-    let pipeline = Arc::new(Pipeline::new(
-        validators,
-        router,
-        pool,
-        Publisher::new(&config.kafka)?,
-        config.topics.clone(),
-        "bench-insert-path".into(),
-        Arc::new(Telemetry::new(known)),
-        Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1) },
-        Default::default(),
-        config.handler_max_attempts,
-    ));
+    let pipeline = Arc::new(Pipeline::from_config(&config, event_router::handlers::router(), pool)?);
     // Give each message the coordinates a consumer would see.
     let mut partitions: HashMap<(String, i32), Vec<RawMessage>> = HashMap::new();
     for (n, message) in messages.iter().enumerate() {
