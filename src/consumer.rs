@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Batching;
 use crate::message::{HeaderLimits, RawMessage};
 use crate::pipeline::Pipeline;
-use crate::telemetry::Telemetry;
+use crate::telemetry::{RebalanceKind, Telemetry};
 
 type Slot = (String, i32);
 
@@ -248,16 +248,16 @@ impl ConsumerContext for ConsumerEvents {
                     tracing::debug!(%error, "resuming newly assigned partitions");
                 }
                 self.joined.store(true, Ordering::Release);
-                self.telemetry.rebalance("assign", &describe(partitions));
+                self.telemetry.rebalance(RebalanceKind::Assign, &describe(partitions));
             }
             // Not joined until the next assignment: a consumer out of its group shows in /readyz.
             Rebalance::Revoke(partitions) => {
                 self.joined.store(false, Ordering::Release);
-                self.telemetry.rebalance("revoke", &describe(partitions));
+                self.telemetry.rebalance(RebalanceKind::Revoke, &describe(partitions));
             }
             Rebalance::Error(error) => {
                 self.joined.store(false, Ordering::Release);
-                self.telemetry.rebalance("error", &error.to_string());
+                self.telemetry.rebalance(RebalanceKind::Error, &error.to_string());
             }
         }
     }

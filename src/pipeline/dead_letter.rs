@@ -8,6 +8,7 @@ use crate::kafka;
 use crate::message::{header_refs, RawMessage};
 use crate::store::dead_letters::{self, DeadLetter};
 use crate::store::InboxKey;
+use crate::telemetry::RetryStep;
 
 impl Attempt<'_> {
     /// Publishes `message` to the dead-letter topic and records it in `dead_letters`. A message
@@ -22,7 +23,9 @@ impl Attempt<'_> {
     ) -> Outcome {
         let key = InboxKey::of(message);
         let fingerprint = key.fingerprint;
-        match self.retry("database", message, || async { Ok(dead_letters::is_recorded(&self.pipeline.pool, &key).await?) }).await
+        match self
+            .retry(RetryStep::Database, message, || async { Ok(dead_letters::is_recorded(&self.pipeline.pool, &key).await?) })
+            .await
         {
             Err(Halt::Abandoned) => return Outcome::Abandoned,
             Err(Halt::Permanent(_)) | Ok(false) => {}
@@ -32,7 +35,7 @@ impl Attempt<'_> {
         let headers = header_refs(&copy.headers);
         let topic = self.pipeline.topics.dead_letter();
         let published = self
-            .retry("dead_letter", message, || async {
+            .retry(RetryStep::DeadLetter, message, || async {
                 self.pipeline.publisher.publish(&topic, copy.key, copy.value, &headers).await.map_err(anyhow::Error::from)
             })
             .await;
@@ -57,7 +60,10 @@ impl Attempt<'_> {
             dead_letter_partition: delivery.partition,
             dead_letter_offset: delivery.offset,
         };
-        match self.retry("database", message, || async { Ok(dead_letters::record(&self.pipeline.pool, &record).await?) }).await {
+        match self
+            .retry(RetryStep::Database, message, || async { Ok(dead_letters::record(&self.pipeline.pool, &record).await?) })
+            .await
+        {
             Ok(()) => {}
             Err(Halt::Abandoned) => return Outcome::Abandoned,
             // Values are checked before they get here (rejection messages are escaped, request

@@ -37,38 +37,14 @@ use crate::envelope::Validators;
 use crate::kafka::Publisher;
 use crate::message::RawMessage;
 use crate::router::Router;
-use crate::telemetry::{HandlingTime, KnownTopic, Telemetry};
+use crate::telemetry::{HandlingTime, KnownTopic, RetryStep, Telemetry};
 
 use crate::retry::Backoff;
 use group_commit::GroupCommit;
 use open::{Prepared, Step};
 use write::{Attempt, BatchWrite, Handled};
 
-/// How a message finished.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    /// Handled for the first time; its stream event is in the outbox.
-    Handled,
-    /// Already handled before (a redelivery): no new effects, no new event.
-    Duplicate,
-    DeadLettered,
-    /// A message on one of the service's own output topics (pattern subscriptions only).
-    Skipped,
-    /// Shutdown came first; the offset must not advance.
-    Abandoned,
-}
-
-impl Outcome {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Outcome::Handled => "handled",
-            Outcome::Duplicate => "duplicate",
-            Outcome::DeadLettered => "dead_lettered",
-            Outcome::Skipped => "skipped",
-            Outcome::Abandoned => "abandoned",
-        }
-    }
-}
+pub use crate::telemetry::Outcome;
 
 pub struct Pipeline {
     pub validators: Validators,
@@ -177,7 +153,7 @@ impl Pipeline {
                 // single-message path below.
                 let mut end = run.len();
                 while end > 0 {
-                    match attempt.retry("database", &run[0].message, || attempt.write(&run[..end])).await {
+                    match attempt.retry(RetryStep::Database, &run[0].message, || attempt.write(&run[..end])).await {
                         Err(_) => return self.abandoned_from(&steps, done),
                         Ok(BatchWrite::Committed(handled)) => {
                             self.finish_handled(&run[..end], handled);
@@ -195,7 +171,7 @@ impl Pipeline {
             if outcome == Outcome::Abandoned {
                 return self.abandoned_from(&steps, done);
             }
-            self.telemetry.message_finished(&steps[done].message().topic, outcome.as_str());
+            self.telemetry.message_finished(&steps[done].message().topic, outcome);
             done += 1;
         }
         done
@@ -206,7 +182,7 @@ impl Pipeline {
         for (p, result) in run.iter().zip(handled) {
             let outcome = self.handled(p, result);
             wrote_events |= outcome == Outcome::Handled && p.event.is_some();
-            self.telemetry.message_finished(&p.message.topic, outcome.as_str());
+            self.telemetry.message_finished(&p.message.topic, outcome);
         }
         if wrote_events {
             self.relay_wake.notify_one();

@@ -16,7 +16,7 @@ use crate::router::DispatchError;
 use crate::store::dead_letters;
 use crate::store::{self, InboxEntry, InboxKey};
 use crate::stream;
-use crate::telemetry::HandlingTime;
+use crate::telemetry::{HandlingTime, RetryStep};
 
 /// What a transaction over one or more prepared messages did.
 pub(super) enum BatchWrite {
@@ -56,7 +56,7 @@ impl Attempt<'_> {
         let mut attempt = 1;
         let result = loop {
             // `write` turns every permanent failure into a refusal, so only the deadline stops it.
-            let refusal = match self.retry("database", &p.message, || self.write(&alone)).await {
+            let refusal = match self.retry(RetryStep::Database, &p.message, || self.write(&alone)).await {
                 Err(_) => return Outcome::Abandoned,
                 Ok(BatchWrite::Committed(mut handled)) => break handled.remove(0),
                 Ok(BatchWrite::Refused(_, refusal)) => refusal,
@@ -203,7 +203,7 @@ impl Attempt<'_> {
     /// Runs `attempt` until it succeeds, backing off between failures. Stops early when the
     /// shutdown deadline passed, or when the failure can never succeed on retry (the database
     /// refusing the data, Kafka refusing the record): those would otherwise stop the partition.
-    pub(super) async fn retry<T, F, Fut>(&self, step: &'static str, message: &RawMessage, mut attempt: F) -> Result<T, Halt>
+    pub(super) async fn retry<T, F, Fut>(&self, step: RetryStep, message: &RawMessage, mut attempt: F) -> Result<T, Halt>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = anyhow::Result<T>>,

@@ -4,6 +4,7 @@ use std::collections::HashSet;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use super::labels::{Outcome, PublishResult, RebalanceKind, RetryStep};
 use super::metrics::{KnownTopic, Metrics, UNKNOWN_TOPIC_LABEL};
 use crate::envelope::Rejection;
 use crate::message::RawMessage;
@@ -61,8 +62,8 @@ impl Telemetry {
     }
 
     /// A message reached a final outcome; its offset may now advance.
-    pub fn message_finished(&self, topic: &str, outcome: &'static str) {
-        self.metrics.processed.with_label_values(&[self.label(topic), outcome]).inc();
+    pub fn message_finished(&self, topic: &str, outcome: Outcome) {
+        self.metrics.processed.with_label_values(&[self.label(topic), outcome.as_str()]).inc();
         self.metrics.in_flight.dec();
         self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
     }
@@ -70,7 +71,7 @@ impl Telemetry {
     /// A message left unfinished at shutdown; it will be redelivered.
     pub fn message_abandoned(&self, message: &RawMessage) {
         self.metrics.in_flight.dec();
-        self.metrics.processed.with_label_values(&[self.label(&message.topic), "abandoned"]).inc();
+        self.metrics.processed.with_label_values(&[self.label(&message.topic), Outcome::Abandoned.as_str()]).inc();
         tracing::warn!(
             topic = %message.topic, partition = message.partition, offset = message.offset,
             "shutdown deadline reached; message left unprocessed and will be redelivered"
@@ -110,7 +111,6 @@ impl Telemetry {
     /// A message was rejected and published to the dead-letter topic.
     pub fn message_dead_lettered(&self, message: &RawMessage, rejection: &Rejection, request_id: Option<&str>) {
         let topic = self.label(&message.topic);
-        self.metrics.rejected.with_label_values(&[topic, rejection.reason.code()]).inc();
         self.metrics.dead_letters.with_label_values(&[topic, rejection.reason.code()]).inc();
         tracing::warn!(
             topic = %message.topic, partition = message.partition, offset = message.offset,
@@ -123,7 +123,7 @@ impl Telemetry {
     /// The broker refused even a dead-letter copy that fits the producer's limit; the message is
     /// recorded in the `dead_letters` table only.
     pub fn dead_letter_copy_refused(&self, message: &RawMessage, error: &anyhow::Error) {
-        self.metrics.retries.with_label_values(&["dead_letter"]).inc();
+        self.count_retry(RetryStep::DeadLetter);
         tracing::error!(
             topic = %message.topic, partition = message.partition, offset = message.offset, error = %format!("{error:#}"),
             "the dead-letter topic refused the message's copy for good; it is recorded in the dead_letters table only"
@@ -140,7 +140,7 @@ impl Telemetry {
 
     /// A handler asked to try the message again later.
     pub fn handler_retrying(&self, ctx: &Context, rejection: &Rejection, attempt: u32, max_attempts: u32, delay: Duration) {
-        self.metrics.retries.with_label_values(&["handler"]).inc();
+        self.count_retry(RetryStep::Handler);
         tracing::warn!(
             topic = %ctx.topic, partition = ctx.partition, offset = ctx.offset, request_id = %ctx.request_id,
             reason = rejection.reason.code(), attempt, max_attempts, retry_in_ms = delay.as_millis() as u64,
@@ -150,17 +150,10 @@ impl Telemetry {
     }
 
     /// A step failed for a reason outside the message; it will be tried again after `delay`.
-    pub fn retrying(
-        &self,
-        step: &'static str,
-        message: &RawMessage,
-        attempt: u32,
-        delay: Duration,
-        error: &dyn std::fmt::Display,
-    ) {
-        self.metrics.retries.with_label_values(&[step]).inc();
+    pub fn retrying(&self, step: RetryStep, message: &RawMessage, attempt: u32, delay: Duration, error: &dyn std::fmt::Display) {
+        self.count_retry(step);
         tracing::warn!(
-            step, topic = %message.topic, partition = message.partition, offset = message.offset,
+            step = step.as_str(), topic = %message.topic, partition = message.partition, offset = message.offset,
             attempt, retry_in_ms = delay.as_millis() as u64, error = %error,
             "transient failure; the partition waits and retries"
         );
@@ -168,7 +161,7 @@ impl Telemetry {
 
     /// The outbox relay could not publish (or reach the database); the backlog waits.
     pub fn outbox_relay_failed(&self, attempt: u32, retry_in: Duration, error: &anyhow::Error) {
-        self.metrics.retries.with_label_values(&["stream"]).inc();
+        self.count_retry(RetryStep::Stream);
         tracing::warn!(
             attempt, retry_in_ms = retry_in.as_millis() as u64, error = %format!("{error:#}"),
             "stream publish failed; events wait in the outbox and are retried"
@@ -209,7 +202,8 @@ impl Telemetry {
     }
 
     pub fn stream_published(&self, ok: bool) {
-        self.metrics.stream_published.with_label_values(&[if ok { "ok" } else { "error" }]).inc();
+        let result = if ok { PublishResult::Ok } else { PublishResult::Error };
+        self.metrics.stream_published.with_label_values(&[result.as_str()]).inc();
     }
 
     /// The byte budget for messages held in the service is spent: fetching pauses until finished
@@ -235,9 +229,15 @@ impl Telemetry {
         tracing::warn!(error = %error, "offset commit on partition revoke failed; the next owner may redo recent messages");
     }
 
-    pub fn rebalance(&self, kind: &'static str, partitions: &str) {
-        self.metrics.rebalances.with_label_values(&[kind]).inc();
-        tracing::info!(kind, partitions, "consumer group rebalance");
+    pub fn rebalance(&self, kind: RebalanceKind, partitions: &str) {
+        self.metrics.rebalances.with_label_values(&[kind.as_str()]).inc();
+        tracing::info!(kind = kind.as_str(), partitions, "consumer group rebalance");
+    }
+}
+
+impl Telemetry {
+    fn count_retry(&self, step: RetryStep) {
+        self.metrics.retries.with_label_values(&[step.as_str()]).inc();
     }
 }
 

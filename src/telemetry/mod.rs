@@ -7,9 +7,11 @@
 //! the raw identity header.
 
 mod events;
+mod labels;
 mod logging;
 mod metrics;
 
 pub use events::{HandlingTime, Telemetry};
+pub use labels::{Outcome, PublishResult, RebalanceKind, RetryStep};
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{KnownTopic, Metrics};

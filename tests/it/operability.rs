@@ -35,7 +35,7 @@ async fn metrics_count_consumed_and_processed_messages_per_topic_and_outcome() {
         2.0
     );
     assert_eq!(
-        app.metric("event_router_validation_failures_total", &[("topic", &todo_topic), ("reason", "schema_violation")]).await,
+        app.metric("event_router_dead_letters_total", &[("topic", &todo_topic), ("reason", "schema_violation")]).await,
         2.0
     );
     eventually(Duration::from_secs(30), "5 events relayed to the stream", || async {
