@@ -295,6 +295,97 @@ impl Config {
     }
 
     fn from_settings(env: &(impl Env + ?Sized), translations: HashMap<String, String>) -> Result<Config, ConfigError> {
+        let kafka = KafkaConfig::from_settings(env)?;
+
+        let prefix = env.var("EVENT_ROUTER_TOPIC_PREFIX").unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into());
+        if prefix.starts_with('.') || prefix.ends_with('.') || !prefix.chars().all(is_topic_char) {
+            return Err(invalid(
+                "EVENT_ROUTER_TOPIC_PREFIX",
+                format!("`{prefix}` is not a valid topic name prefix (letters, digits, '.', '_', '-')"),
+            ));
+        }
+        let pattern = env.var("EVENT_ROUTER_TOPIC_PATTERN");
+        if let Some(pattern) = &pattern {
+            if !pattern.starts_with('^') {
+                return Err(invalid(
+                    "EVENT_ROUTER_TOPIC_PATTERN",
+                    "a topic pattern must start with `^` (Kafka's regex subscription rule)",
+                ));
+            }
+        }
+        let stream_enabled = parse_bool(env, "EVENT_STREAM_ENABLED", true)?;
+        let stream_brokers = match env.var("EVENT_STREAM_BROKERS") {
+            Some(list) => {
+                check_brokers("EVENT_STREAM_BROKERS", &list)?;
+                list
+            }
+            None => kafka.brokers.clone(),
+        };
+        // librdkafka takes milliseconds as an i32; a day is well below that.
+        let stream_publish_timeout =
+            Duration::from_millis(parse_bounded(env, "EVENT_STREAM_PUBLISH_TIMEOUT_MS", 10_000, DAY_MS.min(i32::MAX as u64))?);
+        if stream_publish_timeout < Duration::from_millis(100) {
+            return Err(invalid("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "must be at least 100"));
+        }
+
+        let database_url = env.var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(invalid("DATABASE_URL", "must start with postgres:// or postgresql://"));
+        }
+        let database_max_connections = parse_bounded(env, "DATABASE_MAX_CONNECTIONS", 10, 1000)? as u32;
+        if database_max_connections == 0 {
+            return Err(invalid("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
+        }
+
+        let metrics_addr = match env.var("METRICS_ADDR") {
+            Some(addr) => {
+                addr.parse().map_err(|_| invalid("METRICS_ADDR", format!("`{addr}` is not an address such as 0.0.0.0:9000")))?
+            }
+            None => SocketAddr::from(([0, 0, 0, 0], 9000)),
+        };
+        let shutdown_timeout = Duration::from_secs(parse_bounded(env, "SHUTDOWN_TIMEOUT_SECONDS", 30, DAY_SECONDS)?);
+        let max_backoff = Duration::from_millis(parse_bounded(env, "RETRY_MAX_BACKOFF_MS", 30_000, 3_600_000)?);
+        let handler_max_attempts = parse_bounded(env, "HANDLER_MAX_ATTEMPTS", 5, 1000)? as u32;
+        if handler_max_attempts == 0 {
+            return Err(invalid("HANDLER_MAX_ATTEMPTS", "must be at least 1"));
+        }
+        let readiness_stall = Duration::from_secs(parse_bounded(env, "READINESS_STALL_SECONDS", 120, DAY_SECONDS)?);
+        let max_message_bytes = parse_bounded(
+            env,
+            "MAX_MESSAGE_BYTES",
+            crate::envelope::validate::DEFAULT_MAX_PAYLOAD_BYTES as u64,
+            100 * 1024 * 1024,
+        )? as usize;
+        if max_message_bytes == 0 {
+            return Err(invalid("MAX_MESSAGE_BYTES", "must be at least 1"));
+        }
+        let batching = Batching::from_settings(env)?;
+        let inbox_retention = parse_retention(env, "INBOX_RETENTION_HOURS", DEFAULT_INBOX_RETENTION_HOURS)?;
+        let dead_letter_retention = parse_retention(env, "DEAD_LETTER_RETENTION_HOURS", DEFAULT_DEAD_LETTER_RETENTION_HOURS)?;
+
+        Ok(Config {
+            stream_kafka: KafkaConfig { brokers: stream_brokers, ..kafka.clone() },
+            stream_publish_timeout,
+            kafka,
+            topics: TopicConfig { prefix, translations, pattern, stream_enabled },
+            database_url: Secret::new(database_url),
+            database_max_connections,
+            metrics_addr,
+            shutdown_timeout,
+            max_backoff,
+            handler_max_attempts,
+            readiness_stall,
+            max_message_bytes,
+            batching,
+            inbox_retention,
+            dead_letter_retention,
+        })
+    }
+}
+
+impl KafkaConfig {
+    /// The connection, security and group settings (`KAFKA_*`).
+    fn from_settings(env: &(impl Env + ?Sized)) -> Result<KafkaConfig, ConfigError> {
         let brokers = env.var("KAFKA_BROKERS").unwrap_or_else(|| DEFAULT_BROKERS.to_string());
         check_brokers("KAFKA_BROKERS", &brokers)?;
 
@@ -341,68 +432,22 @@ impl Config {
         }
         let group_id = env.var("KAFKA_GROUP_ID").unwrap_or_else(|| "event-router".into());
 
-        let prefix = env.var("EVENT_ROUTER_TOPIC_PREFIX").unwrap_or_else(|| DEFAULT_TOPIC_PREFIX.into());
-        if prefix.starts_with('.') || prefix.ends_with('.') || !prefix.chars().all(is_topic_char) {
-            return Err(invalid(
-                "EVENT_ROUTER_TOPIC_PREFIX",
-                format!("`{prefix}` is not a valid topic name prefix (letters, digits, '.', '_', '-')"),
-            ));
-        }
-        let pattern = env.var("EVENT_ROUTER_TOPIC_PATTERN");
-        if let Some(pattern) = &pattern {
-            if !pattern.starts_with('^') {
-                return Err(invalid(
-                    "EVENT_ROUTER_TOPIC_PATTERN",
-                    "a topic pattern must start with `^` (Kafka's regex subscription rule)",
-                ));
-            }
-        }
-        let stream_enabled = parse_bool(env, "EVENT_STREAM_ENABLED", true)?;
-        let stream_brokers = match env.var("EVENT_STREAM_BROKERS") {
-            Some(list) => {
-                check_brokers("EVENT_STREAM_BROKERS", &list)?;
-                list
-            }
-            None => brokers.clone(),
-        };
-        // librdkafka takes milliseconds as an i32; a day is well below that.
-        let stream_publish_timeout =
-            Duration::from_millis(parse_bounded(env, "EVENT_STREAM_PUBLISH_TIMEOUT_MS", 10_000, DAY_MS.min(i32::MAX as u64))?);
-        if stream_publish_timeout < Duration::from_millis(100) {
-            return Err(invalid("EVENT_STREAM_PUBLISH_TIMEOUT_MS", "must be at least 100"));
-        }
+        Ok(KafkaConfig {
+            brokers,
+            group_id,
+            security_protocol,
+            sasl_mechanism,
+            sasl_username,
+            sasl_password,
+            ssl_ca_location,
+            auto_offset_reset,
+        })
+    }
+}
 
-        let database_url = env.var("DATABASE_URL").unwrap_or_else(|| DEFAULT_DATABASE_URL.into());
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(invalid("DATABASE_URL", "must start with postgres:// or postgresql://"));
-        }
-        let database_max_connections = parse_bounded(env, "DATABASE_MAX_CONNECTIONS", 10, 1000)? as u32;
-        if database_max_connections == 0 {
-            return Err(invalid("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
-        }
-
-        let metrics_addr = match env.var("METRICS_ADDR") {
-            Some(addr) => {
-                addr.parse().map_err(|_| invalid("METRICS_ADDR", format!("`{addr}` is not an address such as 0.0.0.0:9000")))?
-            }
-            None => SocketAddr::from(([0, 0, 0, 0], 9000)),
-        };
-        let shutdown_timeout = Duration::from_secs(parse_bounded(env, "SHUTDOWN_TIMEOUT_SECONDS", 30, DAY_SECONDS)?);
-        let max_backoff = Duration::from_millis(parse_bounded(env, "RETRY_MAX_BACKOFF_MS", 30_000, 3_600_000)?);
-        let handler_max_attempts = parse_bounded(env, "HANDLER_MAX_ATTEMPTS", 5, 1000)? as u32;
-        if handler_max_attempts == 0 {
-            return Err(invalid("HANDLER_MAX_ATTEMPTS", "must be at least 1"));
-        }
-        let readiness_stall = Duration::from_secs(parse_bounded(env, "READINESS_STALL_SECONDS", 120, DAY_SECONDS)?);
-        let max_message_bytes = parse_bounded(
-            env,
-            "MAX_MESSAGE_BYTES",
-            crate::envelope::validate::DEFAULT_MAX_PAYLOAD_BYTES as u64,
-            100 * 1024 * 1024,
-        )? as usize;
-        if max_message_bytes == 0 {
-            return Err(invalid("MAX_MESSAGE_BYTES", "must be at least 1"));
-        }
+impl Batching {
+    /// `BATCH_MAX_MESSAGES`, `BATCH_LINGER_MS` and `MAX_BUFFERED_BYTES`.
+    fn from_settings(env: &(impl Env + ?Sized)) -> Result<Batching, ConfigError> {
         let defaults = Batching::default();
         let max_messages = parse_number(env, "BATCH_MAX_MESSAGES", defaults.max_messages as u64)?;
         if !(1..=10_000).contains(&max_messages) {
@@ -413,39 +458,10 @@ impl Config {
             linger: Duration::from_millis(parse_bounded(env, "BATCH_LINGER_MS", defaults.linger.as_millis() as u64, 60_000)?),
             max_buffered_bytes: parse_number(env, "MAX_BUFFERED_BYTES", defaults.max_buffered_bytes as u64)? as usize,
         };
-        if !(1024 * 1024..=16 * 1024 * 1024 * 1024).contains(&batching.max_buffered_bytes) {
+        if !(1024 * 1024..=16 * 1024 * 1024 * 1024u64).contains(&(batching.max_buffered_bytes as u64)) {
             return Err(invalid("MAX_BUFFERED_BYTES", "must be between 1 MiB (1048576) and 16 GiB"));
         }
-        let inbox_retention = parse_retention(env, "INBOX_RETENTION_HOURS", DEFAULT_INBOX_RETENTION_HOURS)?;
-        let dead_letter_retention = parse_retention(env, "DEAD_LETTER_RETENTION_HOURS", DEFAULT_DEAD_LETTER_RETENTION_HOURS)?;
-
-        let kafka = KafkaConfig {
-            brokers,
-            group_id,
-            security_protocol,
-            sasl_mechanism,
-            sasl_username,
-            sasl_password,
-            ssl_ca_location,
-            auto_offset_reset,
-        };
-        Ok(Config {
-            stream_kafka: KafkaConfig { brokers: stream_brokers, ..kafka.clone() },
-            stream_publish_timeout,
-            kafka,
-            topics: TopicConfig { prefix, translations, pattern, stream_enabled },
-            database_url: Secret::new(database_url),
-            database_max_connections,
-            metrics_addr,
-            shutdown_timeout,
-            max_backoff,
-            handler_max_attempts,
-            readiness_stall,
-            max_message_bytes,
-            batching,
-            inbox_retention,
-            dead_letter_retention,
-        })
+        Ok(batching)
     }
 }
 

@@ -15,7 +15,7 @@ use super::labels::{Outcome, PublishResult, RebalanceKind, RetryStep};
 use crate::envelope::Reason;
 
 /// Label used for topics that have no schema, to keep label cardinality bounded.
-pub const UNKNOWN_TOPIC_LABEL: &str = "_unknown";
+pub(super) const UNKNOWN_TOPIC_LABEL: &str = "_unknown";
 
 /// A consumed topic and the reason codes its handler declared.
 #[derive(Debug, Clone)]

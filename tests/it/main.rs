@@ -1,6 +1,9 @@
 //! The one integration test binary: the real service on the embedded broker and PostgreSQL, a
 //! fresh broker and database per test. A module per capability.
 
+// Tests unwrap (a panic is how a test fails), and a scenario may read best as one long function.
+#![allow(clippy::unwrap_used, clippy::too_many_lines, unreachable_pub)]
+
 mod batches;
 mod crash;
 mod dead_letters;

@@ -238,6 +238,8 @@ async fn consume_only(base: &Config, total: u64) -> anyhow::Result<Duration> {
 /// Writes, with COPY, the rows the service would write for the valid messages: each table row,
 /// its inbox row, and an outbox row per `batch` events (the service writes one per transaction),
 /// packed by the service's own code with the headers it propagates.
+// One benchmark step, read top to bottom: the rows, then the timed COPY.
+#[allow(clippy::too_many_lines)]
 async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: usize) -> anyhow::Result<Duration> {
     fn csv(fields: &[String]) -> String {
         let quoted: Vec<String> = fields.iter().map(|f| format!("\"{}\"", f.replace('"', "\"\""))).collect();
@@ -315,10 +317,10 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
             _ => None,
         };
         let Some((table, fields)) = row else { continue };
-        tables.get_mut(table).unwrap().push_str(&csv(&fields));
+        tables.get_mut(table).expect("a table of the ceiling").push_str(&csv(&fields));
         let offset = offsets.entry(message.topic.clone()).or_insert(0);
         let partition = 0;
-        tables.get_mut("processed_messages").unwrap().push_str(&csv(&[
+        tables.get_mut("processed_messages").expect("the inbox table").push_str(&csv(&[
             message.topic.clone(),
             partition.to_string(),
             offset.to_string(),
@@ -448,6 +450,8 @@ struct EndToEnd {
 }
 
 /// Starts the service binary and waits until it drained the backlog.
+// One benchmark step, read top to bottom: start, drain, steady phase, report.
+#[allow(clippy::too_many_lines)]
 async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, invalid: u64) -> anyhow::Result<EndToEnd> {
     let mut children = Vec::new();
     let mut metrics_ports = Vec::new();
@@ -479,7 +483,8 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
     std::fs::write(args.out.join("service.pid"), pids.join("\n") + "\n")?;
     let first = metrics_ports[0];
     // The clock starts when the first message is consumed (after the group join).
-    let scrape = |port: u16| async move { testkit::http_get(format!("127.0.0.1:{port}").parse().unwrap(), "/metrics").await.1 };
+    let scrape =
+        |port: u16| async move { testkit::http_get(std::net::SocketAddr::from(([127, 0, 0, 1], port)), "/metrics").await.1 };
     let wait_start = Instant::now();
     loop {
         let consumed: f64 = match tokio::net::TcpStream::connect(("127.0.0.1", first)).await {

@@ -122,7 +122,7 @@ pub struct Tansu {
 impl Tansu {
     /// Starts `tansu broker` on a free port and waits until it accepts connections.
     pub async fn start() -> Tansu {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
         let url = format!("tcp://127.0.0.1:{port}");
         let process = tokio::process::Command::new("tansu")
             .args(["broker", "--listener-url", &url, "--advertised-listener-url", &url, "--storage-engine", "memory://tansu/"])
@@ -441,7 +441,7 @@ pub struct TcpProxy {
 impl TcpProxy {
     pub async fn start(target: SocketAddr) -> TcpProxy {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
-        let addr = listener.local_addr().unwrap();
+        let addr = listener.local_addr().expect("a bound listener has an address");
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let connections = Arc::new(std::sync::Mutex::new(CancellationToken::new()));
         let task = tokio::spawn({
@@ -451,7 +451,7 @@ impl TcpProxy {
                     if cut.load(std::sync::atomic::Ordering::SeqCst) {
                         continue; // dropped: the connection is refused as soon as it opens
                     }
-                    let closed = connections.lock().unwrap().clone();
+                    let closed = connections.lock().expect("proxy lock").clone();
                     tokio::spawn(async move {
                         let Ok(mut server) = tokio::net::TcpStream::connect(target).await else { return };
                         tokio::select! {
@@ -468,7 +468,7 @@ impl TcpProxy {
     /// Closes every connection and refuses new ones.
     pub fn cut(&self) {
         self.cut.store(true, std::sync::atomic::Ordering::SeqCst);
-        let mut connections = self.connections.lock().unwrap();
+        let mut connections = self.connections.lock().expect("proxy lock");
         connections.cancel();
         *connections = CancellationToken::new();
     }
