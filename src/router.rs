@@ -100,9 +100,10 @@ pub enum HandlerError {
     /// Something outside the message failed (database, network); the message is retried.
     #[error("transient failure: {0}")]
     Transient(#[source] anyhow::Error),
-    /// The handler panicked (set by the router, not by handlers).
+    /// Refused with this very rejection, decided by the router rather than by a handler: the
+    /// handler panicked, the payload did not fit its generated type, the topic has no handler.
     #[error("{0}")]
-    Panicked(Rejection),
+    Refused(Rejection),
 }
 
 impl HandlerError {
@@ -112,6 +113,20 @@ impl HandlerError {
 
     pub fn retryable(code: &'static str, message: impl Into<String>) -> Self {
         HandlerError::Retryable { code, message: message.into() }
+    }
+
+    /// What a message of `topic` is dead-lettered with for this error. (A transient failure is
+    /// retried until it passes, never dead-lettered; its rejection exists only for completeness.)
+    pub fn into_rejection(self, topic: &str) -> Rejection {
+        match self {
+            HandlerError::Rejected { code, message } | HandlerError::Retryable { code, message } => {
+                Rejection::new(Reason::Handler(code), format!("topic {topic}: {message}"))
+            }
+            HandlerError::Refused(rejection) => rejection,
+            HandlerError::Transient(error) => {
+                Rejection::new(Reason::Handler("transient_failure"), format!("topic {topic}: {error:#}"))
+            }
+        }
     }
 }
 
@@ -188,23 +203,8 @@ impl From<sqlx::Error> for BatchError {
     }
 }
 
-/// Outcome of a dispatch that did not succeed.
-#[derive(Debug)]
-pub enum DispatchError {
-    /// Dead-letter the message with this rejection.
-    Rejected(Rejection),
-    /// Try again later; dead-letter with this rejection when attempts run out.
-    Retryable(Rejection),
-    /// Retry later.
-    Transient(anyhow::Error),
-}
-
 trait ErasedHandler: Send + Sync {
-    fn call<'a>(
-        &'a self,
-        events: &'a [(&'a Value, &'a Context)],
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), (usize, DispatchError)>>;
+    fn call<'a>(&'a self, events: &'a [(&'a Value, &'a Context)], tx: &'a mut Tx) -> BoxFuture<'a, Result<(), BatchError>>;
 }
 
 struct Typed<T, H> {
@@ -213,11 +213,7 @@ struct Typed<T, H> {
 }
 
 impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
-    fn call<'a>(
-        &'a self,
-        events: &'a [(&'a Value, &'a Context)],
-        tx: &'a mut Tx,
-    ) -> BoxFuture<'a, Result<(), (usize, DispatchError)>> {
+    fn call<'a>(&'a self, events: &'a [(&'a Value, &'a Context)], tx: &'a mut Tx) -> BoxFuture<'a, Result<(), BatchError>> {
         Box::pin(async move {
             let mut typed = Vec::with_capacity(events.len());
             for (index, (payload, ctx)) in events.iter().enumerate() {
@@ -227,7 +223,7 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
                         Reason::PayloadTypeMismatch,
                         format!("topic {}: the payload passed its schema but not its type: {e}", ctx.topic),
                     );
-                    (index, DispatchError::Rejected(rejection))
+                    BatchError { index, error: HandlerError::Refused(rejection) }
                 })?;
                 typed.push((event, *ctx));
             }
@@ -244,23 +240,10 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
                         crate::consumer::panic_message(panic.as_ref())
                     ),
                 );
-                Err(BatchError { index: 0, error: HandlerError::Panicked(rejection) })
+                Err(BatchError { index: 0, error: HandlerError::Refused(rejection) })
             });
-            handled.map_err(|BatchError { index, error }| {
-                // A run is one topic's messages.
-                let topic = &events[0].1.topic;
-                let error = match error {
-                    HandlerError::Rejected { code, message } => {
-                        DispatchError::Rejected(Rejection::new(Reason::Handler(code), format!("topic {topic}: {message}")))
-                    }
-                    HandlerError::Retryable { code, message } => {
-                        DispatchError::Retryable(Rejection::new(Reason::Handler(code), format!("topic {topic}: {message}")))
-                    }
-                    HandlerError::Transient(error) => DispatchError::Transient(error),
-                    HandlerError::Panicked(rejection) => DispatchError::Rejected(rejection),
-                };
-                (index.min(events.len() - 1), error)
-            })
+            // An index past the run (a handler's mistake) names its last message.
+            handled.map_err(|BatchError { index, error }| BatchError { index: index.min(events.len() - 1), error })
         })
     }
 }
@@ -308,8 +291,9 @@ impl Router {
     }
 
     /// Calls the handler registered for topic key `key` with `events` (payload and context), in
-    /// order, in one transaction. On failure: the index of the first event that failed, and why.
-    pub async fn dispatch(&self, key: &str, events: &[(&Value, &Context)], tx: &mut Tx) -> Result<(), (usize, DispatchError)> {
+    /// order, in one transaction. On failure: the index of the first event that failed, and why,
+    /// as the handler said it (the one error type from the handler to the write's outcome).
+    pub async fn dispatch(&self, key: &str, events: &[(&Value, &Context)], tx: &mut Tx) -> Result<(), BatchError> {
         if events.is_empty() {
             return Ok(());
         }
@@ -317,7 +301,7 @@ impl Router {
             Some(handler) => handler.call(events, tx).await,
             None => {
                 let rejection = Rejection::new(Reason::UnknownTopic, format!("topic {} has no handler", events[0].1.topic));
-                Err((0, DispatchError::Rejected(rejection)))
+                Err(BatchError { index: 0, error: HandlerError::Refused(rejection) })
             }
         }
     }

@@ -12,7 +12,7 @@ use crate::envelope::{Reason, Rejection};
 use crate::kafka;
 use crate::message::RawMessage;
 use crate::outbox::{self, OutgoingEvent};
-use crate::router::DispatchError;
+use crate::router::{BatchError, HandlerError};
 use crate::store::dead_letters;
 use crate::store::{self, InboxEntry, InboxKey};
 use crate::stream;
@@ -21,19 +21,14 @@ use crate::telemetry::{HandlingTime, RetryStep};
 /// What a transaction over one or more prepared messages did.
 pub(super) enum BatchWrite {
     Committed(Vec<Handled>),
-    /// The message at this index was refused; nothing was committed.
-    Refused(usize, Refusal),
+    /// The message at this index was refused (for good, or retryably: never a transient
+    /// failure, which is the write's `Err`); nothing was committed.
+    Refused(usize, HandlerError),
 }
 
 pub(super) enum Handled {
     FirstTime(HandlingTime),
     Duplicate,
-}
-
-/// A handler's refusal: for good, or for now.
-pub(super) enum Refusal {
-    Rejected(Rejection),
-    Retryable(Rejection),
 }
 
 /// Work on messages with the token that abandons it.
@@ -61,19 +56,18 @@ impl Attempt<'_> {
                 Ok(BatchWrite::Committed(mut handled)) => break handled.remove(0),
                 Ok(BatchWrite::Refused(_, refusal)) => refusal,
             };
-            let rejection = match refusal {
-                Refusal::Retryable(rejection) if attempt < self.pipeline.max_attempts => {
-                    let delay = self.pipeline.backoff.delay(attempt - 1);
-                    self.pipeline.telemetry.handler_retrying(&p.ctx, &rejection, attempt, self.pipeline.max_attempts, delay);
-                    if !self.sleep_unless_abandoned(delay).await {
-                        return Outcome::Abandoned;
-                    }
-                    attempt += 1;
-                    continue;
+            let retryable = matches!(refusal, HandlerError::Retryable { .. });
+            let rejection = refusal.into_rejection(&p.message.topic);
+            if retryable && attempt < self.pipeline.max_attempts {
+                let delay = self.pipeline.backoff.delay(attempt - 1);
+                self.pipeline.telemetry.handler_retrying(&p.ctx, &rejection, attempt, self.pipeline.max_attempts, delay);
+                if !self.sleep_unless_abandoned(delay).await {
+                    return Outcome::Abandoned;
                 }
-                Refusal::Retryable(rejection) => rejection.retries_exhausted(attempt),
-                Refusal::Rejected(rejection) => rejection,
-            };
+                attempt += 1;
+                continue;
+            }
+            let rejection = if retryable { rejection.retries_exhausted(attempt) } else { rejection };
             return self.dead_letter(&p.message, &rejection, Some(&p.ctx.request_id), p.ctx.org_id()).await;
         };
         let outcome = self.pipeline.handled(p, result);
@@ -91,7 +85,7 @@ impl Attempt<'_> {
         match self.write_once(batch).await {
             Err(error) if error.downcast_ref::<sqlx::Error>().is_some_and(store::is_data_exception) => Ok(BatchWrite::Refused(
                 0,
-                Refusal::Rejected(Rejection::new(
+                HandlerError::Refused(Rejection::new(
                     Reason::DatabaseRejected,
                     format!("the database refused the message's rows: {error:#}"),
                 )),
@@ -133,9 +127,8 @@ impl Attempt<'_> {
             let started = Instant::now();
             let refusal = match self.pipeline.router.dispatch(batch[run[0]].schema.key, &events, &mut tx).await {
                 Ok(()) => None,
-                Err((i, DispatchError::Rejected(rejection))) => Some((run[i], Refusal::Rejected(rejection))),
-                Err((i, DispatchError::Retryable(rejection))) => Some((run[i], Refusal::Retryable(rejection))),
-                Err((_, DispatchError::Transient(error))) => return Err(error),
+                Err(BatchError { error: HandlerError::Transient(error), .. }) => return Err(error),
+                Err(BatchError { index, error }) => Some((run[index], error)),
             };
             if let Some((index, refusal)) = refusal {
                 tx.rollback().await?;
