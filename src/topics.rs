@@ -12,8 +12,6 @@ use serde::de::DeserializeOwned;
 pub trait Topic: DeserializeOwned + Send + Sync + 'static {
     /// The file stem of the schema, e.g. `todo-created`; the Kafka topic is `<prefix>.<KEY>`.
     const KEY: &'static str;
-    /// The schema text, embedded at build time.
-    const SCHEMA: &'static str;
 }
 
 /// One entry of the generated registry.

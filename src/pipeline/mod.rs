@@ -47,14 +47,14 @@ use write::{Attempt, BatchWrite, Handled};
 pub use crate::telemetry::Outcome;
 
 pub struct Pipeline {
-    pub validators: Validators,
-    pub router: Router,
-    pub pool: sqlx::PgPool,
-    pub publisher: Publisher,
-    pub topics: TopicConfig,
-    pub group_id: String,
-    pub telemetry: Arc<Telemetry>,
-    pub backoff: Backoff,
+    pub(crate) validators: Validators,
+    pub(crate) router: Router,
+    pub(crate) pool: sqlx::PgPool,
+    pub(crate) publisher: Publisher,
+    pub(crate) topics: TopicConfig,
+    pub(crate) group_id: String,
+    pub(crate) telemetry: Arc<Telemetry>,
+    pub(crate) backoff: Backoff,
     /// Wakes the outbox relay after a commit that wrote an event.
     relay_wake: Arc<Notify>,
     /// Attempts a handler's retryable failure gets before the message is dead-lettered.

@@ -17,7 +17,6 @@
 use std::ffi::CString;
 use std::net::SocketAddr;
 use std::ptr::NonNull;
-use std::time::Duration;
 
 use anyhow::{bail, Context as _};
 use rdkafka::config::ClientConfig;
@@ -123,15 +122,6 @@ impl DevBroker {
     pub fn broker_up(&self, id: i32) -> anyhow::Result<()> {
         // SAFETY: valid cluster pointer.
         check(unsafe { rdsys::rd_kafka_mock_broker_set_up(self.cluster.as_ptr(), id) }, "broker up")
-    }
-
-    /// Delays every response of broker `id` by `rtt`.
-    pub fn set_round_trip_time(&self, id: i32, rtt: Duration) -> anyhow::Result<()> {
-        // SAFETY: valid cluster pointer.
-        check(
-            unsafe { rdsys::rd_kafka_mock_broker_set_rtt(self.cluster.as_ptr(), id, rtt.as_millis() as i32) },
-            "set round-trip time",
-        )
     }
 }
 

@@ -63,7 +63,6 @@ pub struct GeneratedTopic {
 #[derive(Debug, Default)]
 pub struct Generated {
     pub topics: Vec<GeneratedTopic>,
-    pub headers: Vec<PathBuf>,
     pub warnings: Vec<String>,
 }
 
@@ -79,14 +78,12 @@ impl Generated {
                  pub use {module}::{ty};\n\n\
                  impl crate::topics::Topic for {module}::{ty} {{\n\
                  \x20   const KEY: &'static str = {key:?};\n\
-                 \x20   const SCHEMA: &'static str = include_str!({path:?});\n\
                  }}\n\n",
                 key = topic.key,
                 suffix = TOPIC_SUFFIX,
                 module = topic.module,
                 ty = topic.payload_type,
                 code = topic.code,
-                path = topic.path.display().to_string(),
             ));
         }
         out.push_str("/// Every topic found in `api/event/`, in file-name order.\n");
@@ -129,7 +126,6 @@ pub fn generate(dir: &Path) -> Result<Generated, CodegenError> {
             let problems = check_schema(&value, false);
             fail_on_errors(&path, &problems)?;
             generated.warnings.extend(problems.warnings.iter().map(|w| format!("{}: {w}", path.display())));
-            generated.headers.push(path);
         } else if name.ends_with(".json") {
             return Err(CodegenError {
                 file: path,
