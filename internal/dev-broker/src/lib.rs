@@ -3,7 +3,7 @@
 //! No Kafka distribution can be installed where this project is developed, so `make run` and the
 //! tests use the mock cluster that ships inside librdkafka. It speaks the Kafka protocol, so kcat,
 //! Python clients and the service itself connect to it like to a real broker, and it supports fault
-//! injection (request errors, brokers going down, round-trip delays). It keeps data in memory,
+//! injection (request errors, brokers going down). It keeps data in memory,
 //! has no replication or security, and keeps at most about 5 MiB per partition: it is not a
 //! production broker.
 //!
