@@ -298,7 +298,7 @@ const BACKLOG_ROW_LIMIT: i64 = 1_000_000;
 /// Events waiting in the outbox (in at most `BACKLOG_ROW_LIMIT` rows) and the age of the
 /// oldest, in seconds. Read through the primary key from the oldest row, as the relay reads: a
 /// `count(*)` over the table scanned every row the relay had deleted and autovacuum not yet
-/// removed, 400 ms every 5 s after a 1,000,000-message drain, in the middle of the steady load
+/// removed, which after a large drain took a visible share of the database under steady load
 /// (bench/README.md).
 pub async fn backlog(pool: &PgPool) -> Result<(i64, f64), sqlx::Error> {
     sqlx::query_as(

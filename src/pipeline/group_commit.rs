@@ -7,8 +7,8 @@ use super::write::{Attempt, BatchWrite, Handled};
 
 /// Writes that several partitions have ready at the same time, merged into one transaction.
 ///
-/// A partition's batch holds only what that partition has waiting. At a steady 2,000 messages/s
-/// over 192 partitions that is one message, so every message was a transaction of its own
+/// A partition's batch holds only what that partition has waiting. At a steady load spread over
+/// many partitions that is one message, so every message was a transaction of its own
 /// (begin, inbox, handler, outbox, commit), and PostgreSQL spent most of the machine on
 /// per-transaction work (bench/README.md). Here a partition's ready run joins a queue; up to
 /// [`GroupCommit::WRITERS`] writers at a time each take what is queued and write it in one

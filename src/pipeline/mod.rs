@@ -102,8 +102,8 @@ impl Pipeline {
 
     /// How many partitions may hold their batch opened at once. An opened message (its JSON
     /// tree, context and stream event) takes several times its raw size, and under a backlog
-    /// every partition has a full batch: 192 partitions of opened batches of 64 were most of the
-    /// service's 159 MiB peak while 1,000,000 messages drained. The other partitions wait with
+    /// every partition has a full batch: with many partitions, opened batches were most of the
+    /// service's peak memory in a large drain (bench/README.md). The other partitions wait with
     /// their raw messages. The limit is released when a batch leaves the merged write for the
     /// single-message path, so partitions that are retrying do not hold up the rest.
     const MAX_OPEN_BATCHES: usize = 32;
