@@ -44,10 +44,27 @@ struct Source<'a> {
     partition: i32,
     offset: i64,
     key: Option<std::borrow::Cow<'a, str>>,
+    /// Set when `key` was left out for the event to fit in a record (see [`enriched_event`]).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    key_omitted: bool,
 }
 
 /// The stream event for a handled message, as JSON bytes.
+///
+/// The key travels twice: as the record's key, and as text in `metadata.source.key` (JSON-escaped,
+/// up to six bytes for a byte of a binary key). When that copy would make the record larger than
+/// a record may be, it is left out (`"key": null, "key_omitted": true`): the record's own key is
+/// the key. An event too large even then is refused before the message has any effect (see
+/// `pipeline::open`).
 pub fn enriched_event(checked: &Checked, source: &RawMessage, received_at: DateTime<Utc>) -> Vec<u8> {
+    let event = render(checked, source, received_at, true);
+    if source.key.is_some() && record_size(source, &checked.request_id, &event) > crate::kafka::MAX_RECORD_BYTES {
+        return render(checked, source, received_at, false);
+    }
+    event
+}
+
+fn render(checked: &Checked, source: &RawMessage, received_at: DateTime<Utc>, with_key: bool) -> Vec<u8> {
     let event = Event {
         name: checked.schema.name,
         payload: &checked.payload,
@@ -57,7 +74,8 @@ pub fn enriched_event(checked: &Checked, source: &RawMessage, received_at: DateT
                 topic: &source.topic,
                 partition: source.partition,
                 offset: source.offset,
-                key: source.key.as_deref().map(String::from_utf8_lossy),
+                key: source.key.as_deref().filter(|_| with_key).map(String::from_utf8_lossy),
+                key_omitted: !with_key,
             },
             org_id: checked.identity.org_id.as_deref(),
             request_id: &checked.request_id,

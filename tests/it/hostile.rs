@@ -165,9 +165,16 @@ fn cases() -> Vec<Case> {
         // Over MAX_MESSAGE_BYTES and close to the broker's limit: its dead-letter copy cannot hold
         // the value as well as the dead-letter headers, so it leaves the value out.
         case("near-record-limit", vec![b' '; 999_000], good_headers("r"), "payload_too_large"),
+        // Valid: its event leaves out the key's text copy (`key_omitted`) and fits.
         Case {
             name: "large-binary-key",
             record: Record { topic_key: "todo-created", key: binary_key, value: todo(912), headers: good_headers("r") },
+            reason: None,
+        },
+        // Valid, but key and value alone nearly fill a record: the event cannot fit.
+        Case {
+            name: "key-at-record-limit",
+            record: Record { topic_key: "todo-created", key: vec![b'k'; 999_000], value: todo(913), headers: good_headers("r") },
             reason: Some("event_too_large"),
         },
     ]
@@ -235,15 +242,6 @@ async fn every_hostile_record_is_dead_lettered_and_the_canary_behind_it_is_handl
     let dead = app.read_topic(&app.topic("dlq"), expected_dead, WAIT).await;
     let stream = testkit::drain_topic(app.broker.bootstrap_servers(), &app.topic("events-stream"), Duration::from_secs(10)).await;
     for (i, case) in cases.iter().enumerate() {
-        let reason = case.reason.expect("every case here is dead-lettered");
-        let letter = dead
-            .iter()
-            .find(|m| {
-                header(m, dead_letter::REASON).as_deref() == Some(reason) && m.key.as_deref() == Some(case.record.key.as_slice())
-            })
-            .unwrap_or_else(|| panic!("{}: no dead letter with reason {reason}", case.name));
-        let message = header(letter, dead_letter::MESSAGE).unwrap_or_default();
-        assert!(!message.contains('\0') && message.len() <= 1024, "{}: {message:?}", case.name);
         // The canary behind it was handled and streamed.
         let request_id = format!("canary-{i}");
         assert!(
@@ -259,6 +257,25 @@ async fn every_hostile_record_is_dead_lettered_and_the_canary_behind_it_is_handl
         .await
         .unwrap();
         assert_eq!(stored, 1, "{}: its canary was not stored", case.name);
+        let Some(reason) = case.reason else {
+            // A valid record: stored and streamed, keyed as sent.
+            let event = stream
+                .iter()
+                .find(|m| m.key.as_deref() == Some(case.record.key.as_slice()))
+                .unwrap_or_else(|| panic!("{}: not streamed", case.name));
+            let body: Value = serde_json::from_slice(event.payload.as_deref().unwrap()).unwrap();
+            assert_eq!(body["metadata"]["source"]["key_omitted"], true, "{}", case.name);
+            assert!(body["metadata"]["source"]["key"].is_null(), "{}", case.name);
+            continue;
+        };
+        let letter = dead
+            .iter()
+            .find(|m| {
+                header(m, dead_letter::REASON).as_deref() == Some(reason) && m.key.as_deref() == Some(case.record.key.as_slice())
+            })
+            .unwrap_or_else(|| panic!("{}: no dead letter with reason {reason}", case.name));
+        let message = header(letter, dead_letter::MESSAGE).unwrap_or_default();
+        assert!(!message.contains('\0') && message.len() <= 1024, "{}: {message:?}", case.name);
         // The dead letter's row is there, with the full value.
         let payload: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT payload FROM dead_letters WHERE reason = $1 AND message_key = $2")
