@@ -8,21 +8,20 @@ use rdkafka::message::Message;
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{KafkaConfig, TopicConfig};
-use crate::dead_letter;
-use crate::message::RawMessage;
-use crate::producer::{EventProducer, IdentityHeader, Outgoing};
-use crate::samples;
+use event_router::config::{KafkaConfig, TopicConfig};
+use event_router::dead_letter;
+use event_router::message::RawMessage;
+use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
 
 /// One demo message: where it goes, what it is, and what the service should do with it.
-pub struct DemoCase {
+pub(crate) struct DemoCase {
     pub topic_key: &'static str,
     pub outgoing: Outgoing,
     pub expect: &'static str,
 }
 
 /// The `n`-th demo message. Six in ten are valid; the rest cycle through the rejection reasons.
-pub fn demo_case(n: u64, todo_base: u32) -> DemoCase {
+pub(crate) fn demo_case(n: u64, todo_base: u32) -> DemoCase {
     let user = || IdentityHeader::Document(samples::user_identity("12345"));
     let key = |k: &str| Some(format!("{k}-{n}"));
     let valid = |topic_key: &'static str, payload: Value| DemoCase {
@@ -83,7 +82,7 @@ pub fn demo_case(n: u64, todo_base: u32) -> DemoCase {
 }
 
 /// Sends demo traffic at `rate` messages per second until `stop` (or `count` messages).
-pub async fn run(
+pub(crate) async fn run(
     kafka: &KafkaConfig,
     topics: &TopicConfig,
     rate: f64,
@@ -115,7 +114,7 @@ pub async fn run(
 
 /// Prints each event on the stream and dead-letter topics.
 async fn watch(kafka: KafkaConfig, topics: TopicConfig, stop: CancellationToken) {
-    let mut config = crate::kafka::client_config(&kafka);
+    let mut config = event_router::kafka::client_config(&kafka);
     config
         .set("group.id", format!("event-router-demo-watch-{}", uuid::Uuid::new_v4()))
         .set("auto.offset.reset", "latest")
@@ -131,7 +130,7 @@ async fn watch(kafka: KafkaConfig, topics: TopicConfig, stop: CancellationToken)
     loop {
         let received = tokio::select! { _ = stop.cancelled() => return, m = consumer.recv() => m };
         let Ok(message) = received else { continue };
-        let raw = RawMessage::from_kafka(&message, crate::message::HeaderLimits::UNBOUNDED);
+        let raw = RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED);
         let text = |h: &str| raw.header(h).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
         if message.topic() == stream {
             let event: Value = serde_json::from_slice(raw.payload.as_deref().unwrap_or_default()).unwrap_or_default();

@@ -25,8 +25,8 @@
 //! - [`telemetry`] logs and counts; [`http`] serves `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`] assembles it all; [`config`] reads the environment.
 //! - [`replay`] re-injects dead letters once their cause is fixed.
-//! - [`producer`] is the library behind `event-router produce`; [`demo`] and [`samples`] make
-//!   traffic. librdkafka's mock cluster, for development and tests, is hosted by the
+//! - [`producer`] is the library behind `event-router produce`. The demo traffic of `make run`
+//!   is the binary's own (`src/demo.rs`), from the sample payloads of `internal/samples`. librdkafka's mock cluster, for development and tests, is hosted by the
 //!   `internal/dev-broker` crate, which with `internal/raw-headers` holds all of the project's
 //!   `unsafe` (FFI); this crate has none.
 
@@ -36,7 +36,6 @@ pub mod app;
 pub mod config;
 pub mod consumer;
 pub mod dead_letter;
-pub mod demo;
 pub mod envelope;
 pub mod handlers;
 pub mod http;
@@ -48,7 +47,6 @@ pub mod producer;
 pub mod replay;
 pub mod retry;
 pub mod router;
-pub mod samples;
 pub mod store;
 pub mod stream;
 pub mod telemetry;

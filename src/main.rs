@@ -10,7 +10,9 @@ use event_router::app::Application;
 use event_router::config::{Config, ProcessEnv};
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing, ProduceError};
 use event_router::telemetry::{init_logging, LogFormat};
-use event_router::{demo, replay, samples, store, topics};
+use event_router::{replay, store, topics};
+
+mod demo;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]

@@ -1,7 +1,6 @@
 use super::*;
 use crate::config::Config;
 use crate::message::{Header, HeaderProblem};
-use crate::samples;
 use serde_json::json;
 
 fn validators() -> Validators {

@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use event_router::dead_letter;
 use event_router::producer::Outgoing;
-use event_router::samples;
 use serde_json::{json, Value};
 use testkit::{header, spawn_app_after_backlog, TestApp};
 

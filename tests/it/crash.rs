@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use event_router::config::Config;
 use event_router::envelope::REQUEST_ID_HEADER;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
-use event_router::samples;
 use futures::stream::{self, StreamExt};
 use serde_json::json;
 use testkit::{header, TestDb};

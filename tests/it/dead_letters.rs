@@ -8,7 +8,6 @@ use event_router::dead_letter;
 use event_router::envelope::REQUEST_ID_HEADER;
 use event_router::message::Header;
 use event_router::producer::{IdentityHeader, Outgoing};
-use event_router::samples;
 use serde_json::{json, Value};
 use testkit::{header, spawn_app_with};
 

@@ -7,7 +7,6 @@ use std::time::Duration;
 use event_router::kafka::Publisher;
 use event_router::message::header_refs;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
-use event_router::samples;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 use testkit::{eventually, spawn_app, TestApp};
 

@@ -8,7 +8,6 @@ use event_router::dead_letter;
 use event_router::handlers::router;
 use event_router::producer::{IdentityHeader, Outgoing};
 use event_router::router::{Context, Handler, HandlerError};
-use event_router::samples;
 use event_router::store::Tx;
 use event_router::topics::TodoCreated;
 use testkit::{eventually, header, spawn_app_with_router, TestApp};

@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use event_router::envelope::{IDENTITY_HEADER, REQUEST_ID_HEADER};
 use event_router::producer::Outgoing;
-use event_router::samples;
 use serde_json::Value;
 use testkit::{header, spawn_app, TestApp};
 

@@ -8,7 +8,6 @@ use std::time::Duration;
 use event_router::dead_letter;
 use event_router::envelope::identity::encode_identity;
 use event_router::envelope::{IDENTITY_HEADER, REQUEST_ID_HEADER};
-use event_router::samples;
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;

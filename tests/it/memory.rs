@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use dev_broker::DevBroker;
 use event_router::envelope::identity::encode_identity;
 use event_router::envelope::{IDENTITY_HEADER, REQUEST_ID_HEADER};
-use event_router::samples;
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use event_router::producer::{IdentityHeader, Outgoing};
-use event_router::samples;
 use testkit::{eventually, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

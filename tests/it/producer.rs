@@ -5,7 +5,6 @@ use std::time::Duration;
 
 use event_router::envelope::Reason;
 use event_router::producer::{IdentityHeader, Outgoing, ProduceError};
-use event_router::samples;
 use testkit::{eventually, spawn_app};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,6 @@
 use std::time::Duration;
 
 use event_router::producer::{IdentityHeader, Outgoing};
-use event_router::samples;
 use testkit::{eventually, spawn_app};
 
 const WAIT: Duration = Duration::from_secs(30);

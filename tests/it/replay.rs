@@ -36,7 +36,7 @@ async fn replaying_fixed_dead_letters_applies_them_once() {
         "todo-created",
         &event_router::producer::Outgoing::json(
             &serde_json::json!({"id": 9}),
-            event_router::producer::IdentityHeader::Document(event_router::samples::user_identity("acme")),
+            event_router::producer::IdentityHeader::Document(samples::user_identity("acme")),
         ),
     )
     .await;

@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
-use event_router::samples;
 use testkit::{eventually, spawn_app, TestApp};
 
 const WAIT: Duration = Duration::from_secs(60);

@@ -6,7 +6,6 @@ use std::time::Duration;
 
 use dev_broker::DevBroker;
 use event_router::producer::{IdentityHeader, Outgoing};
-use event_router::samples;
 use serde_json::Value;
 use testkit::{eventually, spawn_app_with, TestApp};
 

@@ -32,7 +32,6 @@ use event_router::message::RawMessage;
 use event_router::outbox::{self, OutgoingEvent};
 use event_router::pipeline::Pipeline;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
-use event_router::samples;
 use event_router::topics::REGISTRY;
 use futures::stream::{self, StreamExt};
 use rdkafka::consumer::{Consumer, StreamConsumer};

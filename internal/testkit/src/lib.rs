@@ -216,7 +216,7 @@ pub fn user_message(org: &str, payload: &serde_json::Value, key: &str, request_i
     Outgoing {
         key: Some(key.into()),
         request_id: Some(request_id.into()),
-        ..Outgoing::json(payload, event_router::producer::IdentityHeader::Document(event_router::samples::user_identity(org)))
+        ..Outgoing::json(payload, event_router::producer::IdentityHeader::Document(samples::user_identity(org)))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Sample payloads and identities for every shipped topic: demo traffic, tests and benchmarks.
 //!
-//! Kept in the library so the demo producer, the test kit and the benchmark all send the same
-//! realistic messages, and a schema change that breaks them shows up in one place.
+//! One crate so the demo producer, the test kit and the benchmark all send the same realistic
+//! messages, and a schema change that breaks them shows up in one place; not part of the
+//! service library.
 
 use serde_json::{json, Value};
 use uuid::Uuid;
