@@ -504,7 +504,7 @@ fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching
     tokio::spawn(async move {
         if let Err(error) = work.await {
             let why = match error.try_into_panic() {
-                Ok(panic) => panic_message(panic.as_ref()),
+                Ok(panic) => crate::router::panic_message(panic.as_ref()),
                 Err(error) => error.to_string(),
             };
             workers.worker_died(&slot, why);
@@ -512,15 +512,6 @@ fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching
         let _ = finished.send(());
     });
     Worker { messages, held_back: None, stop, abandon, done }
-}
-
-/// The text a panic carried, if any.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 /// Processes one partition's messages in order, storing each offset once it is finished.

@@ -234,11 +234,7 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
             let handled = handled.unwrap_or_else(|panic| {
                 let rejection = Rejection::new(
                     Reason::HandlerPanicked,
-                    format!(
-                        "topic {}: the handler panicked: {}",
-                        events[0].1.topic,
-                        crate::consumer::panic_message(panic.as_ref())
-                    ),
+                    format!("topic {}: the handler panicked: {}", events[0].1.topic, panic_message(panic.as_ref())),
                 );
                 Err(BatchError { index: 0, error: HandlerError::Refused(rejection) })
             });
@@ -246,6 +242,15 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
             handled.map_err(|BatchError { index, error }| BatchError { index: index.min(events.len() - 1), error })
         })
     }
+}
+
+/// The text a panic carried, if any.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into())
 }
 
 fn declared_reasons<T: Topic, H: Handler<T>>(_: &H) -> &'static [&'static str] {

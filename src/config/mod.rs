@@ -268,6 +268,10 @@ pub fn redact_url(url: &str) -> String {
     redacted
 }
 
+/// The default limit on a message value: below the 1,000,000-byte record the service's producers
+/// send (`kafka::MAX_RECORD_BYTES`), with room for what the enriched stream event adds (metadata,
+/// the identity header).
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 900_000;
 pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/event_router";
 pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 pub const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
@@ -350,12 +354,8 @@ impl Config {
             return Err(invalid("HANDLER_MAX_ATTEMPTS", "must be at least 1"));
         }
         let readiness_stall = Duration::from_secs(parse_bounded(env, "READINESS_STALL_SECONDS", 120, DAY_SECONDS)?);
-        let max_message_bytes = parse_bounded(
-            env,
-            "MAX_MESSAGE_BYTES",
-            crate::envelope::validate::DEFAULT_MAX_PAYLOAD_BYTES as u64,
-            100 * 1024 * 1024,
-        )? as usize;
+        let max_message_bytes =
+            parse_bounded(env, "MAX_MESSAGE_BYTES", DEFAULT_MAX_MESSAGE_BYTES as u64, 100 * 1024 * 1024)? as usize;
         if max_message_bytes == 0 {
             return Err(invalid("MAX_MESSAGE_BYTES", "must be at least 1"));
         }

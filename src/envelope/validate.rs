@@ -50,10 +50,8 @@ pub struct Validators {
 /// Distinct identities remembered as checked (see [`IdentityCache`]); a few hundred KiB at most.
 const IDENTITY_CACHE_CAPACITY: usize = 4096;
 
-/// The default limit on a message value: below the 1,000,000-byte record the service's producers
-/// send ([`crate::kafka::MAX_RECORD_BYTES`]), with room for what the enriched stream event adds
-/// (metadata, the key twice, the identity header).
-pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 900_000;
+/// The default limit on a message value (`MAX_MESSAGE_BYTES`); the configuration owns it.
+pub use crate::config::DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_PAYLOAD_BYTES;
 
 impl Validators {
     /// Compiles the identity schema and every registry schema, naming topics through `topics`.
