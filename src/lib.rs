@@ -5,30 +5,38 @@
 //! # How a message travels
 //!
 //! ```text
-//! Kafka → consumer → envelope → router → handler → store (inbox + rows + outbox, one tx) → offset
-//!                       └── any rejection → dead-letter topic → offset        outbox relay → stream
+//! Kafka → consumer → pipeline: open (envelope) → write (router → handler; store: inbox + rows
+//!                    + outbox, one transaction) → finish → offset stored
+//!                       └── any rejection → dead-letter topic + dead_letters row → offset
+//!                                                          outbox relay → stream topic
 //! ```
 //!
-//! - [`consumer`] knows Kafka: group membership, a worker per partition, offsets stored only after
-//!   a message is finished.
+//! - [`consumer`] knows Kafka: group membership, a worker per partition, the memory budget,
+//!   offsets stored only after a message is finished. It hands raw messages to the pipeline.
+//! - [`pipeline`] takes a partition's messages to their outcomes: `open` runs the [`envelope`]
+//!   checks once, `write` makes the transaction (merged across partitions by group commit) and
+//!   the single-message path with its retries, `dead_letter` publishes and records a rejection.
+//!   [`retry`] is the backoff it and the outbox relay share.
 //! - [`envelope`] turns bytes and headers into a checked message or a [`envelope::Rejection`]
-//!   with a stable reason code. Pure, so every rule is unit-tested.
+//!   with a stable reason code. Pure, so every rule is unit-tested (and property-tested).
 //! - [`router`] maps a topic to its handler; [`handlers`] holds one file per topic.
-//! - [`store`] owns SQL: the pool, migrations, and the inbox that makes redelivery a no-op (a
-//!   replayed dead letter is filed there under its original's coordinates).
-//! - [`pipeline`] strings those together: open (checks) → write (one transaction, merged across
-//!   partitions) → finish, with the dead-letter flow; [`retry`] is the backoff it and the outbox
-//!   relay share.
-//! - [`stream`] and [`dead_letter`] shape what is re-published; [`kafka`] publishes it;
-//!   [`outbox`] keeps stream events in the handler's transaction and relays them.
+//! - [`store`] owns SQL: the pool, migrations, the inbox that makes redelivery a no-op (a
+//!   replayed dead letter is filed there under its original's coordinates), dead letters and
+//!   retention.
+//! - [`stream`] and [`dead_letter`] shape what is re-published, always within a record's size;
+//!   [`kafka`] publishes it; [`outbox`] keeps stream events in the handler's transaction and
+//!   relays them.
+//! - [`message`] is a consumed record as the service sees it (headers read as bytes).
 //! - [`topics`] is generated at build time from `api/event/*.event.json`.
 //! - [`telemetry`] logs and counts; [`http`] serves `/metrics`, `/healthz`, `/readyz`.
 //! - [`app`] assembles it all; [`config`] reads the environment.
-//! - [`replay`] re-injects dead letters once their cause is fixed.
-//! - [`producer`] is the library behind `event-router produce`. The demo traffic of `make run`
-//!   is the binary's own (`src/demo.rs`), from the sample payloads of `internal/samples`. librdkafka's mock cluster, for development and tests, is hosted by the
-//!   `internal/dev-broker` crate, which with `internal/raw-headers` holds all of the project's
-//!   `unsafe` (FFI); this crate has none.
+//! - [`replay`] re-injects dead letters once their cause is fixed; [`producer`] is the library
+//!   behind `event-router produce`.
+//!
+//! Outside this crate: the binary's own demo traffic (`src/demo.rs`, from the payloads of
+//! `internal/samples`), librdkafka's mock cluster for development and tests
+//! (`internal/dev-broker`) and the raw header reader (`internal/raw-headers`). Those two hold all
+//! of the project's `unsafe` (FFI); this crate has none.
 
 #![forbid(unsafe_code)]
 
