@@ -47,8 +47,8 @@ parts = [
     ("inbox", r"event_router::store::"),
     ("handlers: typed payload and rows", r"event_router::router::|event_router::handlers::|event_router::topics::"),
     ("payload JSON and schema", r"envelope::open|envelope::check|envelope::validate"),
-    ("pipeline: opening", r"Pipeline::open"),
-    ("pipeline: transaction", r"Attempt::write|GroupCommit"),
+    ("pipeline: opening", r"pipeline::open::|Pipeline::open"),
+    ("pipeline: transaction", r"pipeline::write::|pipeline::group_commit::|Attempt::write|GroupCommit"),
     ("consumer: copying messages out", r"event_router::consumer::|RawMessage::from_kafka"),
     ("librdkafka itself", r"rd_kafka|rd_buf|rd_list|rd_hdr"),
 ]
