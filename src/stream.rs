@@ -49,19 +49,28 @@ struct Source<'a> {
     key_omitted: bool,
 }
 
-/// The stream event for a handled message, as JSON bytes.
+/// The stream event for a handled message, as JSON bytes; `Err` with the record's size in bytes
+/// when the event cannot fit in a record at all.
 ///
 /// The key travels twice: as the record's key, and as text in `metadata.source.key` (JSON-escaped,
 /// up to six bytes for a byte of a binary key). When that copy would make the record larger than
 /// a record may be, it is left out (`"key": null, "key_omitted": true`): the record's own key is
 /// the key. An event too large even then is refused before the message has any effect (see
-/// `pipeline::open`).
-pub fn enriched_event(checked: &Checked, source: &RawMessage, received_at: DateTime<Utc>) -> Vec<u8> {
+/// `pipeline::open`). The size is measured once per rendering, with the headers the event carries.
+pub fn enriched_event(checked: &Checked, source: &RawMessage, received_at: DateTime<Utc>) -> Result<Vec<u8>, usize> {
+    let fits = |event: &[u8]| {
+        let size = record_size(source, &checked.request_id, event);
+        (size <= crate::kafka::MAX_RECORD_BYTES).then_some(()).ok_or(size)
+    };
     let event = render(checked, source, received_at, true);
-    if source.key.is_some() && record_size(source, &checked.request_id, &event) > crate::kafka::MAX_RECORD_BYTES {
-        return render(checked, source, received_at, false);
+    match fits(&event) {
+        Ok(()) => Ok(event),
+        Err(size) if source.key.is_none() => Err(size),
+        Err(_) => {
+            let event = render(checked, source, received_at, false);
+            fits(&event).map(|()| event)
+        }
     }
-    event
 }
 
 fn render(checked: &Checked, source: &RawMessage, received_at: DateTime<Utc>, with_key: bool) -> Vec<u8> {

@@ -66,23 +66,23 @@ impl Pipeline {
             Ok(checked) => checked,
             Err(rejection) => return Step::Reject { message, rejection, request_id: opened.request_id },
         };
-        let event = self.topics.stream_enabled.then(|| stream::enriched_event(&checked, &message, received_at));
-        if let Some(event) = &event {
-            // An event that can never be published would stop the stream behind it: such a
-            // message is refused before it has any effect.
-            let size = stream::record_size(&message, &checked.request_id, event);
-            if size > kafka::MAX_RECORD_BYTES {
+        // An event that can never be published would stop the stream behind it: such a message
+        // is refused before it has any effect.
+        let event = match self.topics.stream_enabled.then(|| stream::enriched_event(&checked, &message, received_at)) {
+            None => None,
+            Some(Ok(event)) => Some(event),
+            Some(Err(size)) => {
                 let rejection = Rejection::new(
                     Reason::EventTooLarge,
                     format!(
-                        "topic {}: the enriched stream event would be a {size}-byte record, over the limit of {} (it carries the key twice and the identity header)",
+                        "topic {}: the enriched stream event would be a {size}-byte record, over the limit of {} even without the key's text copy",
                         message.topic,
                         kafka::MAX_RECORD_BYTES
                     ),
                 );
                 return Step::Reject { message, rejection, request_id: Some(checked.request_id) };
             }
-        }
+        };
         let Checked { schema, payload, identity, request_id } = checked;
         let ctx = Context {
             topic: message.topic.clone(),

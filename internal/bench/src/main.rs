@@ -328,7 +328,8 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
             "bench".into(),
         ]));
         let checked = event_router::envelope::open(message, &validators).result.map_err(|r| anyhow::anyhow!("{r:?}"))?;
-        let event = event_router::stream::enriched_event(&checked, message, chrono::Utc::now());
+        let event = event_router::stream::enriched_event(&checked, message, chrono::Utc::now())
+            .map_err(|size| anyhow::anyhow!("a {size}-byte stream event"))?;
         events.push((message, event, request_id));
         *offset += 1;
     }
