@@ -317,4 +317,22 @@ mod tests {
         assert_eq!(error.setting, "ACG_CONFIG");
         assert!(error.problem.contains("hostname"), "{}", error.problem);
     }
+
+    #[test]
+    fn a_hostile_clowder_file_is_a_configuration_error_not_a_panic() {
+        let dir = temp_dir();
+        let cases: [(&str, &[u8]); 4] = [
+            ("not-utf8.json", b"{\"metricsPort\": 9000, \"x\": \"\xff\xfe\"}"),
+            ("nul-host.json", b"{\"kafka\": {\"brokers\": [{\"hostname\": \"kafka\\u0000evil\", \"port\": 9092}]}}"),
+            ("duplicate-keys.json", b"{\"metricsPort\": 9000, \"metricsPort\": 9001}"),
+            ("huge-port.json", b"{\"metricsPort\": 99999999999}"),
+        ];
+        for (name, bytes) in cases {
+            let path = dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let error = Config::from_env(&[("ACG_CONFIG", path.to_str().unwrap())][..]).unwrap_err();
+            assert!(["ACG_CONFIG", "KAFKA_BROKERS"].contains(&error.setting), "{name}: {error}");
+            assert!(!error.to_string().contains('\0'), "{name}: {error}");
+        }
+    }
 }

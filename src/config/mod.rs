@@ -471,9 +471,14 @@ fn is_topic_char(c: char) -> bool {
 
 fn check_brokers(setting: &'static str, brokers: &str) -> Result<(), ConfigError> {
     for broker in brokers.split(',').map(str::trim) {
-        let port_ok = broker.rsplit_once(':').is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        // A host name, or an IPv4 / bracketed IPv6 address: anything else (a NUL, a space) would
+        // only fail later, inside librdkafka, without naming the setting.
+        let host_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '[' | ']' | ':');
+        let port_ok = broker
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && host.chars().all(host_char) && port.parse::<u16>().is_ok());
         if !port_ok {
-            return Err(invalid(setting, format!("`{broker}` is not host:port")));
+            return Err(invalid(setting, format!("`{}` is not host:port", broker.escape_debug())));
         }
     }
     Ok(())
@@ -547,6 +552,8 @@ mod tests {
     fn every_error_names_its_setting() {
         let cases: &[(&[(&str, &str)], &str)] = &[
             (&[("KAFKA_BROKERS", "localhost")], "KAFKA_BROKERS"),
+            (&[("KAFKA_BROKERS", "kafka\0evil:9092")], "KAFKA_BROKERS"),
+            (&[("KAFKA_BROKERS", "two words:9092")], "KAFKA_BROKERS"),
             (&[("KAFKA_SECURITY_PROTOCOL", "TLS")], "KAFKA_SECURITY_PROTOCOL"),
             (&[("KAFKA_SECURITY_PROTOCOL", "SASL_SSL")], "KAFKA_SASL_MECHANISM"),
             (&[("KAFKA_SECURITY_PROTOCOL", "SASL_SSL"), ("KAFKA_SASL_MECHANISM", "PLAIN")], "KAFKA_SASL_USERNAME"),
