@@ -152,11 +152,14 @@ async fn partitions_ready_at_the_same_time_share_a_transaction() {
         .map(|n| ("todo-created", message(&format!("key-{n}"), &samples::todo_created(n), &format!("g-{n}"))))
         .collect();
     // The todos table is locked while the service starts: the first writes wait inside their
-    // transactions, and the runs of the other partitions queue up behind them.
+    // transactions, and the runs of the other partitions queue up behind them. The linger makes
+    // each partition's first batch take its whole backlog: without it, a worker scheduled before
+    // the consumer had handed over the rest of its partition started with a shorter batch, and
+    // the rest was not counted as consumed until the lock was gone (a flaky wait on 2 cores).
     let db = std::sync::Arc::new(testkit::TestDb::create().await);
     let mut lock = db.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE todos IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    let app = testkit::spawn_app_after_backlog_on(db.clone(), &backlog, &[]).await;
+    let app = testkit::spawn_app_after_backlog_on(db.clone(), &backlog, &[("BATCH_LINGER_MS", "1500")]).await;
     testkit::eventually(WAIT, "all messages read", || async {
         app.metric("event_router_messages_consumed_total", &[("topic", &app.topic("todo-created"))]).await == 40.0
     })
