@@ -24,6 +24,7 @@ test: clean-test-dbs
 	scripts/ensure-build-deps.sh
 	scripts/ensure-test-tools.sh
 	$(CARGO) test --workspace --no-fail-fast
+	scripts/check-new-topic.sh
 	python3 deploy/prometheus/render-prometheusrule.py --check
 
 # The crash test, longer and with several instances sharing the partitions.

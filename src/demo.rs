@@ -12,6 +12,8 @@ use event_router::config::{KafkaConfig, TopicConfig};
 use event_router::dead_letter;
 use event_router::message::RawMessage;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
+use event_router::topics::REGISTRY;
+use samples::TopicSamples;
 
 /// One demo message: where it goes, what it is, and what the service should do with it.
 pub(crate) struct DemoCase {
@@ -20,22 +22,40 @@ pub(crate) struct DemoCase {
     pub expect: &'static str,
 }
 
-/// The `n`-th demo message. Six in ten are valid; the rest cycle through the rejection reasons.
-pub(crate) fn demo_case(n: u64, todo_base: u32) -> DemoCase {
+/// Every topic's samples, from the registry: the demo's valid traffic cycles through them, so a
+/// new topic shows up in `make run` without a line here.
+pub(crate) struct DemoTopics(Vec<(&'static str, TopicSamples)>);
+
+impl DemoTopics {
+    pub(crate) fn from_registry() -> DemoTopics {
+        DemoTopics(REGISTRY.iter().map(|topic| (topic.key, TopicSamples::new(topic.schema, topic.examples))).collect())
+    }
+
+    /// Sample `n` of the topic `key`, which the demo's rejection cases use.
+    fn sample(&self, key: &str, n: u64) -> Value {
+        let (_, samples) = self.0.iter().find(|(k, _)| *k == key).unwrap_or_else(|| panic!("the demo needs topic `{key}`"));
+        samples.payload(n)
+    }
+}
+
+/// The `n`-th demo message, its identifiers varied by `base + n`. Six in ten are valid, taking
+/// every topic in turn; the rest cycle through the rejection reasons.
+pub(crate) fn demo_case(topics: &DemoTopics, n: u64, base: u64) -> DemoCase {
     let user = || IdentityHeader::Document(samples::user_identity("12345"));
     let key = |k: &str| Some(format!("{k}-{n}"));
-    let valid = |topic_key: &'static str, payload: Value| DemoCase {
-        topic_key,
-        outgoing: Outgoing { key: key(topic_key), ..Outgoing::json(&payload, user()) },
-        expect: "stream",
-    };
     let invalid =
         |topic_key: &'static str, outgoing: Outgoing, reason: &'static str| DemoCase { topic_key, outgoing, expect: reason };
-    let todo = samples::todo_created(todo_base.wrapping_add(n as u32) % i32::MAX as u32);
+    let varied = base.wrapping_add(n);
+    let todo = topics.sample("todo-created", varied);
     match n % 10 {
-        0 | 3 => valid("todo-created", todo),
-        1 | 4 => valid("host-status-changed", samples::host_status_changed(n)),
-        2 | 5 => valid("cluster-install-progressed", samples::cluster_install_progressed(n)),
+        slot @ 0..=5 => {
+            let (topic_key, samples) = &topics.0[((n / 10 * 6 + slot) % topics.0.len() as u64) as usize];
+            DemoCase {
+                topic_key,
+                outgoing: Outgoing { key: key(topic_key), ..Outgoing::json(&samples.payload(varied), user()) },
+                expect: "stream",
+            }
+        }
         slot => match ((n / 10) * 4 + (slot - 6)) % 8 {
             0 => invalid(
                 "todo-created",
@@ -50,7 +70,7 @@ pub(crate) fn demo_case(n: u64, todo_base: u32) -> DemoCase {
             2 => invalid(
                 "host-status-changed",
                 Outgoing::json(
-                    &samples::host_status_changed(n),
+                    &topics.sample("host-status-changed", varied),
                     IdentityHeader::Document(samples::identity_of_type("Robot", "1")),
                 ),
                 "identity_type_unknown",
@@ -66,12 +86,12 @@ pub(crate) fn demo_case(n: u64, todo_base: u32) -> DemoCase {
                 "schema_violation",
             ),
             5 => {
-                let mut bad = samples::host_status_changed(n);
+                let mut bad = topics.sample("host-status-changed", varied);
                 bad["host_id"] = json!("not-a-uuid");
                 invalid("host-status-changed", Outgoing::json(&bad, user()), "schema_violation")
             }
             6 => {
-                let mut contradictory = samples::cluster_install_progressed(n);
+                let mut contradictory = topics.sample("cluster-install-progressed", varied);
                 contradictory["stage"] = json!("installed");
                 contradictory["progress"] = json!(42);
                 invalid("cluster-install-progressed", Outgoing::json(&contradictory, user()), "stage_progress_mismatch")
@@ -91,11 +111,14 @@ pub(crate) async fn run(
 ) -> anyhow::Result<()> {
     let producer = EventProducer::new(kafka, topics)?;
     let watcher = tokio::spawn(watch(kafka.clone(), topics.clone(), stop.clone()));
-    let todo_base = (SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() % 2_000_000) as u32 * 1000;
+    // Each run's identifiers differ from the last run's: a second demo against the same database
+    // would otherwise reuse todo ids, which the service rightly refuses.
+    let base = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs() * 1000;
+    let demo_topics = DemoTopics::from_registry();
     let interval = Duration::from_secs_f64(1.0 / rate.max(0.01));
     let mut n = 0u64;
     while count.is_none_or(|c| n < c) && !stop.is_cancelled() {
-        let case = demo_case(n, todo_base);
+        let case = demo_case(&demo_topics, n, base);
         let message = producer.build(case.topic_key, &case.outgoing);
         match producer.send_raw(&message).await {
             Ok(sent) => println!("→ sent   {:<45} expect {:<24} request {}", sent.topic, case.expect, sent.request_id),

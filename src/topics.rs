@@ -3,8 +3,9 @@
 //! Each schema file becomes a module (`topics::todo_created`) holding the payload types typify
 //! made of it, and its root payload type implements [`Topic`]. That trait is what ties a handler
 //! to a topic: `router.register::<TodoCreated>(handler)` only compiles when `handler` takes a
-//! `TodoCreated`. [`REGISTRY`] lists every schema so that validators, topic names and the
-//! embedded broker's topic list all come from the same files.
+//! `TodoCreated`. [`REGISTRY`] lists every schema so that validators, topic names, the embedded
+//! broker's topic list and the sample payloads (each schema's `examples`) all come from the same
+//! files.
 
 use serde::de::DeserializeOwned;
 
@@ -27,6 +28,10 @@ pub struct TopicSchema {
     pub digest: &'static str,
     /// The schema text.
     pub schema: &'static str,
+    /// The schema's `examples` as compact JSON, at least one: sample payloads for the demo, the
+    /// tests and the benchmark (the `samples` crate varies them), checked against the schema by
+    /// this crate's tests.
+    pub examples: &'static [&'static str],
 }
 
 impl TopicSchema {

@@ -28,6 +28,12 @@ fn valid_headers() -> Vec<(&'static str, Vec<u8>)> {
     ]
 }
 
+/// Sample payload `n` of the topic `key`, from its schema's examples.
+fn sample(key: &str, n: u64) -> Value {
+    let topic = crate::topics::TopicSchema::find(key).unwrap();
+    samples::TopicSamples::new(topic.schema, topic.examples).payload(n)
+}
+
 fn open_payload(key: &str, payload: &Value) -> Result<Checked, Rejection> {
     let headers = valid_headers();
     let borrowed: Vec<(&str, &[u8])> = headers.iter().map(|(k, v)| (*k, v.as_slice())).collect();
@@ -35,12 +41,15 @@ fn open_payload(key: &str, payload: &Value) -> Result<Checked, Rejection> {
 }
 
 #[test]
-fn every_sample_topic_accepts_its_sample() {
+fn every_topic_accepts_its_examples_and_their_variations() {
     for schema in crate::topics::REGISTRY {
-        let checked = open_payload(schema.key, &samples::payload_for(schema.key, 3).unwrap()).unwrap();
-        assert_eq!(checked.schema.key, schema.key);
-        assert_eq!(checked.request_id, "req-1");
-        assert_eq!(checked.identity.org_id.as_deref(), Some("12345"));
+        for n in [0, 1, 2, 3, 1_000_003, u64::MAX] {
+            let payload = sample(schema.key, n);
+            let checked = open_payload(schema.key, &payload).unwrap_or_else(|e| panic!("{} sample {n}: {e}", schema.key));
+            assert_eq!(checked.schema.key, schema.key);
+            assert_eq!(checked.request_id, "req-1");
+            assert_eq!(checked.identity.org_id.as_deref(), Some("12345"));
+        }
     }
 }
 
@@ -69,32 +78,32 @@ fn todo_created_schema_rules() {
 
 #[test]
 fn host_status_changed_checks_formats_and_enums() {
-    let mut payload = samples::host_status_changed(1);
+    let mut payload = sample("host-status-changed", 1);
     payload["host_id"] = json!("not-a-uuid");
     assert!(violation("host-status-changed", payload).contains("at `/host_id` (keyword `format`)"));
-    let mut payload = samples::host_status_changed(1);
+    let mut payload = sample("host-status-changed", 1);
     payload["updated_at"] = json!("yesterday");
     assert!(violation("host-status-changed", payload).contains("at `/updated_at` (keyword `format`)"));
-    let mut payload = samples::host_status_changed(1);
+    let mut payload = sample("host-status-changed", 1);
     payload["status"] = json!("sleeping");
     assert!(violation("host-status-changed", payload).contains("at `/status` (keyword `enum`)"));
-    let mut payload = samples::host_status_changed(1);
+    let mut payload = sample("host-status-changed", 1);
     payload["validations"][1]["status"] = json!("maybe");
     assert!(violation("host-status-changed", payload).contains("at `/validations/1/status` (keyword `enum`)"));
-    let mut payload = samples::host_status_changed(1);
+    let mut payload = sample("host-status-changed", 1);
     payload.as_object_mut().unwrap().remove("validations");
     assert!(open_payload("host-status-changed", &payload).is_ok(), "validations is optional");
 }
 
 #[test]
 fn cluster_install_progressed_checks_ranges_and_min_items() {
-    let mut payload = samples::cluster_install_progressed(1);
+    let mut payload = sample("cluster-install-progressed", 1);
     payload["progress"] = json!(101);
     assert!(violation("cluster-install-progressed", payload).contains("at `/progress` (keyword `maximum`)"));
-    let mut payload = samples::cluster_install_progressed(1);
+    let mut payload = sample("cluster-install-progressed", 1);
     payload["hosts"] = json!([]);
     assert!(violation("cluster-install-progressed", payload).contains("at `/hosts` (keyword `minItems`)"));
-    let mut payload = samples::cluster_install_progressed(1);
+    let mut payload = sample("cluster-install-progressed", 1);
     payload["hosts"][0]["role"] = json!("boss");
     assert!(violation("cluster-install-progressed", payload).contains("at `/hosts/0/role` (keyword `enum`)"));
 }
@@ -103,7 +112,7 @@ fn cluster_install_progressed_checks_ranges_and_min_items() {
 fn header_and_body_failures_have_their_own_reasons() {
     let v = validators();
     let identity = identity::encode_identity(&samples::user_identity("1"));
-    let body = samples::todo_created(1).to_string();
+    let body = sample("todo-created", 1).to_string();
 
     let no_request_id = message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, identity.as_bytes())]);
     assert_eq!(open(&no_request_id, &v).result.unwrap_err().reason, Reason::RequestIdMissing);
@@ -130,7 +139,7 @@ fn header_and_body_failures_have_their_own_reasons() {
 #[test]
 fn header_names_match_ignoring_case() {
     let identity = identity::encode_identity(&samples::user_identity("1"));
-    let body = samples::todo_created(1).to_string();
+    let body = sample("todo-created", 1).to_string();
     let mixed =
         message("todo-created", body.as_bytes(), &[("X-Rh-Identity", identity.as_bytes()), ("X-RH-Insights-Request-Id", b"abc")]);
     let opened = open(&mixed, &validators());
@@ -142,7 +151,7 @@ fn header_names_match_ignoring_case() {
 fn oversized_request_id_is_refused() {
     let identity = identity::encode_identity(&samples::user_identity("1"));
     let long = "r".repeat(MAX_REQUEST_ID_LEN + 1);
-    let body = samples::todo_created(1).to_string();
+    let body = sample("todo-created", 1).to_string();
     let msg =
         message("todo-created", body.as_bytes(), &[(IDENTITY_HEADER, identity.as_bytes()), (REQUEST_ID_HEADER, long.as_bytes())]);
     assert_eq!(open(&msg, &validators()).result.unwrap_err().reason, Reason::RequestIdInvalid);
@@ -178,7 +187,7 @@ fn the_identity_cache_remembers_only_identities_that_passed_and_stays_bounded() 
 }
 
 fn with_headers(headers: Vec<Header>) -> RawMessage {
-    let body = samples::todo_created(1).to_string();
+    let body = sample("todo-created", 1).to_string();
     RawMessage { headers, ..message("todo-created", body.as_bytes(), &[]) }
 }
 
@@ -264,7 +273,7 @@ fn deeply_nested_json_is_refused_as_not_json_without_overflowing_the_stack() {
 #[test]
 fn a_payload_breaking_its_schema_a_million_times_gets_a_bounded_message() {
     // The todo schema allows no extra members: each of these breaks `additionalProperties`.
-    let mut payload = samples::todo_created(1);
+    let mut payload = sample("todo-created", 1);
     let object = payload.as_object_mut().unwrap();
     for i in 0..50_000 {
         object.insert(format!("x{i}"), json!(i));
@@ -309,7 +318,7 @@ mod properties {
 
     fn arbitrary_payload() -> impl Strategy<Value = Option<Vec<u8>>> {
         prop_oneof![
-            Just(Some(samples::todo_created(1).to_string().into_bytes())),
+            Just(Some(sample("todo-created", 1).to_string().into_bytes())),
             proptest::option::of(proptest::collection::vec(any::<u8>(), 0..256)),
             "\\PC{0,64}".prop_map(|text| Some(json!({"id": 1, "title": text, "description": text}).to_string().into_bytes())),
             proptest::collection::btree_map(".{0,8}", any::<i64>(), 0..8).prop_map(|map| Some(serde_json::to_vec(&map).unwrap())),

@@ -1,6 +1,8 @@
-//! One handler per topic, one file each. Adding a topic: drop its schema into `api/event/`, write
-//! `src/handlers/<key>.rs` implementing [`Handler`](crate::router::Handler) for the generated
-//! payload type, and add one `register` line below. A schema without a handler stops start-up.
+//! One handler per topic, one file each. Adding a topic: drop its schema (with `examples`) into
+//! `api/event/`, write `src/handlers/<key>.rs` implementing [`Handler`](crate::router::Handler)
+//! for the generated payload type, declare its module and add one `register` line below, and add
+//! its migration. A schema without a handler stops start-up. `scripts/check-new-topic.sh` keeps
+//! this list honest.
 
 pub mod cluster_install_progressed;
 pub mod host_status_changed;

@@ -15,7 +15,7 @@ fn message(key: &str, payload: &Value, request_id: &str) -> Outgoing {
 }
 
 fn host_status(host: u64, status: &str, updated_at: &str) -> Value {
-    let mut payload = samples::host_status_changed(0);
+    let mut payload = testkit::sample("host-status-changed", 0);
     payload["host_id"] = json!(samples::uuid_from(host, 9).to_string());
     payload["status"] = json!(status);
     payload["updated_at"] = json!(updated_at);
@@ -23,7 +23,7 @@ fn host_status(host: u64, status: &str, updated_at: &str) -> Value {
 }
 
 fn progress(stage: &str, percent: i64) -> Value {
-    let mut payload = samples::cluster_install_progressed(7);
+    let mut payload = testkit::sample("cluster-install-progressed", 7);
     payload["stage"] = json!(stage);
     payload["progress"] = json!(percent);
     payload
@@ -99,7 +99,7 @@ async fn a_refusal_inside_a_batch_dead_letters_that_message_alone_and_keeps_orde
         .map(|n| {
             // The 21st message reuses id 7 with another title: its handler refuses it.
             let payload =
-                if n == 20 { json!({"id": 7, "title": "taken", "description": "id 7 again"}) } else { samples::todo_created(n) };
+                if n == 20 { json!({"id": 7, "title": "taken", "description": "id 7 again"}) } else { testkit::todo(n) };
             ("todo-created", message("one-key", &payload, &format!("t-{n}")))
         })
         .collect();
@@ -110,7 +110,7 @@ async fn a_refusal_inside_a_batch_dead_letters_that_message_alone_and_keeps_orde
     assert_eq!(header(&dead[0], dead_letter::REASON).as_deref(), Some("todo_id_taken"));
     testkit::eventually(WAIT, "the other 39 todos stored", || async { db.count("todos").await == 39 }).await;
     let title: String = sqlx::query_scalar("SELECT title FROM todos WHERE id = 7").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(title, "Todo number 7");
+    assert_eq!(title, "Water the office plants");
     let stream = app.read_topic(&app.topic("events-stream"), 39, WAIT).await;
     let offsets: Vec<i64> = stream
         .iter()
@@ -136,7 +136,7 @@ async fn a_linger_gathers_a_trickle_into_one_transaction() {
     // Five messages 100 ms apart on one key: without a linger each is written alone.
     let sent_at = std::time::Instant::now();
     for n in 0..5u32 {
-        app.send("todo-created", &message("trickle", &samples::todo_created(n), &format!("l-{n}"))).await;
+        app.send("todo-created", &message("trickle", &testkit::todo(n), &format!("l-{n}"))).await;
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     testkit::eventually(WAIT, "five todos stored", || async { db.count("todos").await == 5 }).await;
@@ -148,9 +148,8 @@ async fn a_linger_gathers_a_trickle_into_one_transaction() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_ready_at_the_same_time_share_a_transaction() {
-    let backlog: Vec<_> = (0..40u32)
-        .map(|n| ("todo-created", message(&format!("key-{n}"), &samples::todo_created(n), &format!("g-{n}"))))
-        .collect();
+    let backlog: Vec<_> =
+        (0..40u32).map(|n| ("todo-created", message(&format!("key-{n}"), &testkit::todo(n), &format!("g-{n}")))).collect();
     // The todos table is locked while the service starts: the first writes wait inside their
     // transactions, and the runs of the other partitions queue up behind them. The linger makes
     // each partition's first batch take its whole backlog: without it, a worker scheduled before

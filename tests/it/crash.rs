@@ -35,14 +35,14 @@ fn message(n: u64) -> (&'static str, Outgoing, bool) {
     if n % 10 == 9 {
         // Invalid: alternately a broken identity and a schema violation.
         let outgoing = if n % 20 == 9 {
-            Outgoing::json(&samples::todo_created(n as u32), IdentityHeader::Encoded("%%".into()))
+            Outgoing::json(&testkit::todo(n as u32), IdentityHeader::Encoded("%%".into()))
         } else {
             Outgoing::json(&json!({"id": n, "title": "no description"}), identity())
         };
         return ("todo-created", Outgoing { key, request_id, ..outgoing }, false);
     }
     let topic = ["todo-created", "host-status-changed", "cluster-install-progressed"][(n % 3) as usize];
-    let payload = samples::payload_for(topic, n).expect("sample topic");
+    let payload = testkit::sample(topic, n);
     (topic, Outgoing { key, request_id, ..Outgoing::json(&payload, identity()) }, true)
 }
 

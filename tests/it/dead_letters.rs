@@ -31,13 +31,13 @@ fn case(name: &'static str, topic_key: &'static str, outgoing: Outgoing, reason:
 }
 
 fn cases() -> Vec<Case> {
-    let todo = samples::todo_created(100);
+    let todo = testkit::todo(100);
     let with = |payload: &Value, identity| Outgoing::json(payload, identity);
-    let mut bad_host = samples::host_status_changed(1);
+    let mut bad_host = testkit::sample("host-status-changed", 1);
     bad_host["cluster_id"] = json!("12345");
-    let mut bad_progress = samples::cluster_install_progressed(1);
+    let mut bad_progress = testkit::sample("cluster-install-progressed", 1);
     bad_progress["progress"] = json!(150);
-    let mut contradictory = samples::cluster_install_progressed(2);
+    let mut contradictory = testkit::sample("cluster-install-progressed", 2);
     contradictory["stage"] = json!("preparing");
     contradictory["progress"] = json!(30);
     let mut missing_request = case("missing-request-id", "todo-created", with(&todo, user()), "request_id_missing", "headers");
@@ -112,8 +112,7 @@ async fn each_invalid_kind_is_dead_lettered_with_its_reason_and_valid_traffic_fl
     for (i, case) in cases.iter().enumerate().filter(|(_, c)| c.topic_key == "todo-created") {
         let id = 5000 + i as u32;
         valid_ids.push(id as i32);
-        app.send("todo-created", &Outgoing { key: Some(case.name.into()), ..Outgoing::json(&samples::todo_created(id), user()) })
-            .await;
+        app.send("todo-created", &Outgoing { key: Some(case.name.into()), ..Outgoing::json(&testkit::todo(id), user()) }).await;
     }
 
     let dead = app.read_topic(&app.topic("dlq"), cases.len(), WAIT).await;
@@ -213,7 +212,7 @@ async fn each_invalid_kind_is_dead_lettered_with_its_reason_and_valid_traffic_fl
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_taken_todo_id_is_rejected_by_the_handler_not_merged() {
     let app = testkit::spawn_app().await;
-    let first = Outgoing { key: Some("a".into()), ..Outgoing::json(&samples::todo_created(9), user()) };
+    let first = Outgoing { key: Some("a".into()), ..Outgoing::json(&testkit::todo(9), user()) };
     let other = json!({"id": 9, "title": "another todo", "description": "same id"});
     let second = Outgoing { key: Some("a".into()), ..Outgoing::json(&other, user()) };
     app.send("todo-created", &first).await;
@@ -221,7 +220,7 @@ async fn a_taken_todo_id_is_rejected_by_the_handler_not_merged() {
     let dead = app.read_topic(&app.topic("dlq"), 1, WAIT).await;
     assert_eq!(header(&dead[0], dead_letter::REASON).as_deref(), Some("todo_id_taken"));
     let title: String = sqlx::query_scalar("SELECT title FROM todos WHERE id = 9").fetch_one(&app.db.pool).await.unwrap();
-    assert_eq!(title, "Todo number 9", "the first todo is kept");
+    assert_eq!(title, "Water the office plants", "the first todo is kept");
     app.stop().await;
 }
 

@@ -31,7 +31,7 @@ async fn send_with(producer: EventProducer, publisher: Publisher, count: u64) {
             ("todo-created", Outgoing { key, ..Outgoing::json(&serde_json::json!({"id": n}), identity) })
         } else {
             let topic = TOPICS[(n % 3) as usize];
-            (topic, Outgoing { key, ..Outgoing::json(&samples::payload_for(topic, n).unwrap(), identity) })
+            (topic, Outgoing { key, ..Outgoing::json(&testkit::sample(topic, n), identity) })
         };
         let message = producer.build(topic, &outgoing);
         publisher

@@ -45,7 +45,7 @@ pub async fn app_waiting_for_orgs(extra: &[(&str, &str)]) -> TestApp {
 pub fn todo(id: u32, org: &str) -> Outgoing {
     Outgoing {
         key: Some("one-partition".into()),
-        ..Outgoing::json(&samples::todo_created(id), IdentityHeader::Document(samples::user_identity(org)))
+        ..Outgoing::json(&testkit::todo(id), IdentityHeader::Document(samples::user_identity(org)))
     }
 }
 
@@ -97,7 +97,7 @@ async fn while_one_partition_retries_the_others_go_on() {
     // Meanwhile another partition goes on: a host status on another topic is stored.
     let other = Outgoing {
         key: Some("elsewhere".into()),
-        ..Outgoing::json(&samples::host_status_changed(1), IdentityHeader::Document(samples::user_identity("other")))
+        ..Outgoing::json(&testkit::sample("host-status-changed", 1), IdentityHeader::Document(samples::user_identity("other")))
     };
     let elsewhere = app.send("host-status-changed", &other).await;
     assert_ne!(elsewhere.topic, waiting.topic);
@@ -128,7 +128,10 @@ async fn a_retrying_partition_with_a_full_buffer_does_not_hold_up_the_others() {
     for n in 0..20 {
         let status = Outgoing {
             key: Some(format!("host-{n}")),
-            ..Outgoing::json(&samples::host_status_changed(n), IdentityHeader::Document(samples::user_identity("other")))
+            ..Outgoing::json(
+                &testkit::sample("host-status-changed", n),
+                IdentityHeader::Document(samples::user_identity("other")),
+            )
         };
         app.send("host-status-changed", &status).await;
     }

@@ -48,7 +48,7 @@ fn good_headers(request_id: &str) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
 }
 
 fn todo(id: u32) -> Vec<u8> {
-    samples::todo_created(id).to_string().into_bytes()
+    testkit::todo(id).to_string().into_bytes()
 }
 
 /// A case on `todo-created` keyed by its name, with valid headers unless `headers` says otherwise.
@@ -66,9 +66,9 @@ fn cases() -> Vec<Case> {
         headers.extend(extra);
         headers
     };
-    let mut host_nul_jsonb = samples::host_status_changed(9);
+    let mut host_nul_jsonb = testkit::sample("host-status-changed", 9);
     host_nul_jsonb["validations"][0]["message"] = json!("bad\u{0}byte");
-    let mut many_errors = samples::todo_created(9);
+    let mut many_errors = testkit::todo(9);
     for i in 0..20_000 {
         many_errors[format!("x{i}")] = json!(i);
     }
@@ -211,7 +211,7 @@ async fn every_hostile_record_is_dead_lettered_and_the_canary_behind_it_is_handl
         let canary_id = 10_000 + i as u32;
         let canary = match case.record.topic_key {
             "todo-created" => todo(canary_id),
-            _ => samples::host_status_changed(canary_id as u64).to_string().into_bytes(),
+            _ => testkit::sample("host-status-changed", canary_id as u64).to_string().into_bytes(),
         };
         let canary = Record {
             topic_key: case.record.topic_key,
@@ -344,7 +344,7 @@ async fn a_handler_panic_dead_letters_the_message_and_the_partition_goes_on() {
     for id in [12, 13, 14] {
         let outgoing = Outgoing {
             key: Some("one-partition".into()),
-            ..Outgoing::json(&samples::todo_created(id), IdentityHeader::Document(samples::user_identity("1")))
+            ..Outgoing::json(&testkit::todo(id), IdentityHeader::Document(samples::user_identity("1")))
         };
         app.send("todo-created", &outgoing).await;
     }

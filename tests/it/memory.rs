@@ -24,7 +24,7 @@ const LARGE_VALID: usize = 384;
 
 /// A host status with 128 validations of 1 kB messages: about 150 kB, valid.
 fn large_host_status(n: u64) -> Vec<u8> {
-    let mut host = samples::host_status_changed(n);
+    let mut host = testkit::sample("host-status-changed", n);
     host["validations"] = (0..128)
         .map(|i| json!({"id": format!("check-{i}"), "status": "failure", "message": "m".repeat(1000)}))
         .collect::<Vec<_>>()

@@ -17,7 +17,7 @@ async fn metrics_count_consumed_and_processed_messages_per_topic_and_outcome() {
     let user = || IdentityHeader::Document(samples::user_identity("1"));
     let mut partitions = std::collections::BTreeSet::new();
     for id in 0..5 {
-        partitions.insert(app.send("todo-created", &Outgoing::json(&samples::todo_created(id), user())).await.delivery.partition);
+        partitions.insert(app.send("todo-created", &Outgoing::json(&testkit::todo(id), user())).await.delivery.partition);
     }
     for _ in 0..2 {
         let sent = app.send("todo-created", &Outgoing::json(&serde_json::json!({"id": "x"}), user())).await;
@@ -79,7 +79,7 @@ async fn metrics_count_consumed_and_processed_messages_per_topic_and_outcome() {
 async fn stream_switched_off_publishes_nothing_but_still_handles() {
     let app = testkit::spawn_app_with(&[("EVENT_STREAM_ENABLED", "false")]).await;
     let user = IdentityHeader::Document(samples::user_identity("1"));
-    app.send("todo-created", &Outgoing::json(&samples::todo_created(1), user)).await;
+    app.send("todo-created", &Outgoing::json(&testkit::todo(1), user)).await;
     eventually(Duration::from_secs(20), "todo stored", || async { app.db.count("todos").await == 1 }).await;
     let stream = testkit::drain_topic(app.broker.bootstrap_servers(), &app.topic("events-stream"), Duration::from_secs(2)).await;
     assert!(stream.is_empty(), "nothing is published when the stream is off");
@@ -105,8 +105,7 @@ fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_deploy_files_use_only_real_metrics() {
     let app = spawn_app().await;
-    app.send("todo-created", &Outgoing::json(&samples::todo_created(1), IdentityHeader::Document(samples::user_identity("1"))))
-        .await;
+    app.send("todo-created", &Outgoing::json(&testkit::todo(1), IdentityHeader::Document(samples::user_identity("1")))).await;
     eventually(Duration::from_secs(30), "a message handled", || async { app.db.count("todos").await == 1 }).await;
     // Consumer lag is a series per owned partition, reported from librdkafka's statistics.
     eventually(Duration::from_secs(30), "consumer lag reported", || async {
@@ -162,8 +161,7 @@ async fn readyz_follows_the_database_away_and_back() {
     .await;
     assert_eq!(app.get("/healthz").await.0, 200, "still alive: no restart needed");
     // A message that arrives meanwhile waits, and is handled once the database is back.
-    app.send("todo-created", &Outgoing::json(&samples::todo_created(77), IdentityHeader::Document(samples::user_identity("1"))))
-        .await;
+    app.send("todo-created", &Outgoing::json(&testkit::todo(77), IdentityHeader::Document(samples::user_identity("1")))).await;
 
     proxy.restore();
     eventually(Duration::from_secs(30), "ready again", || async { app.get("/readyz").await.0 == 200 }).await;
@@ -303,8 +301,7 @@ async fn a_consumer_that_dies_fails_readiness_and_ends_the_service_with_an_error
     stream_cluster.create_topic("platform.event-router.events-stream", 1).unwrap();
     stream_cluster.broker_down(1).unwrap();
     let app = testkit::spawn_app_with(&[("EVENT_STREAM_BROKERS", stream_cluster.bootstrap_servers())]).await;
-    app.send("todo-created", &Outgoing::json(&samples::todo_created(1), IdentityHeader::Document(samples::user_identity("1"))))
-        .await;
+    app.send("todo-created", &Outgoing::json(&testkit::todo(1), IdentityHeader::Document(samples::user_identity("1")))).await;
     eventually(Duration::from_secs(20), "handled, its event waiting in the outbox", || async {
         app.db.count("todos").await == 1 && app.db.count("outbox").await == 1
     })

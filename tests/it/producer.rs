@@ -19,13 +19,12 @@ async fn the_library_refuses_what_the_service_would_dead_letter() {
         }
         other => panic!("expected a rejection, got {other:?}"),
     }
-    let no_org =
-        Outgoing::json(&samples::todo_created(1), IdentityHeader::Document(serde_json::json!({"identity": {"type": "User"}})));
+    let no_org = Outgoing::json(&testkit::todo(1), IdentityHeader::Document(serde_json::json!({"identity": {"type": "User"}})));
     assert!(
         matches!(producer.send("todo-created", &no_org).await, Err(ProduceError::Rejected(r)) if r.reason == Reason::IdentityOrgIdMissing)
     );
 
-    let good = Outgoing::json(&samples::todo_created(2), IdentityHeader::Document(samples::user_identity("1")));
+    let good = Outgoing::json(&testkit::todo(2), IdentityHeader::Document(samples::user_identity("1")));
     let sent = producer.send("todo-created", &good).await.unwrap();
     assert_eq!(sent.request_id.len(), 36, "a request id (UUID) is generated when none is given");
     eventually(Duration::from_secs(20), "todo stored", || async { app.db.count("todos").await == 1 }).await;
@@ -53,7 +52,7 @@ async fn the_cli_sends_valid_lines_and_refuses_invalid_ones() {
             }
         }
     };
-    let lines = format!("{}\n{}\n", samples::todo_created(31), samples::todo_created(32));
+    let lines = format!("{}\n{}\n", testkit::todo(31), testkit::todo(32));
     let out = cli(&["todo-created", "--org-id", "777", "--request-id", "cli-req"], Some(&lines));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(String::from_utf8_lossy(&out.stdout).matches("request-id cli-req").count(), 2);

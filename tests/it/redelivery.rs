@@ -14,7 +14,7 @@ async fn consuming_everything_again_creates_no_duplicate_rows() {
     let per_topic = 10u64;
     for n in 0..per_topic {
         for key in ["todo-created", "host-status-changed", "cluster-install-progressed"] {
-            let payload = samples::payload_for(key, n).unwrap();
+            let payload = testkit::sample(key, n);
             app.send(key, &Outgoing { key: Some(format!("k{n}")), ..Outgoing::json(&payload, identity()) }).await;
         }
     }
@@ -61,10 +61,7 @@ async fn a_recreated_topic_reusing_offsets_is_handled_not_mistaken_for_redeliver
     let identity = || IdentityHeader::Document(samples::user_identity("7"));
     for id in [1, 2] {
         first
-            .send(
-                "todo-created",
-                &Outgoing { key: Some("same-key".into()), ..Outgoing::json(&samples::todo_created(id), identity()) },
-            )
+            .send("todo-created", &Outgoing { key: Some("same-key".into()), ..Outgoing::json(&testkit::todo(id), identity()) })
             .await;
     }
     eventually(WAIT, "first broker's todos stored", || async { first.db.count("todos").await == 2 }).await;
@@ -76,10 +73,7 @@ async fn a_recreated_topic_reusing_offsets_is_handled_not_mistaken_for_redeliver
     let second = testkit::TestApp::spawn(testkit::start_broker(&config), db.clone(), "event-router-test", &[]).await;
     for id in [3, 4] {
         second
-            .send(
-                "todo-created",
-                &Outgoing { key: Some("same-key".into()), ..Outgoing::json(&samples::todo_created(id), identity()) },
-            )
+            .send("todo-created", &Outgoing { key: Some("same-key".into()), ..Outgoing::json(&testkit::todo(id), identity()) })
             .await;
     }
     eventually(WAIT, "second broker's todos stored", || async { db.count("todos").await == 4 }).await;
@@ -156,7 +150,7 @@ async fn two_owners_of_a_partition_record_a_message_once() {
 async fn fingerprints_count_headers_and_rows_of_older_releases_still_match() {
     let app = spawn_app().await;
     let identity = || IdentityHeader::Document(samples::user_identity("7"));
-    app.send("todo-created", &Outgoing { key: Some("k".into()), ..Outgoing::json(&samples::todo_created(1), identity()) }).await;
+    app.send("todo-created", &Outgoing { key: Some("k".into()), ..Outgoing::json(&testkit::todo(1), identity()) }).await;
     eventually(WAIT, "handled", || async { app.db.count("todos").await == 1 }).await;
     // Rewrite the row as an older release stored it: without the headers in the digest.
     let sent = app.read_topic(&app.topic("todo-created"), 1, WAIT).await.remove(0);
@@ -190,7 +184,7 @@ async fn fingerprints_count_headers_and_rows_of_older_releases_still_match() {
         &Outgoing {
             key: Some("k".into()),
             request_id: Some("other-identity".into()),
-            ..Outgoing::json(&samples::todo_created(1), IdentityHeader::Document(samples::user_identity("8")))
+            ..Outgoing::json(&testkit::todo(1), IdentityHeader::Document(samples::user_identity("8")))
         },
     );
     record.timestamp_ms = sent.timestamp_ms;

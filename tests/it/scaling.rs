@@ -20,7 +20,7 @@ async fn duplicates(app: &TestApp) -> f64 {
 async fn send_todos(producer: EventProducer, ids: std::ops::Range<u32>) {
     for id in ids {
         let identity = IdentityHeader::Document(samples::user_identity("3"));
-        let outgoing = Outgoing { key: Some(format!("k{}", id % 16)), ..Outgoing::json(&samples::todo_created(id), identity) };
+        let outgoing = Outgoing { key: Some(format!("k{}", id % 16)), ..Outgoing::json(&testkit::todo(id), identity) };
         producer.send_raw(&producer.build("todo-created", &outgoing)).await.unwrap();
     }
 }

@@ -33,8 +33,7 @@ async fn a_stream_outage_stops_nothing_and_the_backlog_drains_in_order() {
     let keys = ["alpha", "beta"];
     for id in 0..8u32 {
         let key = keys[id as usize % 2];
-        app.send("todo-created", &Outgoing { key: Some(key.into()), ..Outgoing::json(&samples::todo_created(id), identity()) })
-            .await;
+        app.send("todo-created", &Outgoing { key: Some(key.into()), ..Outgoing::json(&testkit::todo(id), identity()) }).await;
     }
     eventually(WAIT, "all todos stored while the stream is down", || async { app.db.count("todos").await == 8 }).await;
     eventually(WAIT, "a failed publish was counted", || async {
@@ -89,11 +88,7 @@ async fn rows_an_older_release_wrote_are_relayed_in_order_with_packed_ones() {
     .unwrap();
     let identity = || IdentityHeader::Document(samples::user_identity("5"));
     for id in 0..2u32 {
-        app.send(
-            "todo-created",
-            &Outgoing { key: Some("alpha".into()), ..Outgoing::json(&samples::todo_created(id), identity()) },
-        )
-        .await;
+        app.send("todo-created", &Outgoing { key: Some("alpha".into()), ..Outgoing::json(&testkit::todo(id), identity()) }).await;
     }
     eventually(WAIT, "both todos stored", || async { app.db.count("todos").await == 2 }).await;
     assert_eq!(event_router::outbox::backlog(&app.db.pool).await.unwrap().0, 3, "one old row and the new events wait");
@@ -149,7 +144,7 @@ async fn an_event_refused_for_good_is_parked_and_the_stream_goes_on() {
     let send = |id: u32| Outgoing {
         key: Some(format!("k{id}")),
         request_id: Some(format!("req-{id}")),
-        ..Outgoing::json(&samples::todo_created(id), identity())
+        ..Outgoing::json(&testkit::todo(id), identity())
     };
 
     app.send("todo-created", &send(1)).await;

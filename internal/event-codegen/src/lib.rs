@@ -55,6 +55,8 @@ pub struct GeneratedTopic {
     pub path: PathBuf,
     /// `sha256:<first 16 hex digits>` of the schema file: the schema's version in stream events.
     pub digest: String,
+    /// The schema's `examples`, each as compact JSON: the topic's sample payloads.
+    pub examples: Vec<String>,
     pub code: String,
     pub warnings: Vec<String>,
 }
@@ -90,8 +92,9 @@ impl Generated {
         out.push_str("pub static REGISTRY: &[crate::topics::TopicSchema] = &[\n");
         for topic in &self.topics {
             out.push_str(&format!(
-                "    crate::topics::TopicSchema {{ key: {key:?}, name: {name:?}, file: {file:?}, digest: {digest:?}, schema: include_str!({path:?}) }},\n",
+                "    crate::topics::TopicSchema {{ key: {key:?}, name: {name:?}, file: {file:?}, digest: {digest:?}, schema: include_str!({path:?}), examples: &{examples:?} }},\n",
                 key = topic.key,
+                examples = topic.examples,
                 name = topic.payload_type,
                 digest = topic.digest,
                 file = format!("api/event/{}{}", topic.key, TOPIC_SUFFIX),
@@ -185,6 +188,8 @@ fn generate_topic(path: &Path, key: &str) -> Result<GeneratedTopic, CodegenError
         return Err(err("the root schema must have `\"type\": \"object\"`: a topic message is a JSON object".into()));
     }
 
+    let examples = examples_of(&value).map_err(err)?;
+
     let payload_hint = pascal_case(key);
     let (code, payload_type) = run_typify(value, &payload_hint).map_err(err)?;
     Ok(GeneratedTopic {
@@ -193,9 +198,29 @@ fn generate_topic(path: &Path, key: &str) -> Result<GeneratedTopic, CodegenError
         payload_type,
         path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
         digest,
+        examples,
         code,
         warnings: problems.warnings.iter().map(|w| format!("{}: {w}", path.display())).collect(),
     })
+}
+
+/// The root `examples`: every topic carries at least one sample payload, because the demo, the
+/// tests and the benchmark send a topic's examples and nothing else knows what a valid message of
+/// it looks like. That each one is valid is checked against the schema by the service's tests.
+fn examples_of(schema: &serde_json::Value) -> Result<Vec<String>, String> {
+    let missing = || {
+        "the root schema needs `examples`: a list of at least one sample payload (the demo, the tests and the benchmark send it)"
+            .to_string()
+    };
+    let examples = schema.get("examples").and_then(|e| e.as_array()).filter(|e| !e.is_empty()).ok_or_else(missing)?;
+    examples
+        .iter()
+        .enumerate()
+        .map(|(index, example)| match example {
+            serde_json::Value::Object(_) => Ok(example.to_string()),
+            _ => Err(format!("`examples[{index}]` must be an object: a topic message is a JSON object")),
+        })
+        .collect()
 }
 
 /// Runs typify with its panics caught: a panic becomes an error message, never a backtrace.

@@ -20,7 +20,8 @@ const GOOD: &str = r#"{
   "type": "object",
   "required": ["id"],
   "additionalProperties": false,
-  "properties": { "id": { "type": "integer", "minimum": 0, "maximum": 10 } }
+  "properties": { "id": { "type": "integer", "minimum": 0, "maximum": 10 } },
+  "examples": [{ "id": 3 }]
 }"#;
 
 #[test]
@@ -37,6 +38,21 @@ fn good_schema_generates_a_module_and_registry_entry() {
     assert!(registry.contains("pub mod thing_happened"));
     assert!(registry.contains("key: \"thing-happened\""));
     assert!(registry.contains("impl crate::topics::Topic for thing_happened::ThingHappened"));
+    assert_eq!(topic.examples, [r#"{"id":3}"#]);
+    assert!(registry.contains(r#"examples: &["{\"id\":3}"]"#), "{registry}");
+}
+
+#[test]
+fn a_topic_without_an_object_example_is_refused() {
+    let without = GOOD.replace(",\n  \"examples\": [{ \"id\": 3 }]", "");
+    assert_ne!(without, GOOD);
+    let dir = write_dir(&[("thing-happened.event.json", &without)]);
+    assert!(generate(&dir).unwrap_err().problem.starts_with("the root schema needs `examples`"));
+    for examples in ["[]", "{}", "[3]", "[{\"id\": 3}, \"text\"]"] {
+        let dir = write_dir(&[("thing-happened.event.json", &GOOD.replace("[{ \"id\": 3 }]", examples))]);
+        let problem = generate(&dir).unwrap_err().problem;
+        assert!(problem.contains("examples"), "{examples}: {problem}");
+    }
 }
 
 #[test]

@@ -211,6 +211,22 @@ pub async fn spawn_app_with_router(extra: &[(&str, &str)], router: Router) -> Te
     TestApp::spawn_with_router(broker, db, "event-router-test", extra, router).await
 }
 
+/// Sample payload `n` of the topic `key` (its schema's examples, identifiers varied by `n`).
+///
+/// # Panics
+/// When `key` is not a topic in `api/event/`.
+pub fn sample(key: &str, n: u64) -> serde_json::Value {
+    let topic = event_router::topics::TopicSchema::find(key).unwrap_or_else(|| panic!("no topic `{key}` in api/event/"));
+    samples::TopicSamples::new(topic.schema, topic.examples).payload(n)
+}
+
+/// A `todo-created` sample whose id is `id`, for tests that look the todo up by it.
+pub fn todo(id: u32) -> serde_json::Value {
+    let mut todo = sample("todo-created", 0);
+    todo["id"] = id.into();
+    todo
+}
+
 /// A message from a User of `org`, with its key and request id set.
 pub fn user_message(org: &str, payload: &serde_json::Value, key: &str, request_id: &str) -> Outgoing {
     Outgoing {
@@ -268,7 +284,7 @@ impl TestApp {
         let handle = tokio::spawn(async move {
             let result = app.run_until_stopped(async move { stopped.cancelled().await }).await;
             drop(alive);
-            result
+            result.map_err(anyhow::Error::from)
         });
         TestApp { broker, db, config, http_addr, consumer, stop, handle: Some(handle) }
     }
