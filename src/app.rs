@@ -12,18 +12,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
 use tokio::net::TcpListener;
+use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::consumer::{self, ConsumerEvents, RouterConsumer};
+use crate::consumer::{self, ConsumerError, ConsumerEvents, RouterConsumer};
+use crate::error::ErrorChain;
 use crate::http::{self, HttpState};
 use crate::kafka::{self, Publisher};
 use crate::outbox::Relay;
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PipelineError};
 use crate::router::Router;
+use crate::store::StoreError;
 use crate::{handlers, store};
 
 /// The longest a rebalance waits for revoked partitions' messages in hand (librdkafka holds the
@@ -32,6 +35,58 @@ const MAX_REVOKE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How long shutdown may spend publishing what is left in the outbox.
 const RELAY_DRAIN_DEADLINE: Duration = Duration::from_secs(5);
+
+/// Why the service could not start; each names the setting to look at.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// `DATABASE_URL` is not usable.
+    #[error(transparent)]
+    Database(#[from] StoreError),
+    #[error("applying database migrations")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+    /// A schema without a handler, a schema that does not compile, or no Kafka producer.
+    #[error(transparent)]
+    Pipeline(#[from] PipelineError),
+    #[error("KAFKA_BROKERS: cannot create the Kafka consumer")]
+    Consumer(#[source] KafkaError),
+    #[error("EVENT_ROUTER_TOPIC_PATTERN: cannot subscribe")]
+    Subscribe(#[source] KafkaError),
+    #[error("EVENT_STREAM_BROKERS: cannot create the stream producer")]
+    StreamProducer(#[source] KafkaError),
+    #[error("METRICS_ADDR: cannot listen on {addr}")]
+    Listen {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Why the service stopped with an error (the process should exit non-zero and be restarted).
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The consumer ended with an error of its own (a partition worker died, a fatal Kafka error).
+    #[error("the consumer died")]
+    ConsumerDied(#[source] ConsumerError),
+    /// The consumer ended without an error before shutdown was requested.
+    #[error("the consumer stopped without being asked to")]
+    ConsumerStopped,
+    /// A task of the service panicked; `task` names it ("the consumer task", "the HTTP task", ...).
+    #[error("{task} panicked")]
+    TaskPanicked {
+        task: &'static str,
+        #[source]
+        source: JoinError,
+    },
+    /// The HTTP server (`/metrics`, `/healthz`, `/readyz`) failed.
+    #[error("the HTTP server failed")]
+    Http(#[source] std::io::Error),
+}
+
+impl RunError {
+    fn panicked(task: &'static str) -> impl FnOnce(JoinError) -> RunError {
+        move |source| RunError::TaskPanicked { task, source }
+    }
+}
 
 pub struct Application {
     config: Config,
@@ -46,14 +101,14 @@ pub struct Application {
 
 impl Application {
     /// Builds the service with its own handlers ([`handlers::router`]).
-    pub async fn build(config: Config) -> anyhow::Result<Self> {
+    pub async fn build(config: Config) -> Result<Self, StartError> {
         Self::build_with_router(config, handlers::router()).await
     }
 
     /// Builds the service with another routing table (a binary with its own handlers, a test).
-    pub async fn build_with_router(config: Config, router: Router) -> anyhow::Result<Self> {
+    pub async fn build_with_router(config: Config, router: Router) -> Result<Self, StartError> {
         let pool = store::connect(config.database_url.expose(), config.database_max_connections).await?;
-        store::MIGRATOR.run(&pool).await.context("applying database migrations")?;
+        store::MIGRATOR.run(&pool).await.map_err(StartError::Migrate)?;
         let readiness_pool = http::readiness_pool(config.database_url.expose()).await?;
         let pipeline = Arc::new(Pipeline::from_config(&config, router, pool.clone())?);
         let telemetry = pipeline.telemetry.clone();
@@ -67,12 +122,11 @@ impl Application {
                 joined.clone(),
                 config.shutdown_timeout.min(MAX_REVOKE_DEADLINE),
             ))
-            .context("KAFKA_BROKERS: cannot create the Kafka consumer")?;
-        consumer::subscribe(&consumer, &topics, config.topics.pattern.as_deref())
-            .context("EVENT_ROUTER_TOPIC_PATTERN: cannot subscribe")?;
+            .map_err(StartError::Consumer)?;
+        consumer::subscribe(&consumer, &topics, config.topics.pattern.as_deref()).map_err(StartError::Subscribe)?;
         let relay = if config.topics.stream_enabled {
             let stream_publisher = Publisher::with_timeout(&config.stream_kafka, config.stream_publish_timeout)
-                .context("EVENT_STREAM_BROKERS: cannot create the stream producer")?;
+                .map_err(StartError::StreamProducer)?;
             tracing::info!(topic = %config.topics.stream(), "event stream enabled");
             Some(Relay::new(pool.clone(), stream_publisher, telemetry.clone(), pipeline.backoff, pipeline.relay_wake()))
         } else {
@@ -82,7 +136,7 @@ impl Application {
 
         let listener = TcpListener::bind(config.metrics_addr)
             .await
-            .with_context(|| format!("METRICS_ADDR: cannot listen on {}", config.metrics_addr))?;
+            .map_err(|source| StartError::Listen { addr: config.metrics_addr, source })?;
         tracing::info!(topics = ?topics, group = %config.kafka.group_id, "event-router started");
         let stall_threshold = config.readiness_stall;
         Ok(Application {
@@ -116,7 +170,7 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
-    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RunError> {
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
         let http = tokio::spawn(http::serve(self.listener, self.http_state.clone(), {
@@ -160,23 +214,23 @@ impl Application {
                 stop.cancel();
                 let ended = consuming.await;
                 self.http_state.consumer_running.store(false, Ordering::Release);
-                ended.context("the consumer task panicked").and_then(|result| result)
+                ended.map_err(RunError::panicked("the consumer task")).and_then(|result| result.map_err(RunError::ConsumerDied))
             }
             Some(ended) => {
                 self.http_state.consumer_running.store(false, Ordering::Release);
                 let error = match ended {
-                    Ok(Ok(())) => anyhow::anyhow!("the consumer stopped without being asked to"),
-                    Ok(Err(error)) => error.context("the consumer died"),
-                    Err(panic) => anyhow::Error::new(panic).context("the consumer task panicked"),
+                    Ok(Ok(())) => RunError::ConsumerStopped,
+                    Ok(Err(error)) => RunError::ConsumerDied(error),
+                    Err(panic) => RunError::panicked("the consumer task")(panic),
                 };
-                tracing::error!(error = %format!("{error:#}"), "the consumer ended before shutdown was requested; stopping the service");
+                tracing::error!(error = %ErrorChain(&error), "the consumer ended before shutdown was requested; stopping the service");
                 stop.cancel();
                 Err(error)
             }
         };
         relay_stop.cancel();
         if let Some(relaying) = relaying {
-            relaying.await.context("the outbox relay panicked")?;
+            relaying.await.map_err(RunError::panicked("the outbox relay"))?;
         }
         if consumed.is_ok() {
             self.consumer.unsubscribe();
@@ -189,10 +243,10 @@ impl Application {
             tracing::warn!(%error, "producer flush at shutdown failed");
         }
         http_stop.cancel();
-        http.await.context("the HTTP task panicked")??;
-        sampling.await.context("the outbox sampler panicked")?;
-        pruning.await.context("the retention task panicked")?;
-        checking.await.context("the readiness check panicked")?;
+        http.await.map_err(RunError::panicked("the HTTP task"))?.map_err(RunError::Http)?;
+        sampling.await.map_err(RunError::panicked("the outbox sampler"))?;
+        pruning.await.map_err(RunError::panicked("the retention task"))?;
+        checking.await.map_err(RunError::panicked("the readiness check"))?;
         self.http_state.pool.close().await;
         consumed?;
         tracing::info!("event-router stopped");

@@ -282,7 +282,7 @@ pub async fn run(
     stop: CancellationToken,
     shutdown_deadline: Duration,
     batching: Batching,
-) -> anyhow::Result<()> {
+) -> Result<(), ConsumerError> {
     let budget = ByteBudget::new(batching.max_buffered_bytes);
     let workers = consumer.context().workers.clone();
     let mut paused_for_budget = false;
@@ -354,8 +354,17 @@ pub async fn run(
     commit_stored(consumer, COMMIT_DEADLINE).await;
     match died {
         None => Ok(()),
-        Some(why) => Err(anyhow::anyhow!("the Kafka consumer stopped: {why}")),
+        Some(why) => Err(ConsumerError { why }),
     }
+}
+
+/// Why the consumer stopped without being asked to: a partition worker died, or librdkafka
+/// reported a fatal error.
+#[derive(Debug, thiserror::Error)]
+#[error("the Kafka consumer stopped: {why}")]
+pub struct ConsumerError {
+    /// What ended it, as one line.
+    pub why: String,
 }
 
 /// Hands waiting messages to their partitions while the budget has room for them, in order;

@@ -45,6 +45,7 @@ pub mod config;
 pub mod consumer;
 pub mod dead_letter;
 pub mod envelope;
+mod error;
 pub mod handlers;
 pub mod http;
 pub mod kafka;

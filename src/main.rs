@@ -135,7 +135,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             let stop = stop_on_signal();
             let app = Application::build(config).await?;
             tracing::info!(addr = %app.http_addr(), "serving /metrics, /healthz and /readyz");
-            app.run_until_stopped(async move { stop.cancelled().await }).await
+            Ok(app.run_until_stopped(async move { stop.cancelled().await }).await?)
         }
         Command::Migrate => {
             store::create_and_migrate(config.database_url.expose()).await?;

@@ -107,9 +107,9 @@ struct Row {
 }
 
 impl Row {
-    fn events(&self) -> anyhow::Result<Vec<OutgoingEvent<'_>>> {
+    fn events(&self) -> Result<Vec<OutgoingEvent<'_>>, RelayError> {
         if let Some(events) = &self.events {
-            return unpack(events).map_err(|error| anyhow::anyhow!("outbox row {} is unreadable: {error}", self.id));
+            return unpack(events).map_err(|problem| RelayError::Unreadable { id: self.id, problem });
         }
         let headers =
             self.headers.0.iter().map(|(key, value)| HeaderRef { key, value: value.as_deref().map(str::as_bytes) }).collect();
@@ -120,6 +120,23 @@ impl Row {
             headers,
         }])
     }
+}
+
+/// Why a relay batch failed; what was acknowledged before the failure is still deleted.
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    /// The decoding problem is told in the message, not kept as a cause.
+    #[error("outbox row {id} is unreadable: {problem}")]
+    Unreadable { id: i64, problem: postcard::Error },
+    #[error("publishing to the stream ({published} of {total} events acknowledged in order)")]
+    Publish {
+        published: usize,
+        total: usize,
+        #[source]
+        source: rdkafka::error::KafkaError,
+    },
 }
 
 /// Publishes outbox rows to the stream.
@@ -191,7 +208,7 @@ impl Relay {
 
     /// Publishes one batch; deletes the acknowledged prefix. An error means at least one
     /// publish (or the database) failed; what was acknowledged before it is still deleted.
-    async fn batch(&self) -> anyhow::Result<BatchResult> {
+    async fn batch(&self) -> Result<BatchResult, RelayError> {
         let mut tx = self.pool.begin().await?;
         let locked: bool =
             sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1)").bind(RELAY_LOCK).fetch_one(&mut *tx).await?;
@@ -217,7 +234,7 @@ impl Relay {
             tx.commit().await?;
             return Ok(BatchResult { published: 0, locked_out: false });
         }
-        let events = rows.iter().map(Row::events).collect::<anyhow::Result<Vec<_>>>()?;
+        let events = rows.iter().map(Row::events).collect::<Result<Vec<_>, _>>()?;
         // All sends are queued at once (librdkafka batches them and, being idempotent, keeps their
         // order per partition); then the rows whose events were all acknowledged, up to the first
         // that was not, are deleted. A row with a failure is sent again whole.
@@ -257,8 +274,7 @@ impl Relay {
         tx.commit().await?;
         match first_error {
             None => Ok(BatchResult { published, locked_out: false }),
-            Some(error) => Err(anyhow::Error::new(error)
-                .context(format!("publishing to the stream ({published} of {total} events acknowledged in order)"))),
+            Some(source) => Err(RelayError::Publish { published, total, source }),
         }
     }
 }

@@ -8,6 +8,7 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::config::{KafkaConfig, TopicConfig};
+use crate::envelope::validate::SchemaError;
 use crate::envelope::{self, identity::encode_identity, Rejection, Validators, IDENTITY_HEADER, REQUEST_ID_HEADER};
 use crate::kafka::{Delivery, Publisher};
 use crate::message::{header_refs, Header, RawMessage};
@@ -48,6 +49,17 @@ pub enum ProduceError {
     Kafka(#[from] rdkafka::error::KafkaError),
 }
 
+/// Why an [`EventProducer`] could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The Kafka producer could not be created (a bad client setting).
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A schema does not compile.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+}
+
 /// What was sent, where.
 #[derive(Debug, Clone)]
 pub struct Sent {
@@ -63,7 +75,7 @@ pub struct EventProducer {
 }
 
 impl EventProducer {
-    pub fn new(kafka: &KafkaConfig, topics: &TopicConfig) -> anyhow::Result<Self> {
+    pub fn new(kafka: &KafkaConfig, topics: &TopicConfig) -> Result<Self, SetupError> {
         Ok(EventProducer { publisher: Publisher::new(kafka)?, validators: Validators::compile(topics)?, topics: topics.clone() })
     }
 

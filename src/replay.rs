@@ -15,9 +15,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use anyhow::Context as _;
 use chrono::{DateTime, TimeZone, Utc};
 use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
 use rdkafka::{Offset, TopicPartitionList};
 
 use crate::config::Config;
@@ -25,7 +25,7 @@ use crate::dead_letter;
 use crate::kafka::{self, Publisher};
 use crate::message::{header_refs, Header, RawMessage};
 use crate::store::dead_letters::{self, Recorded};
-use crate::store::{self, InboxKey};
+use crate::store::{self, InboxKey, StoreError};
 
 pub use crate::message::REPLAY_OF;
 pub use crate::store::replay_of;
@@ -81,6 +81,42 @@ impl std::fmt::Display for Summary {
             self.incomplete_copies
         )
     }
+}
+
+/// Why a replay stopped. Dead letters replayed before it are marked as replayed.
+#[derive(Debug, thiserror::Error)]
+pub enum ReplayError {
+    /// The database is not reachable (`DATABASE_URL`).
+    #[error(transparent)]
+    Connect(#[from] StoreError),
+    #[error("reading the dead_letters table")]
+    ReadTable(#[source] sqlx::Error),
+    #[error("reading a dead letter's value from the dead_letters table")]
+    ReadValue(#[source] sqlx::Error),
+    /// Looking up or marking a dead letter failed.
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error("KAFKA_BROKERS: cannot create the replay consumer")]
+    CreateConsumer(#[source] KafkaError),
+    #[error("reading metadata of {topic}")]
+    Metadata {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    #[error("reading the dead-letter topic")]
+    ReadTopic(#[source] KafkaError),
+    #[error("the dead-letter topic stopped answering before its end was reached")]
+    TopicStalled,
+    #[error("re-injecting into {topic}")]
+    Reinject {
+        topic: String,
+        #[source]
+        source: KafkaError,
+    },
+    /// Creating the producer, reading watermarks or assigning partitions failed.
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
 }
 
 /// A dead letter's copy, read back from the dead-letter topic.
@@ -154,7 +190,7 @@ impl Copy {
 }
 
 /// Runs a replay. With `dry_run`, counts what would be replayed and sends nothing.
-pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool) -> anyhow::Result<Summary> {
+pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool) -> Result<Summary, ReplayError> {
     let pool = store::connect(config.database_url.expose(), 2).await?;
     let mut summary = Summary::default();
     // From the table: the copies wanted, by their coordinates in the dead-letter topic.
@@ -173,7 +209,7 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
             .bind(filter.until)
             .fetch_all(&pool)
             .await
-            .context("reading the dead_letters table")?;
+            .map_err(ReplayError::ReadTable)?;
             summary.matched = rows.len() as u64;
             summary.skipped_already_replayed = rows.iter().filter(|r| r.2 && !filter.include_replayed).count() as u64;
             Some(rows.into_iter().filter(|r| !r.2 || filter.include_replayed).map(|(p, o, _)| (p, o)).collect())
@@ -238,7 +274,7 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
                     copy.original_timestamp,
                 )
                 .await
-                .with_context(|| format!("re-injecting into {}", copy.original.topic))?;
+                .map_err(|source| ReplayError::Reinject { topic: copy.original.topic.clone(), source })?;
             dead_letters::mark_replayed(&pool, &copy.original).await?;
         }
         summary.replayed += 1;
@@ -253,7 +289,10 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
 
 /// The key and value a `dead_letters` row kept of the copy's original, found by the copy's
 /// coordinates in the dead-letter topic.
-async fn original_from_table(pool: &sqlx::PgPool, copy: &Copy) -> anyhow::Result<Option<(Option<Vec<u8>>, Option<Vec<u8>>)>> {
+async fn original_from_table(
+    pool: &sqlx::PgPool,
+    copy: &Copy,
+) -> Result<Option<(Option<Vec<u8>>, Option<Vec<u8>>)>, ReplayError> {
     sqlx::query_as(
         "SELECT message_key, payload FROM dead_letters
          WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND dlq_partition = $4 AND dlq_offset = $5",
@@ -265,7 +304,7 @@ async fn original_from_table(pool: &sqlx::PgPool, copy: &Copy) -> anyhow::Result
     .bind(copy.message.offset)
     .fetch_optional(pool)
     .await
-    .context("reading a dead letter's value from the dead_letters table")
+    .map_err(ReplayError::ReadValue)
 }
 
 fn matches_headers(copy: &Copy, filter: &Filter) -> bool {
@@ -277,13 +316,15 @@ fn matches_headers(copy: &Copy, filter: &Filter) -> bool {
 }
 
 /// Reads the dead-letter topic from its start to its current end, every partition.
-fn read_dead_letter_topic(config: &Config) -> anyhow::Result<Vec<RawMessage>> {
+fn read_dead_letter_topic(config: &Config) -> Result<Vec<RawMessage>, ReplayError> {
     let topic = config.topics.dead_letter();
     let mut client = kafka::client_config(&config.kafka);
     client.set("group.id", "event-router-replay").set("enable.auto.commit", "false").set("enable.partition.eof", "false");
-    let consumer: BaseConsumer = client.create().context("KAFKA_BROKERS: cannot create the replay consumer")?;
+    let consumer: BaseConsumer = client.create().map_err(ReplayError::CreateConsumer)?;
     let timeout = Duration::from_secs(10);
-    let metadata = consumer.fetch_metadata(Some(&topic), timeout).with_context(|| format!("reading metadata of {topic}"))?;
+    let metadata = consumer
+        .fetch_metadata(Some(&topic), timeout)
+        .map_err(|source| ReplayError::Metadata { topic: topic.clone(), source })?;
     let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect::<Vec<_>>();
     let mut ends = HashMap::new();
     let mut assignment = TopicPartitionList::new();
@@ -307,10 +348,12 @@ fn read_dead_letter_topic(config: &Config) -> anyhow::Result<Vec<RawMessage>> {
                 }
                 messages.push(message);
             }
-            Some(Err(error)) => return Err(error).context("reading the dead-letter topic"),
+            Some(Err(error)) => return Err(ReplayError::ReadTopic(error)),
             None => {
                 idle += 1;
-                anyhow::ensure!(idle < 60, "the dead-letter topic stopped answering before its end was reached");
+                if idle >= 60 {
+                    return Err(ReplayError::TopicStalled);
+                }
             }
         }
     }

@@ -62,6 +62,7 @@ use futures::FutureExt as _;
 use serde_json::Value;
 
 use crate::envelope::{Identity, Reason, Rejection};
+use crate::error::ErrorChain;
 use crate::store::Tx;
 use crate::topics::{Topic, REGISTRY};
 
@@ -99,7 +100,7 @@ pub enum HandlerError {
     Retryable { code: &'static str, message: String },
     /// Something outside the message failed (database, network); the message is retried.
     #[error("transient failure: {0}")]
-    Transient(#[source] anyhow::Error),
+    Transient(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Refused with this very rejection, decided by the router rather than by a handler: the
     /// handler panicked, the payload did not fit its generated type, the topic has no handler.
     #[error("{0}")]
@@ -124,7 +125,7 @@ impl HandlerError {
             }
             HandlerError::Refused(rejection) => rejection,
             HandlerError::Transient(error) => {
-                Rejection::new(Reason::Handler("transient_failure"), format!("topic {topic}: {error:#}"))
+                Rejection::new(Reason::Handler("transient_failure"), format!("topic {topic}: {}", ErrorChain(&*error)))
             }
         }
     }

@@ -1,6 +1,6 @@
 //! The dead-letter flow of one message: publish a copy that fits, then record the row.
 
-use super::write::{Attempt, Halt};
+use super::write::{Attempt, Halt, WriteError};
 use super::Outcome;
 use crate::dead_letter;
 use crate::envelope::Rejection;
@@ -36,7 +36,7 @@ impl Attempt<'_> {
         let topic = self.pipeline.topics.dead_letter();
         let published = self
             .retry(RetryStep::DeadLetter, message, || async {
-                self.pipeline.publisher.publish(&topic, copy.key, copy.value, &headers).await.map_err(anyhow::Error::from)
+                self.pipeline.publisher.publish(&topic, copy.key, copy.value, &headers).await.map_err(WriteError::Kafka)
             })
             .await;
         let delivery = match published {

@@ -30,13 +30,14 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use anyhow::Context as _;
+use rdkafka::error::KafkaError;
 
 use crate::config::{Config, TopicConfig};
+use crate::envelope::validate::SchemaError;
 use crate::envelope::Validators;
 use crate::kafka::Publisher;
 use crate::message::RawMessage;
-use crate::router::Router;
+use crate::router::{MissingHandler, Router};
 use crate::telemetry::{HandlingTime, KnownTopic, RetryStep, Telemetry};
 
 use crate::retry::Backoff;
@@ -45,6 +46,20 @@ use open::{Prepared, Step};
 use write::{Attempt, BatchWrite, Handled};
 
 pub use crate::telemetry::Outcome;
+
+/// Why [`Pipeline::from_config`] could not assemble the pipeline.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// A schema in `api/event/` has no registered handler.
+    #[error(transparent)]
+    MissingHandler(#[from] MissingHandler),
+    /// A schema does not compile.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+    /// The producer for the dead-letter topic could not be created.
+    #[error("KAFKA_BROKERS: cannot create the Kafka producer")]
+    Producer(#[source] KafkaError),
+}
 
 pub struct Pipeline {
     pub(crate) validators: Validators,
@@ -69,14 +84,14 @@ impl Pipeline {
     /// The pipeline `config` describes, with `router`'s handlers, writing through `pool`: the one
     /// place that assembles it, for the service, the tests and the benchmark. Fails when a schema
     /// has no handler or does not compile, or the producer cannot be created.
-    pub fn from_config(config: &Config, router: Router, pool: sqlx::PgPool) -> anyhow::Result<Self> {
+    pub fn from_config(config: &Config, router: Router, pool: sqlx::PgPool) -> Result<Self, PipelineError> {
         router.check_complete()?;
         let validators = Validators::compile(&config.topics)?.with_max_payload_bytes(config.max_message_bytes);
         let known_topics = validators
             .topics()
             .map(|(name, key)| KnownTopic { name: name.to_owned(), handler_reasons: router.reasons(key) })
             .collect();
-        let publisher = Publisher::new(&config.kafka).context("KAFKA_BROKERS: cannot create the Kafka producer")?;
+        let publisher = Publisher::new(&config.kafka).map_err(PipelineError::Producer)?;
         let topics = config.topics.clone();
         Ok(Pipeline {
             output_topics: [topics.stream(), topics.dead_letter()],

@@ -4,11 +4,13 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use rdkafka::error::KafkaError;
 use tokio_util::sync::CancellationToken;
 
 use super::open::{Prepared, Step};
 use super::{Outcome, Pipeline};
 use crate::envelope::{Reason, Rejection};
+use crate::error::ErrorChain;
 use crate::kafka;
 use crate::message::RawMessage;
 use crate::outbox::{self, OutgoingEvent};
@@ -81,13 +83,13 @@ impl Attempt<'_> {
     /// value itself (a data exception) is no transient failure: retrying cannot help, so it is a
     /// refusal, pinned on the first message; the callers then write that message
     /// alone, which either succeeds or dead-letters it, and the rest goes on.
-    pub(super) async fn write(&self, batch: &[&Prepared]) -> anyhow::Result<BatchWrite> {
+    pub(super) async fn write(&self, batch: &[&Prepared]) -> Result<BatchWrite, WriteError> {
         match self.write_once(batch).await {
-            Err(error) if error.downcast_ref::<sqlx::Error>().is_some_and(store::is_data_exception) => Ok(BatchWrite::Refused(
+            Err(error) if error.database().is_some_and(store::is_data_exception) => Ok(BatchWrite::Refused(
                 0,
                 HandlerError::Refused(Rejection::new(
                     Reason::DatabaseRejected,
-                    format!("the database refused the message's rows: {error:#}"),
+                    format!("the database refused the message's rows: {}", ErrorChain(&error)),
                 )),
             )),
             result => result,
@@ -98,7 +100,7 @@ impl Attempt<'_> {
     /// handler once per run of one topic, then the outbox row holding the events, so a
     /// partition's backlog costs one commit and a few round trips per batch. The first refusal undoes the
     /// whole transaction and names the message. `Err` is a transient failure, to be retried.
-    async fn write_once(&self, batch: &[&Prepared]) -> anyhow::Result<BatchWrite> {
+    async fn write_once(&self, batch: &[&Prepared]) -> Result<BatchWrite, WriteError> {
         let opened = Instant::now();
         let mut tx = self.pipeline.pool.begin().await?;
         let mut keys = Vec::with_capacity(batch.len());
@@ -127,7 +129,7 @@ impl Attempt<'_> {
             let started = Instant::now();
             let refusal = match self.pipeline.router.dispatch(batch[run[0]].schema.key, &events, &mut tx).await {
                 Ok(()) => None,
-                Err(BatchError { error: HandlerError::Transient(error), .. }) => return Err(error),
+                Err(BatchError { error: HandlerError::Transient(error), .. }) => return Err(WriteError::Handler(error)),
                 Err(BatchError { index, error }) => Some((run[index], error)),
             };
             if let Some((index, refusal)) = refusal {
@@ -174,7 +176,7 @@ impl Attempt<'_> {
 
     /// What the inbox knows `message` by. A replayed dead letter counts as its original, so that
     /// replaying it twice has one effect.
-    async fn inbox_key(&self, tx: &mut store::Tx, message: &RawMessage) -> anyhow::Result<InboxKey> {
+    async fn inbox_key(&self, tx: &mut store::Tx, message: &RawMessage) -> Result<InboxKey, sqlx::Error> {
         let key = InboxKey::of(message);
         // A replay goes back to its original topic; a header naming another topic is not one.
         if let Some(original) = store::replay_of(message, &key).filter(|o| o.topic == message.topic) {
@@ -199,7 +201,7 @@ impl Attempt<'_> {
     pub(super) async fn retry<T, F, Fut>(&self, step: RetryStep, message: &RawMessage, mut attempt: F) -> Result<T, Halt>
     where
         F: FnMut() -> Fut,
-        Fut: Future<Output = anyhow::Result<T>>,
+        Fut: Future<Output = Result<T, WriteError>>,
     {
         let mut failures = 0u32;
         loop {
@@ -214,7 +216,7 @@ impl Attempt<'_> {
                 Err(error) => {
                     let delay = self.pipeline.backoff.delay(failures);
                     failures += 1;
-                    self.pipeline.telemetry.retrying(step, message, failures, delay, &format!("{error:#}"));
+                    self.pipeline.telemetry.retrying(step, message, failures, delay, &ErrorChain(&error));
                     if !self.sleep_unless_abandoned(delay).await {
                         return Err(Halt::Abandoned);
                     }
@@ -229,11 +231,42 @@ pub(super) enum Halt {
     /// The shutdown or revoke deadline passed.
     Abandoned,
     /// Retrying cannot help.
-    Permanent(anyhow::Error),
+    Permanent(WriteError),
+}
+
+/// A failure of the work [`Attempt::retry`] runs: the database's, the broker's, or a handler's
+/// transient failure (whatever the handler wrapped; it may be either of the others).
+#[derive(Debug, thiserror::Error)]
+pub(super) enum WriteError {
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+    #[error(transparent)]
+    Kafka(#[from] KafkaError),
+    #[error(transparent)]
+    Handler(Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl WriteError {
+    /// The database's error, whether it came from the write itself or through a handler.
+    fn database(&self) -> Option<&sqlx::Error> {
+        match self {
+            WriteError::Database(error) => Some(error),
+            WriteError::Handler(error) => error.downcast_ref(),
+            WriteError::Kafka(_) => None,
+        }
+    }
+
+    /// The broker's error, whether it came from a publish or through a handler.
+    fn kafka(&self) -> Option<&KafkaError> {
+        match self {
+            WriteError::Kafka(error) => Some(error),
+            WriteError::Handler(error) => error.downcast_ref(),
+            WriteError::Database(_) => None,
+        }
+    }
 }
 
 /// Whether `error` is one that no retry can mend.
-fn is_permanent(error: &anyhow::Error) -> bool {
-    error.downcast_ref::<sqlx::Error>().is_some_and(store::is_data_exception)
-        || error.downcast_ref::<rdkafka::error::KafkaError>().is_some_and(kafka::is_permanent)
+fn is_permanent(error: &WriteError) -> bool {
+    error.database().is_some_and(store::is_data_exception) || error.kafka().is_some_and(kafka::is_permanent)
 }

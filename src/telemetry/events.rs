@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::labels::{Outcome, PublishResult, RebalanceKind, RetryStep};
 use super::metrics::{KnownTopic, Metrics, UNKNOWN_TOPIC_LABEL};
 use crate::envelope::Rejection;
+use crate::error::ErrorChain;
 use crate::message::RawMessage;
 use crate::router::Context;
 
@@ -122,18 +123,18 @@ impl Telemetry {
 
     /// The broker refused even a dead-letter copy that fits the producer's limit; the message is
     /// recorded in the `dead_letters` table only.
-    pub fn dead_letter_copy_refused(&self, message: &RawMessage, error: &anyhow::Error) {
+    pub fn dead_letter_copy_refused(&self, message: &RawMessage, error: &(dyn std::error::Error + 'static)) {
         self.count_retry(RetryStep::DeadLetter);
         tracing::error!(
-            topic = %message.topic, partition = message.partition, offset = message.offset, error = %format!("{error:#}"),
+            topic = %message.topic, partition = message.partition, offset = message.offset, error = %ErrorChain(error),
             "the dead-letter topic refused the message's copy for good; it is recorded in the dead_letters table only"
         );
     }
 
     /// The database refused a `dead_letters` row for good; the copy in the topic is the record.
-    pub fn dead_letter_row_refused(&self, message: &RawMessage, error: &anyhow::Error) {
+    pub fn dead_letter_row_refused(&self, message: &RawMessage, error: &(dyn std::error::Error + 'static)) {
         tracing::error!(
-            topic = %message.topic, partition = message.partition, offset = message.offset, error = %format!("{error:#}"),
+            topic = %message.topic, partition = message.partition, offset = message.offset, error = %ErrorChain(error),
             "the database refused the dead_letters row for good; the copy in the dead-letter topic is the only record"
         );
     }
@@ -160,10 +161,10 @@ impl Telemetry {
     }
 
     /// The outbox relay could not publish (or reach the database); the backlog waits.
-    pub fn outbox_relay_failed(&self, attempt: u32, retry_in: Duration, error: &anyhow::Error) {
+    pub fn outbox_relay_failed(&self, attempt: u32, retry_in: Duration, error: &(dyn std::error::Error + 'static)) {
         self.count_retry(RetryStep::Stream);
         tracing::warn!(
-            attempt, retry_in_ms = retry_in.as_millis() as u64, error = %format!("{error:#}"),
+            attempt, retry_in_ms = retry_in.as_millis() as u64, error = %ErrorChain(error),
             "stream publish failed; events wait in the outbox and are retried"
         );
     }
