@@ -81,7 +81,7 @@ impl ByteBudget {
     }
 
     /// Bytes not charged right now.
-    pub fn available(&self) -> usize {
+    pub(crate) fn available(&self) -> usize {
         self.bytes.available_permits()
     }
 }
@@ -131,7 +131,7 @@ impl Worker {
 
 /// The partition workers of one consumer, shared by the fetch loop and the rebalance callback.
 #[derive(Default)]
-pub struct Workers {
+pub(crate) struct Workers {
     running: Mutex<HashMap<Slot, Worker>>,
     /// Messages fetched while the byte budget was spent, in fetch order, waiting for bytes.
     starved: Mutex<std::collections::VecDeque<RawMessage>>,
@@ -596,7 +596,7 @@ const COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 /// without a bound when no coordinator answers, so it runs on its own thread and shutdown goes on
 /// without it after the deadline (uncommitted messages are redelivered; the inbox makes that a
 /// no-op). Nothing new to commit is not an error.
-pub async fn commit_stored(consumer: Arc<RouterConsumer>, deadline: Duration) {
+pub(crate) async fn commit_stored(consumer: Arc<RouterConsumer>, deadline: Duration) {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
         let _ = done.send(consumer.commit_consumer_state(CommitMode::Sync));

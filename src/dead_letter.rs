@@ -11,7 +11,7 @@ use crate::message::{header_refs, Header, RawMessage};
 pub const ORIGINAL_TOPIC: &str = "x-dlq-original-topic";
 pub const ORIGINAL_PARTITION: &str = "x-dlq-original-partition";
 pub const ORIGINAL_OFFSET: &str = "x-dlq-original-offset";
-pub const ORIGINAL_TIMESTAMP: &str = "x-dlq-original-timestamp";
+pub(crate) const ORIGINAL_TIMESTAMP: &str = "x-dlq-original-timestamp";
 pub const CONSUMER_GROUP: &str = "x-dlq-consumer-group";
 pub const STAGE: &str = "x-dlq-stage";
 pub const REASON: &str = "x-dlq-reason";
@@ -71,7 +71,7 @@ pub fn copy<'a>(message: &'a RawMessage, rejection: &Rejection, group_id: &str) 
 
 /// The original headers followed by the dead-letter headers. Any `x-dlq-*` header the message
 /// already had (a message dead-lettered twice) is replaced, not duplicated.
-pub fn dead_letter_headers(message: &RawMessage, rejection: &Rejection, group_id: &str) -> Vec<Header> {
+pub(crate) fn dead_letter_headers(message: &RawMessage, rejection: &Rejection, group_id: &str) -> Vec<Header> {
     let mut headers: Vec<Header> =
         message.headers.iter().filter(|h| !h.key.to_ascii_lowercase().starts_with("x-dlq-")).cloned().collect();
     let mut add = |key: &str, value: String| headers.push(Header { key: key.into(), value: Some(value.into_bytes()) });

@@ -52,9 +52,9 @@ use crate::telemetry::Telemetry;
 /// How often the readiness task checks the database.
 pub const DATABASE_CHECK_INTERVAL: Duration = Duration::from_secs(2);
 /// How long one database check may take before it counts as failed.
-pub const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+pub(crate) const DATABASE_CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 /// A database check older than this counts as failed (the checking task is stuck or gone).
-pub const DATABASE_CHECK_STALE: Duration = Duration::from_secs(10);
+pub(crate) const DATABASE_CHECK_STALE: Duration = Duration::from_secs(10);
 /// `application_name` of the readiness check's database session, to tell it from the pipeline's.
 pub const READINESS_APPLICATION_NAME: &str = "event-router-readiness";
 /// How long shutdown waits for requests in flight before closing their connections anyway.

@@ -41,7 +41,7 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
 
 /// Consumer settings: offsets are stored by the service after a message is fully processed and
 /// committed from there by librdkafka's background commit (and explicitly at shutdown).
-pub fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
+pub(crate) fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = client_config(kafka);
     config
         .set("group.id", &kafka.group_id)
@@ -81,7 +81,7 @@ pub fn record_size(key: Option<&[u8]>, value: &[u8], headers: &[HeaderRef<'_>]) 
 
 /// Whether a publish error can never succeed on retry: the record itself is refused (too
 /// large, invalid), by librdkafka or by the broker.
-pub fn is_permanent(error: &KafkaError) -> bool {
+pub(crate) fn is_permanent(error: &KafkaError) -> bool {
     use rdkafka::types::RDKafkaErrorCode as Code;
     matches!(
         error.rdkafka_error_code(),
@@ -96,7 +96,7 @@ pub fn is_permanent(error: &KafkaError) -> bool {
 }
 
 /// Producer settings: idempotent, acknowledged by all in-sync replicas.
-pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
+pub(crate) fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = client_config(kafka);
     config
         .set("enable.idempotence", "true")
@@ -110,7 +110,7 @@ pub fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
 /// Routes librdkafka's own log lines into `tracing` at the service's levels: librdkafka reports a
 /// lost connection as an error, but it reconnects by itself, and the service retries whatever
 /// failed meanwhile; for an operator that is a warning.
-pub fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
+pub(crate) fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
     match level {
         RDKafkaLogLevel::Emerg
         | RDKafkaLogLevel::Alert
@@ -124,7 +124,7 @@ pub fn log_librdkafka(level: RDKafkaLogLevel, facility: &str, message: &str) {
 
 /// Client context of the service's producers: librdkafka logs at the service's levels.
 #[derive(Clone, Copy, Default)]
-pub struct ProducerLogs;
+pub(crate) struct ProducerLogs;
 
 impl ClientContext for ProducerLogs {
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
@@ -197,7 +197,7 @@ impl Publisher {
     }
 
     /// Waits up to `timeout` for queued messages to be delivered.
-    pub fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+    pub(crate) fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(Timeout::After(timeout))
     }
 }

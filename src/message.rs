@@ -53,7 +53,7 @@ pub struct HeaderLimits {
 impl HeaderLimits {
     /// What the service accepts: the platform's messages carry a handful of headers of a few
     /// kilobytes (the identity is the largest); thousands of headers are an attack or a bug.
-    pub const SERVICE: HeaderLimits = HeaderLimits { max_count: 64, max_bytes: 64 * 1024 };
+    pub(crate) const SERVICE: HeaderLimits = HeaderLimits { max_count: 64, max_bytes: 64 * 1024 };
     /// For tools that read the service's own output topics (replay, tests): no practical bound.
     pub const UNBOUNDED: HeaderLimits = HeaderLimits { max_count: usize::MAX, max_bytes: usize::MAX };
 }
@@ -130,12 +130,12 @@ impl RawMessage {
 
     /// How many headers are named `name`, ignoring ASCII case. More than one makes a message
     /// ambiguous: which identity, which request?
-    pub fn header_count(&self, name: &str) -> usize {
+    pub(crate) fn header_count(&self, name: &str) -> usize {
         self.headers.iter().filter(|h| h.key.eq_ignore_ascii_case(name)).count()
     }
 
     /// The key as text, for logs and stored rows; non-UTF-8 keys are shown lossily.
-    pub fn key_text(&self) -> Option<String> {
+    pub(crate) fn key_text(&self) -> Option<String> {
         self.key.as_deref().map(|k| String::from_utf8_lossy(k).into_owned())
     }
 }

@@ -82,7 +82,7 @@ fn unpack(events: &[u8]) -> Result<Vec<OutgoingEvent<'_>>, postcard::Error> {
 
 /// Writes a transaction's events into the outbox as one row, in order: the relay publishes rows
 /// in id order and a row's events in theirs, which keeps each key's order.
-pub async fn enqueue_all(tx: &mut Tx, events: &[OutgoingEvent<'_>]) -> Result<(), sqlx::Error> {
+pub(crate) async fn enqueue_all(tx: &mut Tx, events: &[OutgoingEvent<'_>]) -> Result<(), sqlx::Error> {
     if events.is_empty() {
         return Ok(());
     }
@@ -140,7 +140,7 @@ enum RelayError {
 }
 
 /// Publishes outbox rows to the stream.
-pub struct Relay {
+pub(crate) struct Relay {
     pool: PgPool,
     publisher: Publisher,
     telemetry: Arc<Telemetry>,
@@ -157,13 +157,19 @@ struct BatchResult {
 }
 
 impl Relay {
-    pub fn new(pool: PgPool, publisher: Publisher, telemetry: Arc<Telemetry>, backoff: Backoff, wake: Arc<Notify>) -> Self {
+    pub(crate) fn new(
+        pool: PgPool,
+        publisher: Publisher,
+        telemetry: Arc<Telemetry>,
+        backoff: Backoff,
+        wake: Arc<Notify>,
+    ) -> Self {
         Relay { pool, publisher, telemetry, wake, backoff }
     }
 
     /// Relays until `stop` is cancelled, then tries to empty the outbox within `drain_deadline`.
     /// Rows left behind are published by the next instance to run.
-    pub async fn run(self, stop: CancellationToken, drain_deadline: Duration) {
+    pub(crate) async fn run(self, stop: CancellationToken, drain_deadline: Duration) {
         let mut failures = 0u32;
         while !stop.is_cancelled() {
             match self.batch().await {

@@ -28,7 +28,6 @@ use crate::store::dead_letters::{self, Recorded};
 use crate::store::{self, InboxKey, StoreError};
 
 pub use crate::message::REPLAY_OF;
-pub use crate::store::replay_of;
 
 /// Where the dead letters to replay are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]

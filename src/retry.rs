@@ -6,20 +6,20 @@ use std::time::Duration;
 
 /// Retry timing for transient failures.
 #[derive(Debug, Clone, Copy)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     pub initial: Duration,
     pub max: Duration,
 }
 
 impl Backoff {
     /// From 100 ms up to `RETRY_MAX_BACKOFF_MS`.
-    pub fn for_config(config: &crate::config::Config) -> Self {
+    pub(crate) fn for_config(config: &crate::config::Config) -> Self {
         Backoff { initial: Duration::from_millis(100), max: config.max_backoff }
     }
 
     /// Full jitter: a random delay up to the exponential bound, so partitions that failed
     /// together do not retry together.
-    pub fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let bound = self.initial.saturating_mul(1u32 << attempt.min(16)).min(self.max);
         bound.mul_f64(0.5 + fastrand::f64() * 0.5)
     }

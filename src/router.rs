@@ -118,7 +118,7 @@ impl HandlerError {
 
     /// What a message of `topic` is dead-lettered with for this error. (A transient failure is
     /// retried until it passes, never dead-lettered; its rejection exists only for completeness.)
-    pub fn into_rejection(self, topic: &str) -> Rejection {
+    pub(crate) fn into_rejection(self, topic: &str) -> Rejection {
         match self {
             HandlerError::Rejected { code, message } | HandlerError::Retryable { code, message } => {
                 Rejection::new(Reason::Handler(code), format!("topic {topic}: {message}"))
@@ -246,7 +246,7 @@ impl<T: Topic, H: Handler<T>> ErasedHandler for Typed<T, H> {
 }
 
 /// The text a panic carried, if any.
-pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -289,7 +289,7 @@ impl Router {
     }
 
     /// Fails when any schema in the registry has no handler.
-    pub fn check_complete(&self) -> Result<(), MissingHandler> {
+    pub(crate) fn check_complete(&self) -> Result<(), MissingHandler> {
         match REGISTRY.iter().find(|t| !self.handlers.contains_key(t.key)) {
             Some(missing) => Err(MissingHandler(missing.key)),
             None => Ok(()),

@@ -271,13 +271,13 @@ pub fn redact_url(url: &str) -> String {
 /// The default limit on a message value: below the 1,000,000-byte record the service's producers
 /// send (`kafka::MAX_RECORD_BYTES`), with room for what the enriched stream event adds (metadata,
 /// the identity header).
-pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 900_000;
-pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/event_router";
-pub const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
-pub const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
+pub(crate) const DEFAULT_MAX_MESSAGE_BYTES: usize = 900_000;
+pub(crate) const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/event_router";
+pub(crate) const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
+pub(crate) const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
 /// 14 days: well above the usual 7-day topic retention (see [`crate::store::retention`]).
-pub const DEFAULT_INBOX_RETENTION_HOURS: u64 = 14 * 24;
-pub const DEFAULT_DEAD_LETTER_RETENTION_HOURS: u64 = 30 * 24;
+pub(crate) const DEFAULT_INBOX_RETENTION_HOURS: u64 = 14 * 24;
+pub(crate) const DEFAULT_DEAD_LETTER_RETENTION_HOURS: u64 = 30 * 24;
 
 const DAY_SECONDS: u64 = 24 * 60 * 60;
 const DAY_MS: u64 = DAY_SECONDS * 1000;

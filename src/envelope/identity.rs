@@ -28,7 +28,7 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 );
 
 /// The identity header's schema, embedded from `api/event/`.
-pub const IDENTITY_SCHEMA: &str = include_str!("../../api/event/x-rh-identity.header.json");
+pub(crate) const IDENTITY_SCHEMA: &str = include_str!("../../api/event/x-rh-identity.header.json");
 
 /// Identity types the platform issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -23,7 +23,7 @@ use crate::topics::TopicSchema;
 pub const IDENTITY_HEADER: &str = "x-rh-identity";
 pub const REQUEST_ID_HEADER: &str = "x-rh-insights-request-id";
 /// Request ids longer than this are rejected rather than stored and logged.
-pub const MAX_REQUEST_ID_LEN: usize = 256;
+pub(crate) const MAX_REQUEST_ID_LEN: usize = 256;
 
 /// A message that passed every check before its handler.
 #[derive(Debug, Clone)]

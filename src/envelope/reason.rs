@@ -62,7 +62,7 @@ pub enum Reason {
 
 impl Reason {
     /// Every reason that does not depend on a handler, for initialising metric label sets.
-    pub const BUILT_IN: &'static [Reason] = &[
+    pub(crate) const BUILT_IN: &'static [Reason] = &[
         Reason::HeadersTooLarge,
         Reason::HeaderNameNotUtf8,
         Reason::IdentityDuplicate,
@@ -194,7 +194,7 @@ impl Rejection {
     }
 
     /// A handler's retryable failure that ran out of attempts.
-    pub fn retries_exhausted(self, attempts: u32) -> Self {
+    pub(crate) fn retries_exhausted(self, attempts: u32) -> Self {
         Rejection { class: ErrorClass::HandlerRetriesExhausted, attempts, ..self }
     }
 
@@ -205,7 +205,7 @@ impl Rejection {
 
 /// `text` with every control character (NUL, newlines, escapes) written as `\u{..}`, so that it
 /// can be stored as PostgreSQL text, sent as a header and logged on one line.
-pub fn escape_control(text: String) -> String {
+pub(crate) fn escape_control(text: String) -> String {
     if !text.chars().any(char::is_control) {
         return text;
     }

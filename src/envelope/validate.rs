@@ -21,7 +21,7 @@ pub struct SchemaError {
 }
 
 /// Compiles one embedded schema with format assertion on and no remote references.
-pub fn compile_schema(text: &str, name: &str) -> Result<jsonschema::Validator, SchemaError> {
+pub(crate) fn compile_schema(text: &str, name: &str) -> Result<jsonschema::Validator, SchemaError> {
     let value: Value = serde_json::from_str(text).map_err(|e| SchemaError { name: name.into(), problem: e.to_string() })?;
     jsonschema::options()
         .should_validate_formats(true)
@@ -33,7 +33,7 @@ pub fn compile_schema(text: &str, name: &str) -> Result<jsonschema::Validator, S
 const MAX_ECHOED_VALUE: usize = 64;
 
 /// A topic the service consumes, with its compiled validator.
-pub struct TopicValidator {
+pub(crate) struct TopicValidator {
     pub schema: &'static TopicSchema,
     pub validator: jsonschema::Validator,
 }
@@ -51,7 +51,7 @@ pub struct Validators {
 const IDENTITY_CACHE_CAPACITY: usize = 4096;
 
 /// The default limit on a message value (`MAX_MESSAGE_BYTES`); the configuration owns it.
-pub use crate::config::DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_PAYLOAD_BYTES;
+use crate::config::DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_MAX_PAYLOAD_BYTES;
 
 impl Validators {
     /// Compiles the identity schema and every registry schema, naming topics through `topics`.
@@ -70,17 +70,17 @@ impl Validators {
     }
 
     /// Rejects values larger than `bytes` (`MAX_MESSAGE_BYTES`).
-    pub fn with_max_payload_bytes(self, bytes: usize) -> Self {
+    pub(crate) fn with_max_payload_bytes(self, bytes: usize) -> Self {
         Validators { max_payload_bytes: bytes, ..self }
     }
 
     /// The validator for a Kafka topic, if the topic has a schema.
-    pub fn for_topic(&self, topic: &str) -> Option<&TopicValidator> {
+    pub(crate) fn for_topic(&self, topic: &str) -> Option<&TopicValidator> {
         self.topics.get(topic)
     }
 
     /// The Kafka topic names that have a schema.
-    pub fn topic_names(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn topic_names(&self) -> impl Iterator<Item = &str> {
         self.topics.keys().map(String::as_str)
     }
 
@@ -90,7 +90,7 @@ impl Validators {
     }
 
     /// Checks `payload` against the topic's schema; the error names topic, path, keyword and rule.
-    pub fn check_payload(&self, topic: &str, validator: &jsonschema::Validator, payload: &Value) -> Result<(), Rejection> {
+    pub(crate) fn check_payload(&self, topic: &str, validator: &jsonschema::Validator, payload: &Value) -> Result<(), Rejection> {
         const SHOWN: usize = 3;
         // Most messages are valid: `is_valid` checks without building the error iterator, which
         // allocated for every message (bench/README.md, 14).

@@ -11,7 +11,7 @@ use crate::store::Tx;
 use crate::topics::cluster_install_progressed::ClusterInstallProgressedStage as Stage;
 use crate::topics::ClusterInstallProgressed;
 
-pub struct RecordProgress;
+pub(crate) struct RecordProgress;
 
 fn contradiction(report: &ClusterInstallProgressed) -> Option<HandlerError> {
     let consistent = match report.stage {

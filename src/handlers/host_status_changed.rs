@@ -14,7 +14,7 @@ use crate::router::{BatchError, Context, Handler, HandlerError};
 use crate::store::Tx;
 use crate::topics::HostStatusChanged;
 
-pub struct TrackHostStatus;
+pub(crate) struct TrackHostStatus;
 
 impl Handler<HostStatusChanged> for TrackHostStatus {
     async fn handle(&self, event: HostStatusChanged, ctx: &Context, tx: &mut Tx) -> Result<(), HandlerError> {

@@ -10,7 +10,7 @@ use crate::router::{BatchError, Context, Handler, HandlerError};
 use crate::store::Tx;
 use crate::topics::TodoCreated;
 
-pub struct StoreTodo;
+pub(crate) struct StoreTodo;
 
 fn id_taken(id: i32) -> HandlerError {
     HandlerError::rejected("todo_id_taken", format!("a todo with id {id} already exists"))

@@ -111,7 +111,7 @@ impl Pipeline {
     }
 
     /// What the outbox relay waits on: notified after each commit that wrote a stream event.
-    pub fn relay_wake(&self) -> Arc<Notify> {
+    pub(crate) fn relay_wake(&self) -> Arc<Notify> {
         self.relay_wake.clone()
     }
 

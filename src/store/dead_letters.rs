@@ -57,12 +57,12 @@ pub async fn lookup<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result
 }
 
 /// Whether this very record was dead-lettered before at these coordinates.
-pub async fn is_recorded<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<bool, sqlx::Error> {
+pub(crate) async fn is_recorded<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<bool, sqlx::Error> {
     Ok(lookup(executor, key).await? != Recorded::No)
 }
 
 /// Marks the dead letter of this record as replayed.
-pub async fn mark_replayed(pool: &PgPool, key: &InboxKey) -> Result<(), sqlx::Error> {
+pub(crate) async fn mark_replayed(pool: &PgPool, key: &InboxKey) -> Result<(), sqlx::Error> {
     sqlx::query(
         "UPDATE dead_letters SET replayed_at = now()
          WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint IN ($4, $5)",

@@ -22,7 +22,7 @@ pub type Tx = Transaction<'static, Postgres>;
 pub const APPLICATION_NAME: &str = "event-router";
 
 /// Embedded migrations from `migrations/`.
-pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+pub(crate) static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 /// A database problem at start-up, naming the setting and the redacted URL.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +107,7 @@ impl InboxKey {
 /// The original a replayed message claims to be, with the replayed message's own fingerprints
 /// (`key`'s: key, value, timestamp and headers are the original's, so the fingerprints agree
 /// when the claim is true).
-pub fn replay_of(message: &RawMessage, key: &InboxKey) -> Option<InboxKey> {
+pub(crate) fn replay_of(message: &RawMessage, key: &InboxKey) -> Option<InboxKey> {
     let value = std::str::from_utf8(message.header(crate::message::REPLAY_OF)?).ok()?;
     let mut parts = value.rsplitn(3, '/');
     let offset = parts.next()?.parse().ok()?;
@@ -117,7 +117,7 @@ pub fn replay_of(message: &RawMessage, key: &InboxKey) -> Option<InboxKey> {
 }
 
 /// Records a message in the inbox, in the transaction that will carry its handler's writes.
-pub async fn record_in_inbox(
+pub(crate) async fn record_in_inbox(
     tx: &mut Tx,
     key: &InboxKey,
     request_id: &str,
@@ -273,7 +273,7 @@ fn inbox_rows<'q>(
 /// number out of range, bad encoding): retrying the same statement can never succeed. Unlike
 /// [`is_data_error`] this leaves out integrity constraints, which in the service's own tables
 /// mean a concurrent writer (the inbox during a rebalance) and succeed on retry.
-pub fn is_data_exception(error: &sqlx::Error) -> bool {
+pub(crate) fn is_data_exception(error: &sqlx::Error) -> bool {
     match error {
         sqlx::Error::Database(db) => db.code().is_some_and(|code| code.starts_with("22")),
         sqlx::Error::Encode(_) => true,

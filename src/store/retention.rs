@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 pub const BATCH_ROWS: i64 = 10_000;
 
 /// How often [`run`] prunes by default.
-pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
+pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
 /// Rows deleted by one [`prune`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

@@ -13,7 +13,7 @@ use crate::router::Context;
 
 /// Where the time of a handled message went.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct HandlingTime {
+pub(crate) struct HandlingTime {
     /// Inside the topic's handler.
     pub handler: Duration,
     /// From opening the transaction to its commit (inbox, handler, outbox).
@@ -36,7 +36,7 @@ impl Telemetry {
 
     /// How long messages have been in flight without any reaching an outcome; zero when nothing
     /// is in flight.
-    pub fn stalled_for(&self) -> Duration {
+    pub(crate) fn stalled_for(&self) -> Duration {
         if self.metrics.in_flight.get() <= 0 {
             return Duration::ZERO;
         }
@@ -53,7 +53,7 @@ impl Telemetry {
     }
 
     /// A message read from Kafka: counted, and in flight until it finishes or is abandoned.
-    pub fn message_consumed(&self, message: &RawMessage) {
+    pub(crate) fn message_consumed(&self, message: &RawMessage) {
         self.metrics.consumed.with_label_values(&[self.label(&message.topic)]).inc();
         if self.metrics.in_flight.get() == 0 {
             // Stall time counts from when work arrived, not from the last message of a quiet spell.
@@ -63,14 +63,14 @@ impl Telemetry {
     }
 
     /// A message reached a final outcome; its offset may now advance.
-    pub fn message_finished(&self, topic: &str, outcome: Outcome) {
+    pub(crate) fn message_finished(&self, topic: &str, outcome: Outcome) {
         self.metrics.processed.with_label_values(&[self.label(topic), outcome.as_str()]).inc();
         self.metrics.in_flight.dec();
         self.last_progress_ms.store(now_ms(), Ordering::Relaxed);
     }
 
     /// A message left unfinished at shutdown; it will be redelivered.
-    pub fn message_abandoned(&self, message: &RawMessage) {
+    pub(crate) fn message_abandoned(&self, message: &RawMessage) {
         self.metrics.in_flight.dec();
         self.metrics.processed.with_label_values(&[self.label(&message.topic), Outcome::Abandoned.as_str()]).inc();
         tracing::warn!(
@@ -80,7 +80,7 @@ impl Telemetry {
     }
 
     /// A message's effects were committed (or found committed before, for a duplicate).
-    pub fn message_handled(&self, ctx: &Context, timing: &HandlingTime, first_time: bool) {
+    pub(crate) fn message_handled(&self, ctx: &Context, timing: &HandlingTime, first_time: bool) {
         let elapsed = timing.transaction;
         if first_time {
             let topic = self.label(&ctx.topic);
@@ -101,7 +101,7 @@ impl Telemetry {
     }
 
     /// A record differs from the one handled before at the same coordinates.
-    pub fn offset_reused(&self, ctx: &Context) {
+    pub(crate) fn offset_reused(&self, ctx: &Context) {
         tracing::warn!(
             topic = %ctx.topic, partition = ctx.partition, offset = ctx.offset, request_id = %ctx.request_id,
             org_id = ctx.org_id().unwrap_or("-"),
@@ -110,7 +110,7 @@ impl Telemetry {
     }
 
     /// A message was rejected and published to the dead-letter topic.
-    pub fn message_dead_lettered(&self, message: &RawMessage, rejection: &Rejection, request_id: Option<&str>) {
+    pub(crate) fn message_dead_lettered(&self, message: &RawMessage, rejection: &Rejection, request_id: Option<&str>) {
         let topic = self.label(&message.topic);
         self.metrics.dead_letters.with_label_values(&[topic, rejection.reason.code()]).inc();
         tracing::warn!(
@@ -123,7 +123,7 @@ impl Telemetry {
 
     /// The broker refused even a dead-letter copy that fits the producer's limit; the message is
     /// recorded in the `dead_letters` table only.
-    pub fn dead_letter_copy_refused(&self, message: &RawMessage, error: &(dyn std::error::Error + 'static)) {
+    pub(crate) fn dead_letter_copy_refused(&self, message: &RawMessage, error: &(dyn std::error::Error + 'static)) {
         self.count_retry(RetryStep::DeadLetter);
         tracing::error!(
             topic = %message.topic, partition = message.partition, offset = message.offset, error = %ErrorChain(error),
@@ -132,7 +132,7 @@ impl Telemetry {
     }
 
     /// The database refused a `dead_letters` row for good; the copy in the topic is the record.
-    pub fn dead_letter_row_refused(&self, message: &RawMessage, error: &(dyn std::error::Error + 'static)) {
+    pub(crate) fn dead_letter_row_refused(&self, message: &RawMessage, error: &(dyn std::error::Error + 'static)) {
         tracing::error!(
             topic = %message.topic, partition = message.partition, offset = message.offset, error = %ErrorChain(error),
             "the database refused the dead_letters row for good; the copy in the dead-letter topic is the only record"
@@ -140,7 +140,14 @@ impl Telemetry {
     }
 
     /// A handler asked to try the message again later.
-    pub fn handler_retrying(&self, ctx: &Context, rejection: &Rejection, attempt: u32, max_attempts: u32, delay: Duration) {
+    pub(crate) fn handler_retrying(
+        &self,
+        ctx: &Context,
+        rejection: &Rejection,
+        attempt: u32,
+        max_attempts: u32,
+        delay: Duration,
+    ) {
         self.count_retry(RetryStep::Handler);
         tracing::warn!(
             topic = %ctx.topic, partition = ctx.partition, offset = ctx.offset, request_id = %ctx.request_id,
@@ -161,7 +168,7 @@ impl Telemetry {
     }
 
     /// The outbox relay could not publish (or reach the database); the backlog waits.
-    pub fn outbox_relay_failed(&self, attempt: u32, retry_in: Duration, error: &(dyn std::error::Error + 'static)) {
+    pub(crate) fn outbox_relay_failed(&self, attempt: u32, retry_in: Duration, error: &(dyn std::error::Error + 'static)) {
         self.count_retry(RetryStep::Stream);
         tracing::warn!(
             attempt, retry_in_ms = retry_in.as_millis() as u64, error = %ErrorChain(error),
@@ -170,18 +177,18 @@ impl Telemetry {
     }
 
     /// Shutdown came before the outbox was empty.
-    pub fn outbox_left_at_shutdown(&self) {
+    pub(crate) fn outbox_left_at_shutdown(&self) {
         tracing::warn!("stopping with events still in the outbox; the next instance to run publishes them");
     }
 
     /// A transaction that wrote `messages` messages committed.
-    pub fn transaction_committed(&self, messages: usize) {
+    pub(crate) fn transaction_committed(&self, messages: usize) {
         self.metrics.transaction_messages.observe(messages as f64);
     }
 
     /// Consumer lag per partition, from librdkafka's statistics. A partition this consumer does
     /// not own (lag unknown) loses its series.
-    pub fn consumer_lag(&self, topic: &str, partition: i32, lag: Option<i64>) {
+    pub(crate) fn consumer_lag(&self, topic: &str, partition: i32, lag: Option<i64>) {
         let partition = partition.to_string();
         match lag {
             Some(lag) => self.metrics.consumer_lag.with_label_values(&[self.label(topic), &partition]).set(lag),
@@ -191,25 +198,25 @@ impl Telemetry {
         }
     }
 
-    pub fn outbox_backlog(&self, rows: i64, oldest_age_seconds: f64) {
+    pub(crate) fn outbox_backlog(&self, rows: i64, oldest_age_seconds: f64) {
         self.metrics.outbox_backlog.set(rows);
         self.metrics.outbox_oldest_age_seconds.set(oldest_age_seconds);
     }
 
     /// Kafka refused a stream event for good; it was parked in `stream_undeliverable`.
-    pub fn stream_event_undeliverable(&self, topic: &str, error: &dyn std::fmt::Display) {
+    pub(crate) fn stream_event_undeliverable(&self, topic: &str, error: &dyn std::fmt::Display) {
         self.metrics.stream_undeliverable.inc();
         tracing::error!(%topic, error = %error, "Kafka refused a stream event for good; it is kept in the stream_undeliverable table and the stream goes on");
     }
 
-    pub fn stream_published(&self, ok: bool) {
+    pub(crate) fn stream_published(&self, ok: bool) {
         let result = if ok { PublishResult::Ok } else { PublishResult::Error };
         self.metrics.stream_published.with_label_values(&[result.as_str()]).inc();
     }
 
     /// The byte budget for messages held in the service is spent: fetching pauses until finished
     /// messages give bytes back.
-    pub fn budget_spent(&self, available: usize, total: usize) {
+    pub(crate) fn budget_spent(&self, available: usize, total: usize) {
         self.metrics.budget_exhausted.inc();
         tracing::info!(
             available,
@@ -218,14 +225,14 @@ impl Telemetry {
         );
     }
 
-    pub fn consumer_error(&self, error: &dyn std::fmt::Display) {
+    pub(crate) fn consumer_error(&self, error: &dyn std::fmt::Display) {
         self.metrics.consumer_errors.inc();
         tracing::warn!(error = %error, "Kafka consumer error; librdkafka retries on its own");
     }
 
     /// The commit made when partitions are revoked did not land; the next owner redoes what was
     /// finished since the last background commit (the inbox makes that a no-op).
-    pub fn commit_on_revoke_failed(&self, error: &dyn std::fmt::Display) {
+    pub(crate) fn commit_on_revoke_failed(&self, error: &dyn std::fmt::Display) {
         self.metrics.consumer_errors.inc();
         tracing::warn!(error = %error, "offset commit on partition revoke failed; the next owner may redo recent messages");
     }

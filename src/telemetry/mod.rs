@@ -11,7 +11,8 @@ mod labels;
 mod logging;
 mod metrics;
 
-pub use events::{HandlingTime, Telemetry};
+pub(crate) use events::HandlingTime;
+pub use events::Telemetry;
 pub use labels::{Outcome, PublishResult, RebalanceKind, RetryStep};
 pub use logging::{init_logging, LogFormat};
 pub use metrics::{KnownTopic, Metrics};
