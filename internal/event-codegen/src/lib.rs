@@ -15,6 +15,7 @@
 //! problem. Runtime validation with jsonschema, from the same embedded text, is what enforces the
 //! schema; the generated types are what handlers program against.
 
+pub mod catalog;
 mod keywords;
 
 use std::fmt;
@@ -176,12 +177,7 @@ fn generate_topic(path: &Path, key: &str) -> Result<GeneratedTopic, CodegenError
         )));
     }
     let value = read_json(path)?;
-    let digest = {
-        use sha2::Digest;
-        let bytes = fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?;
-        let hash = sha2::Sha256::digest(&bytes);
-        format!("sha256:{}", hash.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
-    };
+    let digest = digest_of(&fs::read(path).map_err(|e| err(format!("cannot read: {e}")))?);
     let problems = check_schema(&value, true);
     fail_on_errors(path, &problems)?;
     if value.get("type").and_then(|t| t.as_str()) != Some("object") {
@@ -221,6 +217,13 @@ fn examples_of(schema: &serde_json::Value) -> Result<Vec<String>, String> {
             _ => Err(format!("`examples[{index}]` must be an object: a topic message is a JSON object")),
         })
         .collect()
+}
+
+/// `sha256:<first 16 hex digits>` of a file's bytes: a schema's or the catalog's version.
+fn digest_of(bytes: &[u8]) -> String {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(bytes);
+    format!("sha256:{}", hash.iter().take(8).map(|b| format!("{b:02x}")).collect::<String>())
 }
 
 /// Runs typify with its panics caught: a panic becomes an error message, never a backtrace.
@@ -298,6 +301,29 @@ pub fn build_script(schema_dir: &Path) {
         }
         Err(error) => {
             println!("cargo::error=bad event schema: {error}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// The event catalog's part of `build.rs`: check `catalog` (`api/events.yaml`) and generate
+/// `$OUT_DIR/events.rs`. Fails like [`build_script`]: one `cargo::error=` line naming the file,
+/// the event and the problem.
+pub fn build_catalog(catalog: &Path) {
+    println!("cargo::rerun-if-changed={}", catalog.display());
+    let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR for build scripts"));
+    match catalog::read_catalog(catalog) {
+        Ok(events) => {
+            let target = out_dir.join("events.rs");
+            let digest = fs::read(catalog).map(|bytes| digest_of(&bytes)).unwrap_or_default();
+            let source = catalog::catalog_source(&events, &catalog.display().to_string(), &digest);
+            if let Err(e) = fs::write(&target, source) {
+                println!("cargo::error=cannot write {}: {e}", target.display());
+                std::process::exit(1);
+            }
+        }
+        Err(error) => {
+            println!("cargo::error=bad event catalog: {error}");
             std::process::exit(1);
         }
     }

@@ -125,3 +125,118 @@ fn pascal_case_joins_dash_separated_words() {
     assert_eq!(pascal_case("todo-created"), "TodoCreated");
     assert_eq!(pascal_case("cluster-install-progressed"), "ClusterInstallProgressed");
 }
+
+mod catalog {
+    use crate::catalog::{parse_catalog, parse_template, Piece};
+
+    const GOOD: &str = r#"
+events:
+  - name: host_status_updated
+    message: "Host {host_name}: now {status} ({{literal}})"
+    event_type: host
+    severity: info
+    properties:
+      host_id: uuid
+      infra_env_id: uuid
+      cluster_id: {type: uuid, optional: true}
+      host_name: string
+      status: string
+"#;
+
+    fn problem(text: &str) -> String {
+        parse_catalog(text).unwrap_err()
+    }
+
+    #[test]
+    fn a_good_catalog_parses_with_its_properties_in_order() {
+        let events = parse_catalog(GOOD).unwrap();
+        assert_eq!(events[0].type_name, "HostStatusUpdated");
+        let names: Vec<_> = events[0].properties.iter().map(|p| (p.name.as_str(), p.optional)).collect();
+        assert_eq!(
+            names,
+            [("host_id", false), ("infra_env_id", false), ("cluster_id", true), ("host_name", false), ("status", false)]
+        );
+        let source = crate::catalog::catalog_source(&events, "api/events.yaml", "sha256:0");
+        assert!(source.contains("pub struct HostStatusUpdated"), "{source}");
+        assert!(source.contains(r#"format!("Host {}: now {} ({{literal}})", self.host_name, self.status)"#), "{source}");
+        assert!(source.contains("cluster_id: self.cluster_id, host_id: Some(self.host_id)"), "{source}");
+    }
+
+    #[test]
+    fn templates_split_into_text_and_placeholders() {
+        assert_eq!(
+            parse_template("a {b} {{c}}").unwrap(),
+            [Piece::Text("a ".into()), Piece::Placeholder("b".into()), Piece::Text(" {c}".into())]
+        );
+        assert!(parse_template("a {b").unwrap_err().contains("not closed"));
+        assert!(parse_template("a }").unwrap_err().contains("lone `}`"));
+        assert!(parse_template("a {B C}").unwrap_err().contains("not a placeholder"));
+    }
+
+    #[test]
+    fn each_mistake_names_the_event_and_the_problem() {
+        let cases: &[(&str, &str, &str)] = &[
+            (
+                "{host_name}",
+                "{hostname}",
+                "event `host_status_updated`: unknown placeholder `{hostname}`: no property of that name",
+            ),
+            (
+                "      infra_env_id: uuid\n",
+                "",
+                "event `host_status_updated`: a `host` event requires the property `infra_env_id`",
+            ),
+            (
+                "severity: info",
+                "severity: fatal",
+                "event `host_status_updated`: unknown severity `fatal` (one of: info, warning, error, critical)",
+            ),
+            ("event_type: host", "event_type: rack", "event `host_status_updated`: unknown event_type `rack`"),
+            ("status: string", "status: text", "event `host_status_updated`: property `status`: unknown type `text`"),
+            ("name: host_status_updated", "name: HostStatusUpdated", "event `HostStatusUpdated`: bad name shape"),
+            (
+                "name: host_status_updated",
+                "name: host_status_update",
+                "event `host_status_update`: bad name shape: `update` is not past tense",
+            ),
+            ("host_id: uuid", "host_id: string", "property `host_id` identifies an entity and must have type `uuid`"),
+            (
+                "host_name: string",
+                "host_name: {type: string, optional: true}",
+                "placeholder `{host_name}` names an optional property",
+            ),
+            (
+                "infra_env_id: uuid",
+                "infra_env_id: {type: uuid, optional: true}",
+                "`infra_env_id` cannot be optional in a `host` event",
+            ),
+            ("severity: info", "severity: info\n    severty: info", "unknown field `severty`"),
+        ];
+        for (from, to, expected) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "{from}");
+            let problem = problem(&text);
+            assert!(problem.contains(expected), "{from} → {to}: expected `{expected}` in `{problem}`");
+        }
+        let twice = format!("{GOOD}{}", GOOD.trim_start().trim_start_matches("events:\n"));
+        assert_eq!(problem(&twice), "event `host_status_updated`: duplicate name: event names are unique");
+    }
+
+    #[test]
+    fn hostile_catalogs_are_refused_with_a_reason_not_a_panic() {
+        // A property twice, a key twice, NUL, a document that is not a catalog, an empty one.
+        let property_twice = GOOD.replacen("status: string", "status: string\n      status: integer", 1);
+        assert!(problem(&property_twice).contains("duplicate"), "{}", problem(&property_twice));
+        let key_twice = GOOD.replacen("severity: info", "severity: info\n    severity: error", 1);
+        assert!(problem(&key_twice).contains("duplicate field `severity`"), "{}", problem(&key_twice));
+        assert!(problem(&GOOD.replacen("Host", "Ho\0st", 1)).starts_with("not a valid catalog"));
+        assert!(problem("- just\n- a list\n").starts_with("not a valid catalog"));
+        assert_eq!(problem("events: []\n"), "the catalog declares no events");
+        let huge = format!(
+            "events:\n{}",
+            "  - {name: x_happened, message: m, event_type: cluster, severity: info, properties: {cluster_id: uuid}}\n"
+                .repeat(20_000)
+        );
+        assert!(problem(&huge).contains("duplicate name"));
+    }
+}
