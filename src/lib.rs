@@ -19,7 +19,9 @@
 //!   [`retry`] is the backoff it and the outbox relay share.
 //! - [`envelope`] turns bytes and headers into a checked message or a [`envelope::Rejection`]
 //!   with a stable reason code. Pure, so every rule is unit-tested (and property-tested).
-//! - [`router`] maps a topic to its handler; [`handlers`] holds one file per topic.
+//! - [`router`] maps a topic to its handler; [`handlers`] holds one file per topic. A handler
+//!   emits [`events`] (declared in `api/events.yaml`, generated into types) through its context;
+//!   they are written, deduplicated and streamed in its transaction.
 //! - [`store`] owns SQL: the pool, migrations, the inbox that makes redelivery a no-op (a
 //!   replayed dead letter is filed there under its original's coordinates), dead letters and
 //!   retention.
@@ -46,6 +48,7 @@ pub mod consumer;
 pub mod dead_letter;
 pub mod envelope;
 mod error;
+pub mod events;
 pub mod handlers;
 pub mod http;
 pub mod kafka;

@@ -63,11 +63,12 @@ use serde_json::Value;
 
 use crate::envelope::{Identity, Reason, Rejection};
 use crate::error::ErrorChain;
+use crate::events::{CatalogEvent, Emissions};
 use crate::store::Tx;
 use crate::topics::{Topic, REGISTRY};
 
-/// What a handler knows about the message besides its payload.
-#[derive(Debug, Clone)]
+/// What a handler knows about the message besides its payload, and where it emits events.
+#[derive(Debug)]
 pub struct Context {
     pub topic: String,
     pub partition: i32,
@@ -77,9 +78,24 @@ pub struct Context {
     /// Shared with the other messages that carried the same `x-rh-identity` header.
     pub identity: Arc<Identity>,
     pub request_id: String,
+    /// Events emitted while handling this message, waiting for its transaction.
+    pub(crate) emitted: std::sync::Mutex<Emissions>,
 }
 
 impl Context {
+    /// Records `event` (one of [`crate::events::catalog`]) as a consequence of this message. It
+    /// is written in the handler's transaction when that commits, and only then: a batch that is
+    /// rolled back and handled again emits its events once. A message causes at most
+    /// [`crate::events::MAX_PER_MESSAGE`] events; the rest are counted and logged.
+    pub fn emit<E: CatalogEvent>(&self, event: E) {
+        self.emitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(&event);
+    }
+
+    /// The events emitted so far, leaving none.
+    pub(crate) fn take_emitted(&self) -> Emissions {
+        std::mem::take(&mut *self.emitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner))
+    }
+
     /// The identity's org id, which every sample table records.
     pub fn org_id(&self) -> Option<&str> {
         self.identity.org_id.as_deref()

@@ -1,9 +1,10 @@
 //! The enriched event re-published to the stream topic after a message is handled.
 //!
-//! Shape: `{"name", "payload", "metadata": {"versions", "source", "org_id", "request_id",
-//! "received_at", "schema"}}`, keyed by the source message's key, carrying the source's
-//! `x-rh-identity` and `x-rh-insights-request-id` headers unchanged so that downstream services
-//! see the same identity and can follow the request.
+//! Shape: `{"name", "payload", "metadata": {"kind": "message", "versions", "source", "org_id",
+//! "request_id", "received_at", "schema"}}`, keyed by the source message's key, carrying the
+//! source's `x-rh-identity` and `x-rh-insights-request-id` headers unchanged so that downstream
+//! services see the same identity and can follow the request. Catalog events share the topic
+//! with `"kind": "event"` (see `crate::events::stream`).
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde::Serialize;
@@ -11,6 +12,9 @@ use serde_json::Value;
 
 use crate::envelope::{Checked, IDENTITY_HEADER, REQUEST_ID_HEADER};
 use crate::message::{HeaderRef, RawMessage};
+
+/// The value `metadata.kind` has on an enriched routed message.
+pub const KIND: &str = "message";
 
 // Borrowed views serialized straight to text: building a `serde_json::Value` first copied every
 // payload tree once more per message, which the profile showed (bench/README.md).
@@ -23,6 +27,7 @@ struct Event<'a> {
 
 #[derive(Serialize)]
 struct Metadata<'a> {
+    kind: &'static str,
     versions: Versions<'a>,
     source: Source<'a>,
     org_id: Option<&'a str>,
@@ -78,6 +83,7 @@ fn render(checked: &Checked, source: &RawMessage, received_at: DateTime<Utc>, wi
         name: checked.schema.name,
         payload: &checked.payload,
         metadata: Metadata {
+            kind: KIND,
             versions: Versions { event_router: env!("CARGO_PKG_VERSION"), schema: checked.schema.digest },
             source: Source {
                 topic: &source.topic,

@@ -165,6 +165,9 @@ pub struct Config {
     pub inbox_retention: Duration,
     /// `dead_letters` rows older than this are pruned.
     pub dead_letter_retention: Duration,
+    /// The same event seen again within this long is counted into its first row instead of
+    /// adding one (`EVENT_DEDUP_WINDOW`, seconds; zero turns folding off).
+    pub event_dedup_window: Duration,
 }
 
 /// How consumed messages are buffered and grouped into database transactions.
@@ -204,6 +207,7 @@ impl fmt::Debug for Config {
             .field("batching", &self.batching)
             .field("inbox_retention", &self.inbox_retention)
             .field("dead_letter_retention", &self.dead_letter_retention)
+            .field("event_dedup_window", &self.event_dedup_window)
             .finish()
     }
 }
@@ -277,6 +281,7 @@ pub(crate) const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
 pub(crate) const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
 /// 14 days: well above the usual 7-day topic retention (see [`crate::store::retention`]).
 pub(crate) const DEFAULT_INBOX_RETENTION_HOURS: u64 = 14 * 24;
+pub(crate) const DEFAULT_EVENT_DEDUP_WINDOW_SECONDS: u64 = 60;
 pub(crate) const DEFAULT_DEAD_LETTER_RETENTION_HOURS: u64 = 30 * 24;
 
 const DAY_SECONDS: u64 = 24 * 60 * 60;
@@ -362,6 +367,8 @@ impl Config {
         let batching = Batching::from_settings(env)?;
         let inbox_retention = parse_retention(env, "INBOX_RETENTION_HOURS", DEFAULT_INBOX_RETENTION_HOURS)?;
         let dead_letter_retention = parse_retention(env, "DEAD_LETTER_RETENTION_HOURS", DEFAULT_DEAD_LETTER_RETENTION_HOURS)?;
+        let event_dedup_window =
+            Duration::from_secs(parse_bounded(env, "EVENT_DEDUP_WINDOW", DEFAULT_EVENT_DEDUP_WINDOW_SECONDS, DAY_SECONDS)?);
 
         Ok(Config {
             stream_kafka: KafkaConfig { brokers: stream_brokers, ..kafka.clone() },
@@ -379,6 +386,7 @@ impl Config {
             batching,
             inbox_retention,
             dead_letter_retention,
+            event_dedup_window,
         })
     }
 }

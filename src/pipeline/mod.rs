@@ -74,6 +74,8 @@ pub struct Pipeline {
     relay_wake: Arc<Notify>,
     /// Attempts a handler's retryable failure gets before the message is dead-lettered.
     max_attempts: u32,
+    /// Events seen again within this long are folded (see [`crate::events`]).
+    event_dedup_window: std::time::Duration,
     output_topics: [String; 2],
     group: GroupCommit,
     /// Partitions whose batch is opened at once (see [`Pipeline::MAX_OPEN_BATCHES`]).
@@ -105,6 +107,7 @@ impl Pipeline {
             backoff: Backoff::for_config(config),
             relay_wake: Arc::default(),
             max_attempts: config.handler_max_attempts,
+            event_dedup_window: config.event_dedup_window,
             group: GroupCommit::new(),
             open_batches: tokio::sync::Semaphore::new(Self::MAX_OPEN_BATCHES),
         })

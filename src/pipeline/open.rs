@@ -92,6 +92,7 @@ impl Pipeline {
             timestamp: message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single()),
             identity,
             request_id,
+            emitted: std::sync::Mutex::default(),
         };
         Step::Ready(Arc::new(Prepared { message, schema, payload, ctx, event }))
     }

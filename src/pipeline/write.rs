@@ -11,6 +11,8 @@ use super::open::{Prepared, Step};
 use super::{Outcome, Pipeline};
 use crate::envelope::{Reason, Rejection};
 use crate::error::ErrorChain;
+use crate::events::stream::Cause;
+use crate::events::{self, Emitted, Recorded, Severity};
 use crate::kafka;
 use crate::message::RawMessage;
 use crate::outbox::{self, OutgoingEvent};
@@ -31,6 +33,27 @@ pub(super) enum BatchWrite {
 pub(super) enum Handled {
     FirstTime(HandlingTime),
     Duplicate,
+}
+
+/// What writing a transaction's catalog events did.
+#[derive(Default)]
+struct RecordedEvents {
+    /// Name, severity and whether it was folded, per event, to count once committed.
+    counted: Vec<(&'static str, Severity, bool)>,
+    /// The stream records of the new events.
+    stream: Vec<CatalogRecord>,
+    /// Messages of the batch (by index) that emitted more events than are recorded, and how many
+    /// more.
+    dropped: Vec<(usize, usize)>,
+}
+
+/// A new catalog event's stream record.
+struct CatalogRecord {
+    payload: Vec<u8>,
+    /// The id the event is about, as text.
+    key: Option<[u8; 36]>,
+    /// The message of the batch that caused it (its headers go with the record).
+    source: usize,
 }
 
 /// Work on messages with the token that abandons it.
@@ -123,6 +146,11 @@ impl Attempt<'_> {
             }
             fresh.push(index);
         }
+        // Events are kept only from the attempt that commits: a refused or failed attempt's are
+        // dropped with its transaction.
+        for p in batch {
+            drop(p.ctx.take_emitted());
+        }
         let mut handler_time = Duration::ZERO;
         for run in fresh.chunk_by(|a, b| batch[*a].schema.key == batch[*b].schema.key) {
             let events: Vec<_> = run.iter().map(|&i| (&batch[i].payload, &batch[i].ctx)).collect();
@@ -140,6 +168,7 @@ impl Attempt<'_> {
         }
         // A set-based handler's time is shared out over the messages it wrote.
         let handler = handler_time / fresh.len().max(1) as u32;
+        let recorded_events = self.record_events(&mut tx, batch, &fresh).await?;
         let stream_topic = self.pipeline.topics.stream();
         let mut handled = Vec::with_capacity(batch.len());
         let mut events = Vec::new();
@@ -159,9 +188,22 @@ impl Attempt<'_> {
                 });
             }
         }
+        for record in &recorded_events.stream {
+            let p = batch[record.source];
+            events.push(OutgoingEvent {
+                topic: &stream_topic,
+                key: record.key.as_ref().map(|k| k.as_slice()),
+                payload: &record.payload,
+                headers: stream::propagated_headers(&p.message, &p.ctx.request_id),
+            });
+        }
         outbox::enqueue_all(&mut tx, &events).await?;
         tx.commit().await?;
         self.pipeline.telemetry.transaction_committed(batch.len());
+        self.pipeline.telemetry.events_recorded(&recorded_events.counted);
+        for &(index, dropped) in &recorded_events.dropped {
+            self.pipeline.telemetry.events_dropped(&batch[index].ctx, dropped);
+        }
         for index in reused {
             self.pipeline.telemetry.offset_reused(&batch[index].ctx);
         }
@@ -172,6 +214,64 @@ impl Attempt<'_> {
             }
         }
         Ok(BatchWrite::Committed(handled))
+    }
+
+    /// Writes the events the handlers of `batch`'s `fresh` messages emitted, in `tx`, and renders
+    /// the stream records of the new ones.
+    async fn record_events(
+        &self,
+        tx: &mut store::Tx,
+        batch: &[&Prepared],
+        fresh: &[usize],
+    ) -> Result<RecordedEvents, WriteError> {
+        let mut result = RecordedEvents::default();
+        let mut emitted: Vec<(usize, Vec<Emitted>)> = Vec::new();
+        for &i in fresh {
+            let emissions = batch[i].ctx.take_emitted();
+            if emissions.dropped > 0 {
+                result.dropped.push((i, emissions.dropped));
+            }
+            if !emissions.events.is_empty() {
+                emitted.push((i, emissions.events));
+            }
+        }
+        if emitted.is_empty() {
+            return Ok(result);
+        }
+        let pending: Vec<(usize, events::Pending<'_>)> = emitted
+            .iter()
+            .flat_map(|(i, emitted)| {
+                let (i, ctx) = (*i, &batch[*i].ctx);
+                emitted.iter().map(move |event| {
+                    let cause = Cause {
+                        topic: &ctx.topic,
+                        partition: ctx.partition,
+                        offset: ctx.offset,
+                        org_id: ctx.org_id(),
+                        request_id: &ctx.request_id,
+                    };
+                    (i, events::Pending { event, time: events::event_time(ctx.timestamp), cause })
+                })
+            })
+            .collect();
+        let (sources, pending): (Vec<usize>, Vec<events::Pending<'_>>) = pending.into_iter().unzip();
+        let recorded = events::record(tx, &pending, self.pipeline.event_dedup_window).await?;
+        for ((pending, recorded), source) in pending.iter().zip(&recorded).zip(sources) {
+            let event = pending.event;
+            result.counted.push((event.name, event.severity, *recorded == Recorded::Folded));
+            if let (Recorded::New(id), true) = (recorded, self.pipeline.topics.stream_enabled) {
+                result.stream.push(CatalogRecord {
+                    payload: events::stream::render(event, *id, pending.time, &pending.cause),
+                    key: event.entity.key().map(|key| {
+                        let mut text = [0; 36];
+                        key.hyphenated().encode_lower(&mut text);
+                        text
+                    }),
+                    source,
+                });
+            }
+        }
+        Ok(result)
     }
 
     /// What the inbox knows `message` by. A replayed dead letter counts as its original, so that

@@ -62,6 +62,27 @@ impl Telemetry {
         self.metrics.in_flight.inc();
     }
 
+    /// A transaction committed these catalog events (name, severity, whether it was folded into
+    /// an earlier occurrence).
+    pub(crate) fn events_recorded(&self, events: &[(&'static str, crate::events::Severity, bool)]) {
+        for &(name, severity, folded) in events {
+            self.metrics.events_emitted.with_label_values(&[name, severity.as_str()]).inc();
+            if folded {
+                self.metrics.events_folded.with_label_values(&[name]).inc();
+            }
+        }
+    }
+
+    /// A message's handler emitted `dropped` events beyond the most one message may cause.
+    pub(crate) fn events_dropped(&self, ctx: &Context, dropped: usize) {
+        self.metrics.events_dropped.inc_by(dropped as u64);
+        tracing::warn!(
+            topic = %ctx.topic, partition = ctx.partition, offset = ctx.offset, request_id = %ctx.request_id,
+            org_id = ctx.org_id().unwrap_or_default(), dropped, max = crate::events::MAX_PER_MESSAGE,
+            "a message caused more events than are recorded for one message; the rest were not recorded"
+        );
+    }
+
     /// A message reached a final outcome; its offset may now advance.
     pub(crate) fn message_finished(&self, topic: &str, outcome: Outcome) {
         self.metrics.processed.with_label_values(&[self.label(topic), outcome.as_str()]).inc();

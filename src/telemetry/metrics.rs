@@ -43,6 +43,9 @@ pub struct Metrics {
     pub consumer_errors: IntCounter,
     pub budget_exhausted: IntCounter,
     pub stream_undeliverable: IntCounter,
+    pub events_emitted: IntCounterVec,
+    pub events_folded: IntCounterVec,
+    pub events_dropped: IntCounter,
     pub build_info: IntGaugeVec,
 }
 
@@ -144,6 +147,20 @@ impl Metrics {
                 ),
             ),
             in_flight: gauge("event_router_messages_in_flight", "Messages read but not yet fully processed."),
+            events_emitted: counters(
+                "event_router_events_emitted_total",
+                "Catalog events emitted by handlers and committed, by event name and severity (folded ones included).",
+                &["name", "severity"],
+            ),
+            events_folded: counters(
+                "event_router_events_folded_total",
+                "Catalog events counted into an earlier occurrence within EVENT_DEDUP_WINDOW instead of adding one.",
+                &["name"],
+            ),
+            events_dropped: counter(
+                "event_router_events_dropped_total",
+                "Catalog events not recorded because their message caused more than events::MAX_PER_MESSAGE.",
+            ),
             build_info: register(
                 &registry,
                 IntGaugeVec::new(Opts::new("event_router_build_info", "Always 1; labels say which build is running."), &["version"]),
@@ -182,6 +199,10 @@ impl Metrics {
         }
         for kind in RebalanceKind::ALL {
             self.rebalances.with_label_values(&[kind.as_str()]);
+        }
+        for event in crate::events::catalog::CATALOG {
+            self.events_emitted.with_label_values(&[event.name, event.severity.as_str()]);
+            self.events_folded.with_label_values(&[event.name]);
         }
     }
 

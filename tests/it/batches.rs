@@ -111,7 +111,7 @@ async fn a_refusal_inside_a_batch_dead_letters_that_message_alone_and_keeps_orde
     testkit::eventually(WAIT, "the other 39 todos stored", || async { db.count("todos").await == 39 }).await;
     let title: String = sqlx::query_scalar("SELECT title FROM todos WHERE id = 7").fetch_one(&db.pool).await.unwrap();
     assert_eq!(title, "Water the office plants");
-    let stream = app.read_topic(&app.topic("events-stream"), 39, WAIT).await;
+    let stream = app.read_routed(39, WAIT).await;
     let offsets: Vec<i64> = stream
         .iter()
         .map(|m| {
@@ -178,7 +178,7 @@ async fn partitions_ready_at_the_same_time_share_a_transaction() {
         partitions_per_transaction[0] > 1,
         "a transaction held several partitions' messages (partitions per transaction: {partitions_per_transaction:?})"
     );
-    let stream = app.read_topic(&app.topic("events-stream"), 40, WAIT).await;
+    let stream = app.read_routed(40, WAIT).await;
     assert_eq!(stream.len(), 40);
     app.stop().await;
 }

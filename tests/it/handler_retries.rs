@@ -142,7 +142,7 @@ async fn a_retrying_partition_with_a_full_buffer_does_not_hold_up_the_others() {
     // Once todo 1 can go, the todos behind it follow, in order, none lost.
     sqlx::query("INSERT INTO known_orgs VALUES ('late')").execute(&app.db.pool).await.unwrap();
     eventually(WAIT, "all 20 todos stored", || async { app.db.count("todos").await == 20 }).await;
-    let stream = app.read_topic(&app.topic("events-stream"), 40, WAIT).await;
+    let stream = app.read_routed(40, WAIT).await;
     let todo_ids: Vec<i64> = stream
         .iter()
         .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload.as_deref().unwrap()).unwrap())

@@ -34,7 +34,7 @@ async fn every_topic_in_the_registry_gets_its_examples_through() {
             sent.push((topic, key));
         }
     }
-    let stream = app.read_topic(&app.topic("events-stream"), sent.len(), WAIT).await;
+    let stream = app.read_routed(sent.len(), WAIT).await;
     for (topic, key) in &sent {
         let event = stream.iter().find(|m| m.key.as_deref() == Some(key.as_bytes()));
         let event: Value = serde_json::from_slice(event.and_then(|m| m.payload.as_deref()).unwrap_or_default())
@@ -67,7 +67,7 @@ pub async fn lands_in_its_table_and_in_the_stream(app: TestApp) {
         deliveries.push(app.send(topic, &outgoing(payload, key, request_id)).await);
     }
 
-    let stream = app.read_topic(&app.topic("events-stream"), 3, WAIT).await;
+    let stream = app.read_routed(3, WAIT).await;
     for ((topic_key, payload, key, request_id), delivery) in sent.iter().zip(&deliveries) {
         let event_message = stream
             .iter()
@@ -132,7 +132,7 @@ async fn order_is_kept_within_a_partition() {
         host["updated_at"] = format!("2026-11-23T10:00:0{i}Z").into();
         app.send("host-status-changed", &outgoing(&host, "host-1", &format!("r{i}"))).await;
     }
-    let stream = app.read_topic(&app.topic("events-stream"), 4, WAIT).await;
+    let stream = app.read_routed(4, WAIT).await;
     let offsets: Vec<i64> = stream
         .iter()
         .map(|m| {

@@ -328,6 +328,12 @@ impl TestApp {
         producer.send_raw(&producer.build(topic_key, outgoing)).await.expect("broker accepts the message")
     }
 
+    /// Reads the stream topic until `count` enriched routed messages arrived (catalog events
+    /// skipped), or fails after `timeout`.
+    pub async fn read_routed(&self, count: usize, timeout: Duration) -> Vec<RawMessage> {
+        read_stream_kind(self.broker.bootstrap_servers(), &self.topic("events-stream"), "message", count, timeout).await
+    }
+
     /// Reads `count` messages from `topic` (from the beginning) or fails after `timeout`.
     pub async fn read_topic(&self, topic: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
         read_topic(self.broker.bootstrap_servers(), topic, count, timeout).await
@@ -379,6 +385,35 @@ pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Durat
         }
     }
     messages
+}
+
+/// `metadata.kind` of a stream record: `message` for an enriched routed message, `event` for a
+/// catalog event.
+pub fn stream_kind(record: &RawMessage) -> Option<String> {
+    let value: serde_json::Value = serde_json::from_slice(record.payload.as_deref()?).ok()?;
+    value["metadata"]["kind"].as_str().map(str::to_owned)
+}
+
+/// Reads `topic` until `count` records of stream kind `kind` have arrived (the others are
+/// skipped) or fails after `timeout`.
+pub async fn read_stream_kind(brokers: &str, topic: &str, kind: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
+    let consumer = reader(brokers, topic);
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while records.len() < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, consumer.recv()).await {
+            Ok(Ok(record)) => {
+                let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED);
+                if stream_kind(&record).as_deref() == Some(kind) {
+                    records.push(record);
+                }
+            }
+            Ok(Err(error)) => panic!("reading {topic}: {error}"),
+            Err(_) => panic!("read {} of {count} `{kind}` records from {topic} within {timeout:?}", records.len()),
+        }
+    }
+    records
 }
 
 /// Reads whatever arrives on `topic` within `window` (for asserting that nothing arrives).
