@@ -1,5 +1,6 @@
 //! Demo traffic for `make run`: a steady mix of valid and invalid messages, and a watcher that
-//! prints what came out on the stream and dead-letter topics, so a newcomer sees the service work.
+//! prints what came out on the stream (routed messages and catalog events) and dead-letter
+//! topics, so a newcomer sees the service work.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -157,6 +158,15 @@ async fn watch(kafka: KafkaConfig, topics: TopicConfig, stop: CancellationToken)
         let text = |h: &str| raw.header(h).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
         if message.topic() == stream {
             let event: Value = serde_json::from_slice(raw.payload.as_deref().unwrap_or_default()).unwrap_or_default();
+            if event["metadata"]["kind"] == event_router::events::stream::KIND {
+                println!(
+                    "← event  {:<8} {:<32} {}",
+                    event["payload"]["severity"].as_str().unwrap_or("?"),
+                    event["name"].as_str().unwrap_or("?"),
+                    event["payload"]["message"].as_str().unwrap_or("?").chars().take(120).collect::<String>()
+                );
+                continue;
+            }
             println!(
                 "← stream {:<45} name {:<24} request {}",
                 event["metadata"]["source"]["topic"].as_str().unwrap_or("?"),

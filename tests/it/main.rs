@@ -7,6 +7,7 @@
 mod batches;
 mod crash;
 mod dead_letters;
+mod events;
 mod faults;
 mod handler_retries;
 mod happy_path;
