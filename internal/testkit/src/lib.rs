@@ -371,20 +371,9 @@ fn reader(brokers: &str, topic: &str) -> StreamConsumer {
     consumer
 }
 
-/// Reads `count` messages from `topic` with a fresh consumer group.
+/// Reads `count` messages from `topic` (from the beginning) or fails after `timeout`.
 pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
-    let consumer = reader(brokers, topic);
-    let deadline = Instant::now() + timeout;
-    let mut messages = Vec::new();
-    while messages.len() < count {
-        let left = deadline.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, consumer.recv()).await {
-            Ok(Ok(message)) => messages.push(RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED)),
-            Ok(Err(error)) => panic!("reading {topic}: {error}"),
-            Err(_) => panic!("read {} of {count} messages from {topic} within {timeout:?}", messages.len()),
-        }
-    }
-    messages
+    read_topic_where(brokers, topic, count, timeout, |_| true).await
 }
 
 /// `metadata.kind` of a stream record: `message` for an enriched routed message, `event` for a
@@ -397,6 +386,17 @@ pub fn stream_kind(record: &RawMessage) -> Option<String> {
 /// Reads `topic` until `count` records of stream kind `kind` have arrived (the others are
 /// skipped) or fails after `timeout`.
 pub async fn read_stream_kind(brokers: &str, topic: &str, kind: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
+    read_topic_where(brokers, topic, count, timeout, |record| stream_kind(record).as_deref() == Some(kind)).await
+}
+
+/// Reads `topic` from the beginning until `count` records that `keep` accepts have arrived.
+async fn read_topic_where(
+    brokers: &str,
+    topic: &str,
+    count: usize,
+    timeout: Duration,
+    keep: impl Fn(&RawMessage) -> bool,
+) -> Vec<RawMessage> {
     let consumer = reader(brokers, topic);
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
@@ -405,12 +405,12 @@ pub async fn read_stream_kind(brokers: &str, topic: &str, kind: &str, count: usi
         match tokio::time::timeout(left, consumer.recv()).await {
             Ok(Ok(record)) => {
                 let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED);
-                if stream_kind(&record).as_deref() == Some(kind) {
+                if keep(&record) {
                     records.push(record);
                 }
             }
             Ok(Err(error)) => panic!("reading {topic}: {error}"),
-            Err(_) => panic!("read {} of {count} `{kind}` records from {topic} within {timeout:?}", records.len()),
+            Err(_) => panic!("read {} of {count} records wanted from {topic} within {timeout:?}", records.len()),
         }
     }
     records
