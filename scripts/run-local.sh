@@ -18,6 +18,7 @@ if [ -z "${DATABASE_URL:-}" ]; then
   export DATABASE_URL=postgres://postgres@127.0.0.1:5432/$DEV_DATABASE
 fi
 export METRICS_ADDR=${METRICS_ADDR:-127.0.0.1:9000}
+export API_ADDR=${API_ADDR:-127.0.0.1:8000}
 # Any topic under the prefix is consumed, so a topic without a schema shows up as `unknown_topic`
 # in the dead-letter topic instead of being ignored.
 export EVENT_ROUTER_TOPIC_PATTERN=${EVENT_ROUTER_TOPIC_PATTERN:-'^platform\.event-router\..*'}
@@ -76,6 +77,8 @@ cat >&2 <<MSG
     broker     $KAFKA_BROKERS   (e.g. kcat -b $KAFKA_BROKERS -L)
     database   $DATABASE_URL    (e.g. psql $DATABASE_URL -c 'select * from todos')
     metrics    http://$METRICS_ADDR/metrics   probes /healthz /readyz
+    events     http://$API_ADDR/api/event-router/v1/events   (needs x-rh-identity; README, "The events API";
+               the demo's org is 12345)
     logs       $RUN_DIR/service.log
 
   Demo traffic follows: each line says what was sent and where it came out. Ctrl-C stops.

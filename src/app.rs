@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinError;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::consumer::{self, ConsumerError, ConsumerEvents, RouterConsumer};
 use crate::error::ErrorChain;
@@ -53,8 +54,12 @@ pub enum StartError {
     Subscribe(#[source] KafkaError),
     #[error("EVENT_STREAM_BROKERS: cannot create the stream producer")]
     StreamProducer(#[source] KafkaError),
-    #[error("METRICS_ADDR: cannot listen on {addr}")]
+    /// The events API's identity schema does not compile.
+    #[error(transparent)]
+    Schema(#[from] crate::envelope::validate::SchemaError),
+    #[error("{setting}: cannot listen on {addr}")]
     Listen {
+        setting: &'static str,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
@@ -91,6 +96,9 @@ impl RunError {
 pub struct Application {
     config: Config,
     listener: TcpListener,
+    /// The events API's.
+    api_listener: TcpListener,
+    api_state: ApiState,
     consumer: Arc<RouterConsumer>,
     pipeline: Arc<Pipeline>,
     relay: Option<Relay>,
@@ -134,14 +142,22 @@ impl Application {
             None
         };
 
-        let listener = TcpListener::bind(config.metrics_addr)
-            .await
-            .map_err(|source| StartError::Listen { addr: config.metrics_addr, source })?;
+        let bind = |setting, addr| async move {
+            TcpListener::bind(addr).await.map_err(|source| StartError::Listen { setting, addr, source })
+        };
+        let listener = bind("METRICS_ADDR", config.metrics_addr).await?;
+        let api_listener = bind("API_ADDR", config.api_addr).await?;
+        let api_state = ApiState {
+            pool: api::pool(config.database_url.expose(), config.api_database_connections)?,
+            identity_schema: Arc::new(crate::envelope::identity::compile_schema()?),
+        };
         tracing::info!(topics = ?topics, group = %config.kafka.group_id, "event-router started");
         let stall_threshold = config.readiness_stall;
         Ok(Application {
             config,
             listener,
+            api_listener,
+            api_state,
             consumer: Arc::new(consumer),
             pipeline,
             relay,
@@ -170,13 +186,23 @@ impl Application {
         self.listener.local_addr().expect("a bound listener has an address")
     }
 
+    /// Where the events API is served.
+    pub fn api_addr(&self) -> SocketAddr {
+        self.api_listener.local_addr().expect("a bound listener has an address")
+    }
+
     pub async fn run_until_stopped(self, shutdown: impl std::future::Future<Output = ()>) -> Result<(), RunError> {
         let stop = CancellationToken::new();
         let http_stop = CancellationToken::new();
-        let http = tokio::spawn(http::serve(self.listener, self.http_state.clone(), {
-            let http_stop = http_stop.clone();
-            async move { http_stop.cancelled().await }
-        }));
+        let limits = self.http_state.limits;
+        let stopped = |stop: &CancellationToken| {
+            let stop = stop.clone();
+            async move { stop.cancelled().await }
+        };
+        let http = tokio::spawn(http::serve(self.listener, http::routes(self.http_state.clone()), limits, stopped(&http_stop)));
+        let api_pool = self.api_state.pool.clone();
+        let api_routes = api::routes(self.api_state, limits.request_timeout);
+        let serving_api = tokio::spawn(http::serve(self.api_listener, api_routes, limits, stopped(&http_stop)));
         let sampling = tokio::spawn(sample_outbox(self.http_state.clone(), http_stop.clone()));
         let pruning = tokio::spawn(store::retention::run(
             self.http_state.pool.clone(),
@@ -243,6 +269,8 @@ impl Application {
             tracing::warn!(%error, "producer flush at shutdown failed");
         }
         http_stop.cancel();
+        serving_api.await.map_err(RunError::panicked("the API task"))?.map_err(RunError::Http)?;
+        api_pool.close().await;
         http.await.map_err(RunError::panicked("the HTTP task"))?.map_err(RunError::Http)?;
         sampling.await.map_err(RunError::panicked("the outbox sampler"))?;
         pruning.await.map_err(RunError::panicked("the retention task"))?;

@@ -188,15 +188,16 @@ pub async fn watch_database(pool: PgPool, check: Arc<DatabaseCheck>, stop: Cance
     pool.close().await;
 }
 
-/// Serves `routes` on `listener`, within `state.limits`, until `shutdown` completes; then lets
-/// requests in flight finish (for up to [`SHUTDOWN_GRACE`]) and closes every connection.
+/// Serves `router` on `listener`, within `limits`, until `shutdown` completes; then lets requests
+/// in flight finish (for up to [`SHUTDOWN_GRACE`]) and closes every connection. The operational
+/// endpoints ([`routes`]) and the events API (`crate::api`) are each served this way.
 pub async fn serve(
     listener: TcpListener,
-    state: HttpState,
+    router: Router,
+    limits: HttpLimits,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let limits = state.limits;
-    let service = TowerToHyperService::new(routes(state));
+    let service = TowerToHyperService::new(router);
     let mut http = http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
     let slots = Arc::new(Semaphore::new(limits.max_connections));

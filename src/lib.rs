@@ -42,6 +42,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod api;
 pub mod app;
 pub mod config;
 pub mod consumer;

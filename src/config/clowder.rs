@@ -23,6 +23,8 @@ use super::{invalid, redact_url, ConfigError, Secret};
 #[serde(rename_all = "camelCase")]
 struct AppConfig {
     metrics_port: Option<u16>,
+    /// The platform's public web port: where the events API listens.
+    public_port: Option<u16>,
     kafka: Option<Kafka>,
     database: Option<Database>,
 }
@@ -116,6 +118,9 @@ pub fn load(path: &Path, cert_dir: &Path) -> Result<Clowder, ConfigError> {
     };
     if let Some(port) = config.metrics_port {
         set("METRICS_ADDR", format!("0.0.0.0:{port}"));
+    }
+    if let Some(port) = config.public_port {
+        set("API_ADDR", format!("0.0.0.0:{port}"));
     }
     if let Some(kafka) = &config.kafka {
         if !kafka.brokers.is_empty() {

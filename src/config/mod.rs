@@ -150,6 +150,10 @@ pub struct Config {
     pub database_url: Secret,
     pub database_max_connections: u32,
     pub metrics_addr: SocketAddr,
+    /// Where the events API listens (`API_ADDR`).
+    pub api_addr: SocketAddr,
+    /// The events API's own database connections (`API_DATABASE_MAX_CONNECTIONS`).
+    pub api_database_connections: u32,
     /// How long shutdown may take to finish in-flight work.
     pub shutdown_timeout: Duration,
     /// Upper bound of the retry backoff for transient failures.
@@ -199,6 +203,8 @@ impl fmt::Debug for Config {
             .field("database_url", &redact_url(self.database_url.expose()))
             .field("database_max_connections", &self.database_max_connections)
             .field("metrics_addr", &self.metrics_addr)
+            .field("api_addr", &self.api_addr)
+            .field("api_database_connections", &self.api_database_connections)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("max_backoff", &self.max_backoff)
             .field("handler_max_attempts", &self.handler_max_attempts)
@@ -346,12 +352,12 @@ impl Config {
             return Err(invalid("DATABASE_MAX_CONNECTIONS", "must be at least 1"));
         }
 
-        let metrics_addr = match env.var("METRICS_ADDR") {
-            Some(addr) => {
-                addr.parse().map_err(|_| invalid("METRICS_ADDR", format!("`{addr}` is not an address such as 0.0.0.0:9000")))?
-            }
-            None => SocketAddr::from(([0, 0, 0, 0], 9000)),
-        };
+        let metrics_addr = parse_addr(env, "METRICS_ADDR", SocketAddr::from(([0, 0, 0, 0], 9000)))?;
+        let api_addr = parse_addr(env, "API_ADDR", SocketAddr::from(([127, 0, 0, 1], 8000)))?;
+        let api_database_connections = parse_bounded(env, "API_DATABASE_MAX_CONNECTIONS", 4, 1000)? as u32;
+        if api_database_connections == 0 {
+            return Err(invalid("API_DATABASE_MAX_CONNECTIONS", "must be at least 1"));
+        }
         let shutdown_timeout = Duration::from_secs(parse_bounded(env, "SHUTDOWN_TIMEOUT_SECONDS", 30, DAY_SECONDS)?);
         let max_backoff = Duration::from_millis(parse_bounded(env, "RETRY_MAX_BACKOFF_MS", 30_000, 3_600_000)?);
         let handler_max_attempts = parse_bounded(env, "HANDLER_MAX_ATTEMPTS", 5, 1000)? as u32;
@@ -378,6 +384,8 @@ impl Config {
             database_url: Secret::new(database_url),
             database_max_connections,
             metrics_addr,
+            api_addr,
+            api_database_connections,
             shutdown_timeout,
             max_backoff,
             handler_max_attempts,
@@ -388,6 +396,14 @@ impl Config {
             dead_letter_retention,
             event_dedup_window,
         })
+    }
+}
+
+/// A listening address from the setting `name`, or `default`.
+fn parse_addr(env: &(impl Env + ?Sized), name: &'static str, default: SocketAddr) -> Result<SocketAddr, ConfigError> {
+    match env.var(name) {
+        Some(addr) => addr.parse().map_err(|_| invalid(name, format!("`{addr}` is not an address such as 0.0.0.0:9000"))),
+        None => Ok(default),
     }
 }
 

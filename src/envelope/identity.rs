@@ -30,6 +30,11 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
 /// The identity header's schema, embedded from `api/event/`.
 pub(crate) const IDENTITY_SCHEMA: &str = include_str!("../../api/event/x-rh-identity.header.json");
 
+/// The identity header's schema, compiled: the one rule set for Kafka messages and API requests.
+pub fn compile_schema() -> Result<jsonschema::Validator, super::validate::SchemaError> {
+    super::validate::compile_schema(IDENTITY_SCHEMA, "x-rh-identity")
+}
+
 /// Identity types the platform issues.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum IdentityType {

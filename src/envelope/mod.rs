@@ -44,39 +44,62 @@ pub struct Opened {
     pub request_id: Option<String>,
 }
 
-/// The request id header, if present, valid UTF-8, non-empty, of sane length, free of control
-/// characters (it is logged, stored as text and re-published) and not given twice.
+/// The request id `message` carries, if it is acceptable (see [`check_request_id`]).
 pub fn request_id(message: &RawMessage) -> Option<String> {
-    let raw = message.header(REQUEST_ID_HEADER)?;
-    let text = std::str::from_utf8(raw).ok()?.trim();
-    let valid = !text.is_empty() && text.len() <= MAX_REQUEST_ID_LEN && !text.chars().any(char::is_control);
-    (valid && message.header_count(REQUEST_ID_HEADER) == 1).then(|| text.to_string())
+    check_request_id(&header_values(message, REQUEST_ID_HEADER)).ok()
 }
 
-/// Why [`request_id`] found none.
-fn request_id_rejection(message: &RawMessage) -> Rejection {
-    if message.header_count(REQUEST_ID_HEADER) > 1 {
-        return Rejection::new(
-            Reason::RequestIdDuplicate,
-            format!(
-                "the {REQUEST_ID_HEADER} header is given {} times (names compared ignoring case)",
-                message.header_count(REQUEST_ID_HEADER)
-            ),
-        );
-    }
-    match message.header(REQUEST_ID_HEADER).map(|raw| std::str::from_utf8(raw).map(str::trim)) {
-        None | Some(Ok("")) => {
-            Rejection::new(Reason::RequestIdMissing, format!("the {REQUEST_ID_HEADER} header is missing or empty"))
+/// Every value of the header `name` (compared ignoring case); a header without a value counts
+/// as an empty one.
+fn header_values<'a>(message: &'a RawMessage, name: &str) -> Vec<&'a [u8]> {
+    message.headers.iter().filter(|h| h.key.eq_ignore_ascii_case(name)).map(|h| h.value.as_deref().unwrap_or_default()).collect()
+}
+
+/// The request id among `values`, every `x-rh-insights-request-id` header of a Kafka message or
+/// an HTTP request: exactly one, UTF-8, not empty once trimmed, at most [`MAX_REQUEST_ID_LEN`]
+/// bytes, no control character. One rule for both, so a request id the API accepts is one the
+/// consumer accepts.
+pub fn check_request_id(values: &[&[u8]]) -> Result<String, Rejection> {
+    let raw = match values {
+        [] => {
+            return Err(Rejection::new(Reason::RequestIdMissing, format!("the {REQUEST_ID_HEADER} header is missing or empty")))
         }
-        Some(Err(_)) => Rejection::new(Reason::RequestIdInvalid, format!("the {REQUEST_ID_HEADER} header is not UTF-8")),
-        Some(Ok(text)) if text.len() > MAX_REQUEST_ID_LEN => Rejection::new(
+        [raw] => raw,
+        many => {
+            return Err(Rejection::new(
+                Reason::RequestIdDuplicate,
+                format!("the {REQUEST_ID_HEADER} header is given {} times (names compared ignoring case)", many.len()),
+            ))
+        }
+    };
+    match std::str::from_utf8(raw).map(str::trim) {
+        Ok("") => Err(Rejection::new(Reason::RequestIdMissing, format!("the {REQUEST_ID_HEADER} header is missing or empty"))),
+        Err(_) => Err(Rejection::new(Reason::RequestIdInvalid, format!("the {REQUEST_ID_HEADER} header is not UTF-8"))),
+        Ok(text) if text.len() > MAX_REQUEST_ID_LEN => Err(Rejection::new(
             Reason::RequestIdInvalid,
             format!("the {REQUEST_ID_HEADER} header has {} bytes, over the limit of {MAX_REQUEST_ID_LEN}", text.len()),
-        ),
-        Some(Ok(_)) => {
-            Rejection::new(Reason::RequestIdInvalid, format!("the {REQUEST_ID_HEADER} header contains a control character"))
+        )),
+        Ok(text) if text.chars().any(char::is_control) => {
+            Err(Rejection::new(Reason::RequestIdInvalid, format!("the {REQUEST_ID_HEADER} header contains a control character")))
         }
+        Ok(text) => Ok(text.to_owned()),
     }
+}
+
+/// The identity among `values`, every `x-rh-identity` header of a Kafka message or an HTTP
+/// request: exactly one, passing [`identity::check_identity`].
+pub fn check_identity_headers(values: &[&[u8]], schema: &jsonschema::Validator) -> Result<Identity, Rejection> {
+    if values.len() > 1 {
+        return Err(identity_duplicate(values.len()));
+    }
+    identity::check_identity(values.first().copied(), schema)
+}
+
+fn identity_duplicate(count: usize) -> Rejection {
+    Rejection::new(
+        Reason::IdentityDuplicate,
+        format!("the {IDENTITY_HEADER} header is given {count} times (names compared ignoring case)"),
+    )
 }
 
 /// A problem the consumer found in the record's headers, as a rejection.
@@ -114,14 +137,13 @@ fn check(message: &RawMessage, validators: &Validators, request_id: &mut Option<
     }
     let identities = message.header_count(IDENTITY_HEADER);
     if identities > 1 {
-        return Err(Rejection::new(
-            Reason::IdentityDuplicate,
-            format!("the {IDENTITY_HEADER} header is given {identities} times (names compared ignoring case)"),
-        ));
+        return Err(identity_duplicate(identities));
     }
     let identity = validators.identities.check(message.header(IDENTITY_HEADER), &validators.identity)?;
     if request_id.is_none() {
-        return Err(request_id_rejection(message));
+        return Err(check_request_id(&header_values(message, REQUEST_ID_HEADER)).err().unwrap_or_else(|| {
+            Rejection::new(Reason::RequestIdInvalid, format!("the {REQUEST_ID_HEADER} header was not accepted"))
+        }));
     }
     let bytes = message
         .payload

@@ -88,6 +88,7 @@ impl Cluster {
             .env("KAFKA_GROUP_ID", "crash")
             .env("DATABASE_URL", &self.db.url)
             .env("METRICS_ADDR", "127.0.0.1:0")
+            .env("API_ADDR", "127.0.0.1:0")
             .env("RETRY_MAX_BACKOFF_MS", "1000")
             .env("LOG_FORMAT", "json")
             .env("RUST_LOG", "warn")

@@ -4,6 +4,7 @@
 // Tests unwrap (a panic is how a test fails), and a scenario may read best as one long function.
 #![allow(clippy::unwrap_used, clippy::too_many_lines, unreachable_pub)]
 
+mod api;
 mod batches;
 mod crash;
 mod dead_letters;

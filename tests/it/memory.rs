@@ -82,6 +82,7 @@ async fn peak_rss_draining(budget: usize) -> (u64, usize) {
         .env("KAFKA_BROKERS", broker.bootstrap_servers())
         .env("DATABASE_URL", &db.url)
         .env("METRICS_ADDR", "127.0.0.1:0")
+        .env("API_ADDR", "127.0.0.1:0")
         .env("MAX_BUFFERED_BYTES", budget.to_string())
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

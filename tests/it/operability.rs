@@ -188,7 +188,7 @@ async fn serve_http(
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let stop = tokio_util::sync::CancellationToken::new();
-    let server = tokio::spawn(event_router::http::serve(listener, state, {
+    let server = tokio::spawn(event_router::http::serve(listener, event_router::http::routes(state), limits, {
         let stop = stop.clone();
         async move { stop.cancelled().await }
     }));

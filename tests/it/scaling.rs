@@ -88,6 +88,7 @@ async fn sigterm_finishes_commits_and_exits_zero() {
         .env("KAFKA_GROUP_ID", "sigterm")
         .env("DATABASE_URL", &db.url)
         .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+        .env("API_ADDR", "127.0.0.1:0")
         .env("LOG_FORMAT", "json")
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -483,6 +483,7 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
                 .env("BATCH_MAX_MESSAGES", args.batch.to_string())
                 .env("DATABASE_URL", &db.url)
                 .env("METRICS_ADDR", format!("127.0.0.1:{port}"))
+                .env("API_ADDR", "127.0.0.1:0")
                 .env("LOG_FORMAT", "json")
                 .env("RUST_LOG", "warn")
                 .stdout(log.try_clone()?)

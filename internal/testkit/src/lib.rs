@@ -174,6 +174,7 @@ pub fn test_config(brokers: &str, database_url: &str, group: &str, extra: &[(&st
         ("KAFKA_GROUP_ID", group),
         ("DATABASE_URL", database_url),
         ("METRICS_ADDR", "127.0.0.1:0"),
+        ("API_ADDR", "127.0.0.1:0"),
         ("SHUTDOWN_TIMEOUT_SECONDS", "10"),
         ("RETRY_MAX_BACKOFF_MS", "1000"),
     ]);
@@ -186,6 +187,8 @@ pub struct TestApp {
     pub db: Arc<TestDb>,
     pub config: Config,
     pub http_addr: SocketAddr,
+    /// Where the events API listens.
+    pub api_addr: SocketAddr,
     /// The service's Kafka consumer, for fault injection. Weak: the service owns it, and it must
     /// be gone before the broker is (a consumer whose cluster vanished cannot close).
     consumer: std::sync::Weak<event_router::consumer::RouterConsumer>,
@@ -276,6 +279,7 @@ impl TestApp {
         let config = test_config(broker.bootstrap_servers(), &db.url, group, extra);
         let app = Application::build_with_router(config.clone(), router).await.expect("the service starts");
         let http_addr = app.http_addr();
+        let api_addr = app.api_addr();
         let consumer = Arc::downgrade(&app.consumer());
         let stop = CancellationToken::new();
         // The task keeps the broker alive until the service has stopped, even when a failing test
@@ -286,7 +290,7 @@ impl TestApp {
             drop(alive);
             result.map_err(anyhow::Error::from)
         });
-        TestApp { broker, db, config, http_addr, consumer, stop, handle: Some(handle) }
+        TestApp { broker, db, config, http_addr, api_addr, consumer, stop, handle: Some(handle) }
     }
 
     /// The service's Kafka consumer while the service runs, for fault injection.
@@ -342,6 +346,11 @@ impl TestApp {
     /// GETs a path on the service's HTTP port.
     pub async fn get(&self, path: &str) -> (u16, String) {
         http_get(self.http_addr, path).await
+    }
+
+    /// `GET path` on the events API with `headers`.
+    pub async fn api_get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+        http_request(self.api_addr, path, headers).await
     }
 
     /// The value of one metric series, e.g. `event_router_dead_letters_total{topic="..",reason=".."}`
@@ -456,6 +465,54 @@ pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     let status = response.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("status line");
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     (status, body)
+}
+
+/// What an HTTP server answered.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// Names in lower case.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lower case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+
+    /// The body as JSON.
+    ///
+    /// # Panics
+    /// When it is not JSON.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+}
+
+/// `GET path` with `headers` over a fresh HTTP/1.1 connection (closed after the answer), for
+/// answers with a length; a chunked body is returned as it came.
+pub async fn http_request(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect to the service's HTTP port");
+    let mut request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream.write_all(request.as_bytes()).await.expect("send request");
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.expect("read response");
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    let mut lines = head.lines();
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status line");
+    let headers = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    HttpResponse { status, headers, body: body.to_owned() }
 }
 
 /// Finds one series in Prometheus text output.

@@ -1,0 +1,210 @@
+//! The events API over real events: tenancy, filters, counts, hostile requests, and answers
+//! held to `api/openapi.json`.
+
+use std::time::Duration;
+
+use event_router::envelope::identity::encode_identity;
+use serde_json::{json, Value};
+use testkit::{eventually, HttpResponse, TestApp};
+
+const WAIT: Duration = Duration::from_secs(20);
+const EVENTS: &str = "/api/event-router/v1/events";
+const HOST: &str = "5b1f8a2e-3c4d-4e5f-8a6b-7c8d9e0f1a2b";
+const OTHER_HOST: &str = "6c2f9b3e-4d5e-4f6a-9b7c-8d9e0f1a2b3c";
+const CLUSTER: &str = "0e9d8c7b-6a5f-4e3d-9c2b-1a0f9e8d7c6b";
+
+fn identity(org: &str) -> String {
+    encode_identity(&samples::user_identity(org))
+}
+
+fn host_report(host: &str, status: &str, ntp: &str, minute: u32) -> Value {
+    json!({
+        "host_id": host, "cluster_id": CLUSTER, "infra_env_id": "7c1d2e3f-4a5b-4c6d-8e7f-9a0b1c2d3e4f", "host_name": "worker-7",
+        "status": status, "status_info": "info", "updated_at": format!("2026-11-23T10:{minute:02}:00Z"),
+        "validations": [{"id": "ntp-synced", "status": ntp, "message": "Host clock is not synchronized"}]
+    })
+}
+
+/// Org `a` gets 5 events for HOST (registered, validation failed, fixed, status updated, failed);
+/// org `b` gets 1 for OTHER_HOST.
+async fn app_with_events() -> TestApp {
+    let app = testkit::spawn_app().await;
+    let reports = [
+        host_report(HOST, "discovering", "failure", 1),
+        host_report(HOST, "discovering", "success", 2),
+        host_report(HOST, "known", "success", 3),
+        host_report(HOST, "error", "success", 4),
+    ];
+    for (n, report) in reports.iter().enumerate() {
+        app.send("host-status-changed", &testkit::user_message("a", report, HOST, &format!("a-{n}"))).await;
+    }
+    let other = host_report(OTHER_HOST, "known", "success", 1);
+    app.send("host-status-changed", &testkit::user_message("b", &other, OTHER_HOST, "b-0")).await;
+    eventually(WAIT, "six events recorded", || async { app.db.count("events").await == 6 }).await;
+    app
+}
+
+/// The OpenAPI document's schema `pointer` (within it), with formats checked.
+fn contract(schema: Value) -> jsonschema::Validator {
+    let document: Value = serde_json::from_str(event_router::api::OPENAPI).unwrap();
+    let mut schema = schema;
+    schema["components"] = document["components"].clone();
+    jsonschema::options().should_validate_formats(true).build(&schema).unwrap()
+}
+
+/// Asserts `response` is what the document promises for its status.
+fn holds_to_the_document(response: &HttpResponse) {
+    let body = response.json();
+    let schema = match response.status {
+        200 => json!({"type": "array", "items": {"$ref": "#/components/schemas/Event"}}),
+        _ => json!({"$ref": "#/components/schemas/Error"}),
+    };
+    let errors: Vec<String> = contract(schema).iter_errors(&body).map(|e| format!("{} at {}", e, e.instance_path())).collect();
+    assert!(errors.is_empty(), "status {} body breaks api/openapi.json: {errors:?}\n{body}", response.status);
+    assert!(response.header("x-rh-insights-request-id").is_some(), "every answer carries the request id");
+    if response.status == 200 {
+        for header in
+            ["event-count", "severity-count-info", "severity-count-warning", "severity-count-error", "severity-count-critical"]
+        {
+            assert!(response.header(header).and_then(|v| v.parse::<u64>().ok()).is_some(), "{header} is a count");
+        }
+    }
+}
+
+async fn get(app: &TestApp, query: &str, org: &str) -> HttpResponse {
+    let response = app.api_get(&format!("{EVENTS}{query}"), &[("x-rh-identity", &identity(org))]).await;
+    holds_to_the_document(&response);
+    response
+}
+
+fn names(response: &HttpResponse) -> Vec<String> {
+    response.json().as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap().to_owned()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_org_lists_filters_and_counts_its_own_events_only() {
+    let app = app_with_events().await;
+    let all = get(&app, "", "a").await;
+    assert_eq!(all.status, 200);
+    assert_eq!(
+        names(&all),
+        ["host_failed", "host_status_updated", "host_validation_fixed", "host_validation_failed", "host_registered"],
+        "newest first"
+    );
+    let counts = |r: &HttpResponse| {
+        ["event-count", "severity-count-info", "severity-count-warning", "severity-count-error", "severity-count-critical"]
+            .map(|h| r.header(h).unwrap().parse::<u64>().unwrap())
+    };
+    assert_eq!(counts(&all), [5, 3, 1, 1, 0]);
+    let first = &all.json()[0];
+    assert_eq!(
+        (first["severity"].as_str(), first["host_id"].as_str(), first["count"].as_i64()),
+        (Some("error"), Some(HOST), Some(1))
+    );
+    assert_eq!(first["request_id"], "a-3");
+    assert_eq!(first["properties"]["previous_status"], "known");
+
+    // Filters: severities (the per-severity counts ignore it), name, message, time, paging, order.
+    let serious = get(&app, "?severities=warning,error", "a").await;
+    assert_eq!(names(&serious), ["host_failed", "host_validation_failed"]);
+    assert_eq!(counts(&serious), [2, 3, 1, 1, 0]);
+    assert_eq!(names(&get(&app, "?name=host_validation_fixed", "a").await), ["host_validation_fixed"]);
+    assert_eq!(names(&get(&app, "?message=NOW%20FIXED", "a").await), ["host_validation_fixed"]);
+    // Event times are the causing messages' times: the four reports were sent one after another.
+    let time_of = |name: &str| {
+        let events = all.json();
+        let event = events.as_array().unwrap().iter().find(|e| e["name"] == name).unwrap().clone();
+        percent_encoding::utf8_percent_encode(event["event_time"].as_str().unwrap(), percent_encoding::NON_ALPHANUMERIC)
+            .to_string()
+    };
+    let since = format!("?host_id={HOST}&since={}", time_of("host_status_updated"));
+    assert_eq!(names(&get(&app, &since, "a").await), ["host_failed", "host_status_updated"]);
+    let until = format!("?until={}&order=asc", time_of("host_validation_fixed"));
+    assert_eq!(names(&get(&app, &until, "a").await), ["host_registered", "host_validation_failed"]);
+    let page = get(&app, "?limit=2&offset=1&order=asc", "a").await;
+    assert_eq!(names(&page), ["host_validation_failed", "host_validation_fixed"]);
+    assert_eq!(counts(&page)[0], 5, "the total counts every match, not the page");
+
+    // Another org sees its own and nothing of org a's, whatever it filters by.
+    assert_eq!(names(&get(&app, "", "b").await), ["host_registered"]);
+    let peeking = get(&app, &format!("?host_id={HOST}"), "b").await;
+    assert_eq!((names(&peeking).len(), counts(&peeking)), (0, [0, 0, 0, 0, 0]));
+    assert_eq!(names(&get(&app, "", "nobody").await).len(), 0);
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_forged_and_orgless_identities_are_refused_without_echo() {
+    let app = app_with_events().await;
+    let refused = |response: &HttpResponse, status: u16, code: &str| {
+        holds_to_the_document(response);
+        assert_eq!((response.status, response.json()["error"].as_str()), (status, Some(code)), "{}", response.body);
+    };
+    refused(&app.api_get(EVENTS, &[]).await, 401, "identity_missing");
+    let forged = "eyJpZGVudGl0eSI6IHsib3JnX2lkIjogInNlY3JldC1vcmcifX0=%%%";
+    let response = app.api_get(EVENTS, &[("x-rh-identity", forged)]).await;
+    refused(&response, 401, "identity_not_base64");
+    assert!(!response.body.contains("secret") && !response.body.contains("eyJ"), "the identity is not echoed: {}", response.body);
+    let without_org = encode_identity(&json!({"identity": {"type": "User", "user": {"username": "jdoe"}}}));
+    refused(&app.api_get(EVENTS, &[("x-rh-identity", &without_org)]).await, 401, "identity_org_id_missing");
+    let twice = [("x-rh-identity", identity("a")), ("X-Rh-Identity", identity("b"))];
+    let twice: Vec<(&str, &str)> = twice.iter().map(|(n, v)| (*n, v.as_str())).collect();
+    refused(&app.api_get(EVENTS, &twice).await, 401, "identity_duplicate");
+    let associate = encode_identity(
+        &json!({"identity": {"type": "Associate", "auth_type": "saml-auth", "associate": {"email": "a@example.com"}}}),
+    );
+    refused(&app.api_get(EVENTS, &[("x-rh-identity", &associate)]).await, 403, "identity_org_missing");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_parameters_get_400_naming_the_parameter_and_never_a_row_or_a_500() {
+    let app = app_with_events().await;
+    let cases = [
+        ("limit=-1", "limit"),
+        ("limit=1000000", "limit"),
+        ("offset=99999999999", "offset"),
+        ("severities=info,panic", "severities"),
+        ("host_id=not-a-uuid", "host_id"),
+        ("cluster_id=%27%20OR%201=1--", "cluster_id"),
+        ("name=x%27%3B%20DROP%20TABLE%20events%3B--", "name"),
+        ("message=%00", "message"),
+        ("since=2026-13-45", "since"),
+        ("limit=1&limit=2", "limit"),
+        ("org_id=a", "query"),
+    ];
+    for (query, parameter) in cases {
+        let response = get(&app, &format!("?{query}"), "b").await;
+        assert_eq!(
+            (response.status, response.json()["parameter"].as_str()),
+            (400, Some(parameter)),
+            "{query}: {}",
+            response.body
+        );
+    }
+    let long = format!("?message={}", "%27".repeat(3000));
+    assert_eq!(get(&app, &long, "b").await.status, 400);
+    // Metacharacters inside a valid substring are text: nothing matches, nothing breaks.
+    for text in ["%25", "_", "%27%20OR%20%271%27%3D%271", "%5C"] {
+        let response = get(&app, &format!("?message={text}"), "b").await;
+        assert_eq!((response.status, names(&response).len()), (200, 0), "{text}");
+    }
+    assert_eq!(app.db.count("events").await, 6, "the table is intact");
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_is_taken_or_made_and_the_document_is_served() {
+    let app = testkit::spawn_app().await;
+    let given = app.api_get(EVENTS, &[("x-rh-identity", &identity("a")), ("x-rh-insights-request-id", "req-api-1")]).await;
+    assert_eq!((given.status, given.header("x-rh-insights-request-id")), (200, Some("req-api-1")));
+    let made = app.api_get(EVENTS, &[("x-rh-identity", &identity("a"))]).await;
+    assert!(made.header("x-rh-insights-request-id").is_some_and(|id| uuid::Uuid::parse_str(id).is_ok()));
+    let long = "r".repeat(300);
+    let refused = app.api_get(EVENTS, &[("x-rh-identity", &identity("a")), ("x-rh-insights-request-id", &long)]).await;
+    assert_eq!((refused.status, refused.json()["parameter"].as_str()), (400, Some("x-rh-insights-request-id")));
+    let document = app.api_get("/api/event-router/v1/openapi.json", &[]).await;
+    assert_eq!((document.status, document.json()), (200, serde_json::from_str::<Value>(event_router::api::OPENAPI).unwrap()));
+    assert_eq!(app.api_get("/api/event-router/v1/nothing", &[]).await.status, 404);
+    app.stop().await;
+}
