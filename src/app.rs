@@ -150,6 +150,7 @@ impl Application {
         let api_state = ApiState {
             pool: api::pool(config.database_url.expose(), config.api_database_connections)?,
             identity_schema: Arc::new(crate::envelope::identity::compile_schema()?),
+            feeds: api::FeedSlots::default(),
         };
         tracing::info!(topics = ?topics, group = %config.kafka.group_id, "event-router started");
         let stall_threshold = config.readiness_stall;

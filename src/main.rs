@@ -13,6 +13,7 @@ use event_router::telemetry::{init_logging, LogFormat};
 use event_router::{replay, store, topics};
 
 mod demo;
+mod events_cli;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -92,6 +93,11 @@ enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Read events from the events API: list, watch, wait.
+    Events {
+        #[command(subcommand)]
+        command: events_cli::EventsCommand,
+    },
     /// Send demo traffic (valid and invalid) and print what the service publishes.
     Demo {
         /// Messages per second.
@@ -121,6 +127,10 @@ fn stop_on_signal() -> CancellationToken {
 async fn main() {
     let cli = Cli::parse();
     init_logging(cli.log_format);
+    // A client of the API: no service configuration to read, and exit codes of its own.
+    if let Command::Events { command } = cli.command {
+        std::process::exit(events_cli::run(command).await);
+    }
     if let Err(error) = execute(cli.command).await {
         tracing::error!("{error:#}");
         eprintln!("event-router: {error:#}");
@@ -212,6 +222,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             println!("{}{summary}", if dry_run { "dry run: " } else { "" });
             Ok(())
         }
+        Command::Events { .. } => unreachable!("handled before the configuration is read"),
         Command::Demo { rate, count } => {
             let stop = stop_on_signal();
             demo::run(&config.kafka, &config.topics, rate, count, stop).await

@@ -61,6 +61,18 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// 503: every feed slot of this instance is taken.
+    pub fn busy() -> ApiError {
+        ApiError {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            error: "busy",
+            message: "too many feeds are open on this instance; try again later".into(),
+            parameter: None,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(&self)).into_response()

@@ -22,7 +22,7 @@ use crate::events::Severity;
 /// An event as the API shows it.
 #[derive(Debug, Serialize, sqlx::FromRow)]
 pub(super) struct EventRow {
-    id: i64,
+    pub(super) id: i64,
     name: String,
     severity: String,
     message: String,
@@ -50,11 +50,16 @@ pub fn severity_count_header(severity: Severity) -> &'static str {
     }
 }
 
-const COLUMNS: &str =
+pub(super) const COLUMNS: &str =
     "id, name, severity, message, event_time, cluster_id, host_id, infra_env_id, properties, count, first_seen, last_seen, request_id";
 
 /// `WHERE` for `org_id` and `filter`; the severities only when `with_severities`.
-fn push_filters<'a>(sql: &mut QueryBuilder<'a, Postgres>, org_id: &'a str, filter: &'a EventFilter, with_severities: bool) {
+pub(super) fn push_filters<'a>(
+    sql: &mut QueryBuilder<'a, Postgres>,
+    org_id: &'a str,
+    filter: &'a EventFilter,
+    with_severities: bool,
+) {
     sql.push(" WHERE org_id = ").push_bind(org_id);
     let ids = [("cluster_id", filter.cluster_id), ("host_id", filter.host_id), ("infra_env_id", filter.infra_env_id)];
     for (column, id) in ids {

@@ -7,15 +7,21 @@
 //!
 //! - `GET /api/event-router/v1/events`: a page of events with the totals for the same filters
 //!   in headers ([`events`]).
+//! - `GET /api/event-router/v1/events/feed`: new events as Server-Sent Events ([`feed`]).
+//! - `GET /api/event-router/v1/state`: the caller's clusters and hosts as they are now
+//!   ([`state`]), the document `events wait` filters.
 //! - `GET /api/event-router/v1/openapi.json`: `api/openapi.json`, the contract tests hold the
 //!   answers to.
 //!
 //! Bad input is the client's problem and said so: 400 naming the parameter, 401/403 naming what
 //! is wrong with the identity (never echoing it); nothing a client sends answers 500.
 
+pub mod client;
 mod error;
 mod events;
+pub mod feed;
 pub mod query;
+mod state;
 pub mod tenant;
 
 use std::sync::Arc;
@@ -32,6 +38,7 @@ use sqlx::PgPool;
 
 pub use error::ApiError;
 pub use events::{severity_count_header, EVENT_COUNT};
+pub use feed::FeedSlots;
 pub use query::{EventFilter, Order, MAX_LIMIT};
 
 use crate::store::StoreError;
@@ -52,17 +59,21 @@ pub struct ApiState {
     pub pool: PgPool,
     /// The identity header's schema, compiled once (the same one the consumer uses).
     pub identity_schema: Arc<jsonschema::Validator>,
+    /// The feeds open on this instance.
+    pub feeds: FeedSlots,
 }
 
 /// The API's routes, each behind the request time limit.
 pub fn routes(state: ApiState, request_timeout: Duration) -> Router {
-    Router::new()
+    let answers = Router::new()
         .route(&format!("{BASE_PATH}/events"), get(events::list))
+        .route(&format!("{BASE_PATH}/state"), get(state::state))
         .route(&format!("{BASE_PATH}/openapi.json"), get(openapi))
         .fallback(|| async { ApiError::not_found() })
-        .with_state(state)
-        .layer(middleware::from_fn(tenant::request_context))
-        .layer(middleware::from_fn_with_state(request_timeout, time_limit))
+        .layer(middleware::from_fn_with_state(request_timeout, time_limit));
+    // The feed streams for as long as the client stays: no time limit (see `feed`).
+    let streams = Router::new().route(&format!("{BASE_PATH}/events/feed"), get(feed::feed));
+    answers.merge(streams).with_state(state).layer(middleware::from_fn(tenant::request_context))
 }
 
 /// Answers 503, in the API's error shape, to a request that takes longer than `limit`.

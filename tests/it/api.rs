@@ -208,3 +208,135 @@ async fn the_request_id_is_taken_or_made_and_the_document_is_served() {
     assert_eq!(app.api_get("/api/event-router/v1/nothing", &[]).await.status, 404);
     app.stop().await;
 }
+
+fn client(app: &TestApp, org: &str) -> event_router::api::client::ApiClient {
+    event_router::api::client::ApiClient::new(&format!("http://{}", app.api_addr), identity(org)).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_feed_delivers_new_events_and_resumes_after_the_last_event_id() {
+    let app = app_with_events().await;
+    let mut feed = client(&app, "a").feed("", None).await.unwrap();
+    let mut errors_only = client(&app, "a").feed("severities=error", None).await.unwrap();
+    let mut other_org = client(&app, "b").feed("", None).await.unwrap();
+    let sent = std::time::Instant::now();
+    let report = host_report(HOST, "installing", "success", 5);
+    app.send("host-status-changed", &testkit::user_message("a", &report, HOST, "a-4")).await;
+    let next = tokio::time::timeout(WAIT, feed.next()).await.unwrap().unwrap().unwrap();
+    assert_eq!((next.event["name"].as_str(), next.event["request_id"].as_str()), (Some("host_status_updated"), Some("a-4")));
+    eprintln!("a new event reached the feed {:?} after it was sent", sent.elapsed());
+    // The filtered feed and the other org's feed have nothing to say about it.
+    assert!(tokio::time::timeout(Duration::from_secs(2), errors_only.next()).await.is_err());
+    assert!(tokio::time::timeout(Duration::from_millis(500), other_org.next()).await.is_err());
+
+    // Resuming after the second of org a's events gives the rest, in order, the new one last.
+    let all = get(&app, "?order=asc", "a").await.json();
+    let second = all[1]["id"].as_i64().unwrap();
+    let mut resumed = client(&app, "a").feed("", Some(second)).await.unwrap();
+    let mut names = Vec::new();
+    for _ in 0..4 {
+        let event = tokio::time::timeout(WAIT, resumed.next()).await.unwrap().unwrap().unwrap();
+        names.push(event.event["name"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(names, ["host_validation_fixed", "host_status_updated", "host_failed", "host_status_updated"]);
+    let refused = app.api_get(&format!("{EVENTS}/feed"), &[("x-rh-identity", &identity("a")), ("last-event-id", "-3")]).await;
+    assert_eq!((refused.status, refused.json()["parameter"].as_str()), (400, Some("last-event-id")));
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_shows_the_callers_hosts_and_clusters_only() {
+    let app = app_with_events().await;
+    let progress =
+        json!({"cluster_id": CLUSTER, "stage": "installing", "progress": 40, "hosts": [{"host_id": HOST, "role": "master"}]});
+    app.send("cluster-install-progressed", &testkit::user_message("a", &progress, CLUSTER, "a-c")).await;
+    eventually(WAIT, "the report stored", || async { app.db.count("cluster_install_progress").await == 1 }).await;
+    let response = app.api_get("/api/event-router/v1/state", &[("x-rh-identity", &identity("a"))]).await;
+    let state = response.json();
+    let errors: Vec<String> =
+        contract(json!({"$ref": "#/components/schemas/State"})).iter_errors(&state).map(|e| e.to_string()).collect();
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(state["hosts"][HOST]["status"], "error");
+    assert_eq!(state["hosts"][HOST]["failing_validations"], json!([]));
+    assert_eq!(state["clusters"][CLUSTER], json!({"stage": "installing", "progress": 40}));
+    assert!(state["hosts"].get(OTHER_HOST).is_none(), "org b's host is not org a's business");
+    let theirs = app.api_get("/api/event-router/v1/state", &[("x-rh-identity", &identity("b"))]).await.json();
+    assert_eq!((theirs["hosts"].as_object().unwrap().len(), theirs["clusters"].as_object().unwrap().len()), (1, 0));
+    app.stop().await;
+}
+
+/// `event-router events <args>` against `app`'s API as org a: (exit code, stdout, stderr).
+async fn cli(app: &TestApp, args: &[&str]) -> (i32, String, String) {
+    let url = format!("http://{}", app.api_addr);
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-router"))
+        .arg("events")
+        .args(args)
+        .args(["--url", &url, "--org-id", "a"])
+        .output()
+        .await
+        .unwrap();
+    let text = |bytes: Vec<u8>| String::from_utf8(bytes).unwrap();
+    (output.status.code().unwrap_or(-1), text(output.stdout), text(output.stderr))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_watches_and_waits() {
+    let app = app_with_events().await;
+    let (code, out, _) = cli(&app, &["list", "--severities", "warning,error", "--format", "json"]).await;
+    let names: Vec<String> =
+        out.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["name"].as_str().unwrap().to_owned()).collect();
+    assert_eq!((code, names), (0, vec!["host_failed".to_owned(), "host_validation_failed".to_owned()]));
+    let (code, out, err) = cli(&app, &["list", "--limit", "2"]).await;
+    assert_eq!(code, 0);
+    assert!(out.lines().next().is_some_and(|l| l.contains("error") && l.contains("host_failed")), "{out}");
+    assert!(err.contains("2 of 5 events"), "{err}");
+
+    // wait: already true, then true later, then never.
+    let installing = format!("hosts.{HOST}.status=installing");
+    assert_eq!(cli(&app, &["wait", "--filter", &format!("hosts.{HOST}.status=error"), "--duration", "5s"]).await.0, 0);
+    let waiting = {
+        let url = format!("http://{}", app.api_addr);
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_event-router"))
+            .args(["events", "wait", "--filter", &installing, "--duration", "20s", "--url", &url, "--org-id", "a"])
+            .output()
+    };
+    let watching = {
+        let url = format!("http://{}", app.api_addr);
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_event-router"))
+            .args(["events", "watch", "--format", "json", "--url", &url, "--org-id", "a"])
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap()
+    };
+    let (waited, _) = tokio::join!(waiting, async {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let report = host_report(HOST, "installing", "success", 5);
+        app.send("host-status-changed", &testkit::user_message("a", &report, HOST, "a-cli")).await;
+    });
+    assert_eq!(waited.unwrap().status.code(), Some(0), "wait saw the host reach the status");
+    let mut watching = watching;
+    let mut line = String::new();
+    let stdout = watching.stdout.take().unwrap();
+    let mut reader = tokio::io::BufReader::new(stdout);
+    tokio::time::timeout(WAIT, tokio::io::AsyncBufReadExt::read_line(&mut reader, &mut line)).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<Value>(&line).unwrap()["request_id"],
+        "a-cli",
+        "watch showed the event made after it started"
+    );
+    watching.kill().await.unwrap();
+
+    let (code, out, _) = cli(&app, &["wait", "--filter", &format!("hosts.{HOST}.status=installed"), "--duration", "2s"]).await;
+    assert_eq!((code, out.trim()), (1, "timeout"));
+    let (code, _, err) = cli(&app, &["wait", "--filter", "hosts..status", "--duration", "2s"]).await;
+    assert!(code == 2 && err.contains("PATH"), "{err}");
+    let unreachable = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-router"))
+        .args(["events", "wait", "--filter", "hosts", "--duration", "2s", "--url", "http://127.0.0.1:1"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(unreachable.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot be reached"));
+    app.stop().await;
+}
