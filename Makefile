@@ -12,7 +12,7 @@ BENCH_PATHS = $(if $(findstring --service,$(BENCH_ARGS)),,--service $(TARGET_DIR
 
 help:
 	@echo "make run    build, start PostgreSQL + embedded broker + service + demo traffic"
-	@echo "make test   everything: unit, integration (real broker + PostgreSQL) and build-failure tests"
+	@echo "make test   everything: unit, integration (real broker + PostgreSQL), API fuzzing and build-failure tests"
 	@echo "make soak   the crash test with 200,000 messages, 3 instances, 20 kills"
 	@echo "make bench  end-to-end throughput and latency next to same-run ceilings"
 	@echo "make lint   rustfmt + clippy"
@@ -24,6 +24,7 @@ test: clean-test-dbs
 	scripts/ensure-build-deps.sh
 	scripts/ensure-test-tools.sh
 	$(CARGO) test --workspace --no-fail-fast
+	scripts/api-fuzz.sh
 	scripts/check-new-topic.sh
 	python3 deploy/prometheus/render-prometheusrule.py --check
 

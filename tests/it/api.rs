@@ -340,3 +340,15 @@ async fn the_cli_lists_watches_and_waits() {
     assert!(String::from_utf8_lossy(&unreachable.stderr).contains("cannot be reached"));
     app.stop().await;
 }
+
+#[test]
+fn the_document_names_exactly_the_catalog_events() {
+    let document: Value = serde_json::from_str(event_router::api::OPENAPI).unwrap();
+    let catalog: Vec<&str> = event_router::events::catalog::CATALOG.iter().map(|e| e.name).collect();
+    for path in ["/api/event-router/v1/events", "/api/event-router/v1/events/feed"] {
+        let parameters = document["paths"][path]["get"]["parameters"].as_array().unwrap();
+        let name = parameters.iter().find(|p| p["name"] == "name").unwrap();
+        let listed: Vec<&str> = name["schema"]["enum"].as_array().unwrap().iter().map(|n| n.as_str().unwrap()).collect();
+        assert_eq!(listed, catalog, "{path}: api/openapi.json's `name` enum must list api/events.yaml's events, in order");
+    }
+}
