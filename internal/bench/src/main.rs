@@ -18,6 +18,8 @@
 //!
 //! Results go to `bench/results/<timestamp>.{json,md}`.
 
+mod api;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -89,6 +91,18 @@ struct Args {
     /// Skip the ceilings and comparisons (for profiling the service alone).
     #[arg(long)]
     end_to_end_only: bool,
+    /// Events in the table for the events API step (0 skips the step).
+    #[arg(long, default_value_t = 1_000_000)]
+    api_events: u64,
+    /// Orgs those events are spread over.
+    #[arg(long, default_value_t = 1000)]
+    api_orgs: u64,
+    /// First pages requested in the events API step.
+    #[arg(long, default_value_t = 3000)]
+    api_requests: usize,
+    /// Run only the events API step.
+    #[arg(long)]
+    api_only: bool,
     /// After the drain, send at this rate (messages/s) for --steady-seconds and report latency.
     #[arg(long, default_value_t = 2000)]
     steady_rate: u64,
@@ -127,6 +141,10 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     ensure!(args.service.exists(), "{} not found: run `make bench` (it builds it)", args.service.display());
     let mut report = Report::new(&args);
+    if args.api_only {
+        api_step(&args, &mut report).await?;
+        return report.finish(&args.out);
+    }
 
     let broker = DevBroker::start(1)?;
     let base = config(broker.bootstrap_servers(), "postgres://postgres@127.0.0.1:5432/unused", "bench");
@@ -223,7 +241,31 @@ async fn main() -> anyhow::Result<()> {
             "steady_within_50ms": e2e.steady_within_50ms,
         }),
     );
+    if !args.end_to_end_only {
+        api_step(&args, &mut report).await?;
+    }
     report.finish(&args.out)
+}
+
+/// 7. The events API over a large events table (see `api.rs`).
+async fn api_step(args: &Args, report: &mut Report) -> anyhow::Result<()> {
+    if args.api_events == 0 {
+        return Ok(());
+    }
+    let figures = api::step(args.api_events, args.api_orgs, args.api_requests).await?;
+    let by_filter: serde_json::Map<String, Value> =
+        figures.by_filter.iter().map(|(kind, p50, p99)| (kind.to_string(), json!({"p50_ms": p50, "p99_ms": p99}))).collect();
+    report.add(
+        "events API: filtered first pages",
+        figures.requests as u64,
+        figures.elapsed,
+        json!({
+            "events": args.api_events, "orgs": args.api_orgs, "seed_seconds": figures.seed_seconds,
+            "p50_ms": figures.p50_ms, "p99_ms": figures.p99_ms, "max_ms": figures.max_ms, "by_filter": by_filter,
+            "feed_after_commit_p50_ms": figures.feed_p50_ms, "feed_after_commit_max_ms": figures.feed_max_ms,
+        }),
+    );
+    Ok(())
 }
 
 /// Drains every sample topic with a bare consumer in a fresh group.
