@@ -50,12 +50,18 @@ pub(crate) fn demo_case(topics: &DemoTopics, n: u64, base: u64) -> DemoCase {
     let todo = topics.sample("todo-created", varied);
     match n % 10 {
         slot @ 0..=5 => {
-            let (topic_key, samples) = &topics.0[((n / 10 * 6 + slot) % topics.0.len() as u64) as usize];
-            DemoCase {
-                topic_key,
-                outgoing: Outgoing { key: key(topic_key), ..Outgoing::json(&samples.payload(varied), user()) },
-                expect: "stream",
-            }
+            let turn = n / 10 * 6 + slot;
+            let (topic_key, samples) = &topics.0[(turn % topics.0.len() as u64) as usize];
+            let (payload, record_key) = match *topic_key {
+                // Keyed by the host: its reports stay in order on one partition.
+                "host-status-changed" => {
+                    let report = host_life(samples, base, turn / topics.0.len() as u64);
+                    let host = report["host_id"].as_str().map(str::to_owned);
+                    (report, host)
+                }
+                _ => (samples.payload(varied), key(topic_key)),
+            };
+            DemoCase { topic_key, outgoing: Outgoing { key: record_key, ..Outgoing::json(&payload, user()) }, expect: "stream" }
         }
         slot => match ((n / 10) * 4 + (slot - 6)) % 8 {
             0 => invalid(
@@ -100,6 +106,26 @@ pub(crate) fn demo_case(topics: &DemoTopics, n: u64, base: u64) -> DemoCase {
             _ => invalid("demo-unknown", Outgoing::json(&json!({"hello": "world"}), user()), "unknown_topic"),
         },
     }
+}
+
+/// Host report `k` of the demo: each host is reported four times, moving from discovering to
+/// known to installing to error, its NTP validation failing and then passing, so that `make run`
+/// shows every kind of host event (registered, validation failed and fixed, status updated,
+/// failed), not only hosts seen once.
+fn host_life(samples: &TopicSamples, base: u64, k: u64) -> Value {
+    const LIFE: [(&str, &str, &str); 4] = [
+        ("discovering", "failure", "Waiting for the host's clock to synchronize"),
+        ("known", "success", "Host is ready to be installed"),
+        ("installing", "success", "Writing the image to disk"),
+        ("error", "success", "Failed to write the image: disk /dev/sda is read-only"),
+    ];
+    let (status, ntp, status_info) = LIFE[(k % 4) as usize];
+    let mut report = samples.payload(base.wrapping_add(k / 4));
+    report["status"] = json!(status);
+    report["status_info"] = json!(status_info);
+    report["updated_at"] = json!(format!("2026-11-23T10:00:0{}Z", k % 4));
+    report["validations"] = json!([{"id": "ntp-synced", "status": ntp, "message": "NTP is not synchronized"}]);
+    report
 }
 
 /// Sends demo traffic at `rate` messages per second until `stop` (or `count` messages).
