@@ -28,6 +28,8 @@ use crate::outbox::Relay;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::router::Router;
 use crate::store::StoreError;
+use crate::writers::hooks::HookWriter;
+use crate::writers::Writer;
 use crate::{handlers, store};
 
 /// The longest a rebalance waits for revoked partitions' messages in hand (librdkafka holds the
@@ -54,6 +56,9 @@ pub enum StartError {
     Subscribe(#[source] KafkaError),
     #[error("EVENT_STREAM_BROKERS: cannot create the stream producer")]
     StreamProducer(#[source] KafkaError),
+    /// `EVENT_HOOKS_FILE` cannot be used.
+    #[error(transparent)]
+    Hooks(#[from] crate::writers::hooks::HooksError),
     /// The events API's identity schema does not compile.
     #[error(transparent)]
     Schema(#[from] crate::envelope::validate::SchemaError),
@@ -99,6 +104,8 @@ pub struct Application {
     /// The events API's.
     api_listener: TcpListener,
     api_state: ApiState,
+    /// Where events are delivered besides the stream (hooks).
+    writers: Vec<Arc<dyn Writer>>,
     consumer: Arc<RouterConsumer>,
     pipeline: Arc<Pipeline>,
     relay: Option<Relay>,
@@ -147,6 +154,14 @@ impl Application {
         };
         let listener = bind("METRICS_ADDR", config.metrics_addr).await?;
         let api_listener = bind("API_ADDR", config.api_addr).await?;
+        let hooks = match &config.event_hooks_file {
+            Some(path) => crate::writers::hooks::load(path)?,
+            None => Vec::new(),
+        };
+        let writers: Vec<Arc<dyn Writer>> = hooks
+            .into_iter()
+            .map(|hook| Arc::new(HookWriter::new(hook, pool.clone(), telemetry.clone())) as Arc<dyn Writer>)
+            .collect();
         let api_state = ApiState {
             pool: api::pool(config.database_url.expose(), config.api_database_connections)?,
             identity_schema: Arc::new(crate::envelope::identity::compile_schema()?),
@@ -159,6 +174,7 @@ impl Application {
             listener,
             api_listener,
             api_state,
+            writers,
             consumer: Arc::new(consumer),
             pipeline,
             relay,
@@ -222,6 +238,20 @@ impl Application {
             self.config.shutdown_timeout,
             self.config.batching,
         ));
+        let writers_stop = CancellationToken::new();
+        let writing: Vec<_> = self
+            .writers
+            .iter()
+            .map(|writer| {
+                tokio::spawn(crate::writers::run(
+                    self.http_state.pool.clone(),
+                    writer.clone(),
+                    self.config.writer_batch_interval,
+                    self.http_state.telemetry.clone(),
+                    writers_stop.clone(),
+                ))
+            })
+            .collect();
         let relay_stop = CancellationToken::new();
         let relaying = self.relay.map(|relay| tokio::spawn(relay.run(relay_stop.clone(), RELAY_DRAIN_DEADLINE)));
 
@@ -256,6 +286,10 @@ impl Application {
             }
         };
         relay_stop.cancel();
+        writers_stop.cancel();
+        for writer in writing {
+            writer.await.map_err(RunError::panicked("an event writer"))?;
+        }
         if let Some(relaying) = relaying {
             relaying.await.map_err(RunError::panicked("the outbox relay"))?;
         }

@@ -169,6 +169,10 @@ pub struct Config {
     pub inbox_retention: Duration,
     /// `dead_letters` rows older than this are pruned.
     pub dead_letter_retention: Duration,
+    /// The hooks file (`EVENT_HOOKS_FILE`, TOML; see [`crate::writers::hooks`]), if any.
+    pub event_hooks_file: Option<std::path::PathBuf>,
+    /// How often writers look for new events (`WRITER_BATCH_INTERVAL_MS`).
+    pub writer_batch_interval: Duration,
     /// The same event seen again within this long is counted into its first row instead of
     /// adding one (`EVENT_DEDUP_WINDOW`, seconds; zero turns folding off).
     pub event_dedup_window: Duration,
@@ -214,6 +218,8 @@ impl fmt::Debug for Config {
             .field("inbox_retention", &self.inbox_retention)
             .field("dead_letter_retention", &self.dead_letter_retention)
             .field("event_dedup_window", &self.event_dedup_window)
+            .field("event_hooks_file", &self.event_hooks_file)
+            .field("writer_batch_interval", &self.writer_batch_interval)
             .finish()
     }
 }
@@ -373,6 +379,11 @@ impl Config {
         let batching = Batching::from_settings(env)?;
         let inbox_retention = parse_retention(env, "INBOX_RETENTION_HOURS", DEFAULT_INBOX_RETENTION_HOURS)?;
         let dead_letter_retention = parse_retention(env, "DEAD_LETTER_RETENTION_HOURS", DEFAULT_DEAD_LETTER_RETENTION_HOURS)?;
+        let event_hooks_file = env.var("EVENT_HOOKS_FILE").filter(|path| !path.is_empty()).map(std::path::PathBuf::from);
+        let writer_batch_interval = Duration::from_millis(parse_bounded(env, "WRITER_BATCH_INTERVAL_MS", 1000, 60_000)?);
+        if writer_batch_interval < Duration::from_millis(10) {
+            return Err(invalid("WRITER_BATCH_INTERVAL_MS", "must be at least 10"));
+        }
         let event_dedup_window =
             Duration::from_secs(parse_bounded(env, "EVENT_DEDUP_WINDOW", DEFAULT_EVENT_DEDUP_WINDOW_SECONDS, DAY_SECONDS)?);
 
@@ -395,6 +406,8 @@ impl Config {
             inbox_retention,
             dead_letter_retention,
             event_dedup_window,
+            event_hooks_file,
+            writer_batch_interval,
         })
     }
 }

@@ -83,6 +83,57 @@ impl Telemetry {
         );
     }
 
+    /// A writer is configured: its series exist from the first scrape.
+    pub(crate) fn writer_configured(&self, writer: &str) {
+        self.metrics.writer_backlog.with_label_values(&[writer]);
+        self.metrics.writer_oldest_age_seconds.with_label_values(&[writer]);
+        self.metrics.writer_delivered.with_label_values(&[writer]);
+        self.metrics.writer_errors.with_label_values(&[writer]);
+    }
+
+    /// A hook is configured: its series exist from the first scrape.
+    pub(crate) fn hook_configured(&self, hook: &str) {
+        for result in ["ok", "failed", "given_up"] {
+            self.metrics.hook_runs.with_label_values(&[hook, result]);
+        }
+    }
+
+    /// A writer's backlog, read before each batch.
+    pub(crate) fn writer_backlog(&self, writer: &str, count: i64, oldest: Option<chrono::DateTime<chrono::Utc>>) {
+        self.metrics.writer_backlog.with_label_values(&[writer]).set(count);
+        let age = oldest.map_or(0.0, |t| (chrono::Utc::now() - t).num_milliseconds().max(0) as f64 / 1000.0);
+        self.metrics.writer_oldest_age_seconds.with_label_values(&[writer]).set(age);
+    }
+
+    /// A writer confirmed `count` events.
+    pub(crate) fn writer_delivered(&self, writer: &str, count: usize) {
+        self.metrics.writer_delivered.with_label_values(&[writer]).inc_by(count as u64);
+    }
+
+    /// A writer's batch failed; its dispatcher tries again after `retry_in`.
+    pub(crate) fn writer_failed(&self, writer: &str, error: &crate::writers::WriterError, retry_in: Duration) {
+        self.metrics.writer_errors.with_label_values(&[writer]).inc();
+        tracing::warn!(writer, %error, retry_in_ms = retry_in.as_millis() as u64, "event writer failed; trying the batch again");
+    }
+
+    /// One run of a hook's command.
+    pub(crate) fn hook_ran(&self, hook: &str, event_id: i64, attempt: u32, took: Duration, error: Option<&String>) {
+        let result = if error.is_some() { "failed" } else { "ok" };
+        self.metrics.hook_runs.with_label_values(&[hook, result]).inc();
+        match error {
+            None => tracing::info!(hook, event_id, attempt, duration_ms = took.as_millis() as u64, "hook ran"),
+            Some(error) => {
+                tracing::warn!(hook, event_id, attempt, duration_ms = took.as_millis() as u64, %error, "hook failed")
+            }
+        }
+    }
+
+    /// A hook gave up on an event after its attempts; recorded in `writer_failures`.
+    pub(crate) fn hook_gave_up(&self, hook: &str, event_id: i64, attempts: u32) {
+        self.metrics.hook_runs.with_label_values(&[hook, "given_up"]).inc();
+        tracing::error!(hook, event_id, attempts, "hook gave up on the event after its attempts; recorded in writer_failures");
+    }
+
     /// A message reached a final outcome; its offset may now advance.
     pub(crate) fn message_finished(&self, topic: &str, outcome: Outcome) {
         self.metrics.processed.with_label_values(&[self.label(topic), outcome.as_str()]).inc();

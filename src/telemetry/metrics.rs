@@ -46,6 +46,11 @@ pub struct Metrics {
     pub events_emitted: IntCounterVec,
     pub events_folded: IntCounterVec,
     pub events_dropped: IntCounter,
+    pub writer_backlog: IntGaugeVec,
+    pub writer_oldest_age_seconds: prometheus::GaugeVec,
+    pub writer_delivered: IntCounterVec,
+    pub writer_errors: IntCounterVec,
+    pub hook_runs: IntCounterVec,
     pub build_info: IntGaugeVec,
 }
 
@@ -160,6 +165,24 @@ impl Metrics {
             events_dropped: counter(
                 "event_router_events_dropped_total",
                 "Catalog events not recorded because their message caused more than events::MAX_PER_MESSAGE.",
+            ),
+            writer_backlog: register(
+                &registry,
+                IntGaugeVec::new(Opts::new("event_router_writer_backlog", "Events a writer has not yet confirmed (counted up to 100,000)."), &["writer"]),
+            ),
+            writer_oldest_age_seconds: register(
+                &registry,
+                prometheus::GaugeVec::new(
+                    Opts::new("event_router_writer_oldest_undelivered_age_seconds", "Age of the oldest event a writer has not yet confirmed; 0 when none."),
+                    &["writer"],
+                ),
+            ),
+            writer_delivered: counters("event_router_writer_delivered_total", "Events a writer confirmed.", &["writer"]),
+            writer_errors: counters("event_router_writer_errors_total", "Batches a writer or its dispatcher failed, to be tried again.", &["writer"]),
+            hook_runs: counters(
+                "event_router_hook_runs_total",
+                "Hook command runs, by hook and result (ok, failed, and given_up once its attempts are spent).",
+                &["hook", "result"],
             ),
             build_info: register(
                 &registry,

@@ -12,6 +12,7 @@ mod events;
 mod faults;
 mod handler_retries;
 mod happy_path;
+mod hooks;
 mod hostile;
 mod memory;
 mod operability;

@@ -104,7 +104,10 @@ fn promtool(args: &[&str], stdin: &str) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_deploy_files_use_only_real_metrics() {
-    let app = spawn_app().await;
+    // With a hook, so that the writers' series exist too.
+    let hooks = std::env::temp_dir().join(format!("hooks-metrics-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&hooks, "[[hook]]\nname = \"noop\"\nevents = \"all\"\ncommand = [\"true\"]\n").unwrap();
+    let app = testkit::spawn_app_with(&[("EVENT_HOOKS_FILE", hooks.to_str().unwrap())]).await;
     app.send("todo-created", &Outgoing::json(&testkit::todo(1), IdentityHeader::Document(samples::user_identity("1")))).await;
     eventually(Duration::from_secs(30), "a message handled", || async { app.db.count("todos").await == 1 }).await;
     // Consumer lag is a series per owned partition, reported from librdkafka's statistics.
@@ -141,6 +144,7 @@ async fn metrics_pass_promtool_and_deploy_files_use_only_real_metrics() {
         }
     }
     app.stop().await;
+    let _ = std::fs::remove_file(hooks);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
