@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Tools the tests call besides cargo: promtool (Debian package `prometheus`) checks the metrics
-# output and the alert rules; tansu is the second Kafka implementation.
+# output and the alert rules; rsyslog receives the syslog writer's messages; tansu is the
+# second Kafka implementation.
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 if ! command -v promtool >/dev/null && command -v dpkg-query >/dev/null; then
@@ -9,6 +10,15 @@ if ! command -v promtool >/dev/null && command -v dpkg-query >/dev/null; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null
 fi
 command -v promtool >/dev/null || { echo "promtool is required by the tests: install Prometheus' promtool" >&2; exit 1; }
+
+# rsyslog (Debian) is the syslog receiver the syslog writer's tests send to; its daemon is not
+# started here, the tests run their own on loopback ports.
+if ! command -v rsyslogd >/dev/null && ! [ -x /usr/sbin/rsyslogd ] && command -v dpkg-query >/dev/null; then
+  say "installing rsyslog (Debian package, for the syslog writer's tests)"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends rsyslog >/dev/null
+fi
+{ command -v rsyslogd >/dev/null || [ -x /usr/sbin/rsyslogd ]; } || { echo "rsyslogd is required by the tests: install rsyslog" >&2; exit 1; }
 
 # tansu 0.6.0, the second broker implementation the happy path and group scaling also run
 # against. Most of a fresh machine's `make test` was compiling it; the tests send a few hundred

@@ -29,6 +29,7 @@ use crate::pipeline::{Pipeline, PipelineError};
 use crate::router::Router;
 use crate::store::StoreError;
 use crate::writers::hooks::HookWriter;
+use crate::writers::syslog::SyslogWriter;
 use crate::writers::Writer;
 use crate::{handlers, store};
 
@@ -158,10 +159,14 @@ impl Application {
             Some(path) => crate::writers::hooks::load(path)?,
             None => Vec::new(),
         };
-        let writers: Vec<Arc<dyn Writer>> = hooks
+        let mut writers: Vec<Arc<dyn Writer>> = hooks
             .into_iter()
             .map(|hook| Arc::new(HookWriter::new(hook, pool.clone(), telemetry.clone())) as Arc<dyn Writer>)
             .collect();
+        if let Some(addr) = &config.syslog_addr {
+            telemetry.writer_configured("syslog");
+            writers.push(Arc::new(SyslogWriter::new(addr.clone(), config.syslog_facility)));
+        }
         let api_state = ApiState {
             pool: api::pool(config.database_url.expose(), config.api_database_connections)?,
             identity_schema: Arc::new(crate::envelope::identity::compile_schema()?),

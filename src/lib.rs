@@ -31,8 +31,8 @@
 //! - [`message`] is a consumed record as the service sees it (headers read as bytes).
 //! - [`topics`] is generated at build time from `api/event/*.event.json`.
 //! - [`telemetry`] logs and counts; [`http`] serves `/metrics`, `/healthz`, `/readyz`.
-//! - [`writers`] hands every event to each configured writer (hooks that run a command), in
-//!   order, at least once, from durable cursors.
+//! - [`writers`] hands every event to each configured writer (syslog, hooks that run a command),
+//!   in order, at least once, from durable cursors.
 //! - [`api`] is the events API people and scripts read (list, feed, state), tenant-scoped by
 //!   `x-rh-identity`, and the client `event-router events` talks through.
 //! - [`app`] assembles it all; [`config`] reads the environment.

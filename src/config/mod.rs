@@ -171,6 +171,10 @@ pub struct Config {
     pub dead_letter_retention: Duration,
     /// The hooks file (`EVENT_HOOKS_FILE`, TOML; see [`crate::writers::hooks`]), if any.
     pub event_hooks_file: Option<std::path::PathBuf>,
+    /// Where the syslog writer sends events (`SYSLOG_ADDR`), if anywhere.
+    pub syslog_addr: Option<crate::writers::syslog::SyslogAddr>,
+    /// The syslog facility (`SYSLOG_FACILITY`, default `local0`).
+    pub syslog_facility: u8,
     /// How often writers look for new events (`WRITER_BATCH_INTERVAL_MS`).
     pub writer_batch_interval: Duration,
     /// The same event seen again within this long is counted into its first row instead of
@@ -220,6 +224,8 @@ impl fmt::Debug for Config {
             .field("event_dedup_window", &self.event_dedup_window)
             .field("event_hooks_file", &self.event_hooks_file)
             .field("writer_batch_interval", &self.writer_batch_interval)
+            .field("syslog_addr", &self.syslog_addr)
+            .field("syslog_facility", &self.syslog_facility)
             .finish()
     }
 }
@@ -380,6 +386,15 @@ impl Config {
         let inbox_retention = parse_retention(env, "INBOX_RETENTION_HOURS", DEFAULT_INBOX_RETENTION_HOURS)?;
         let dead_letter_retention = parse_retention(env, "DEAD_LETTER_RETENTION_HOURS", DEFAULT_DEAD_LETTER_RETENTION_HOURS)?;
         let event_hooks_file = env.var("EVENT_HOOKS_FILE").filter(|path| !path.is_empty()).map(std::path::PathBuf::from);
+        let syslog_addr = match env.var("SYSLOG_ADDR").filter(|addr| !addr.is_empty()) {
+            Some(addr) => {
+                Some(crate::writers::syslog::SyslogAddr::parse(&addr).map_err(|problem| invalid("SYSLOG_ADDR", problem))?)
+            }
+            None => None,
+        };
+        let syslog_facility =
+            crate::writers::syslog::parse_facility(&env.var("SYSLOG_FACILITY").unwrap_or_else(|| "local0".into()))
+                .map_err(|problem| invalid("SYSLOG_FACILITY", problem))?;
         let writer_batch_interval = Duration::from_millis(parse_bounded(env, "WRITER_BATCH_INTERVAL_MS", 1000, 60_000)?);
         if writer_batch_interval < Duration::from_millis(10) {
             return Err(invalid("WRITER_BATCH_INTERVAL_MS", "must be at least 10"));
@@ -408,6 +423,8 @@ impl Config {
             event_dedup_window,
             event_hooks_file,
             writer_batch_interval,
+            syslog_addr,
+            syslog_facility,
         })
     }
 }
@@ -606,6 +623,13 @@ mod tests {
             (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
             (&[("DATABASE_MAX_CONNECTIONS", "0")], "DATABASE_MAX_CONNECTIONS"),
             (&[("METRICS_ADDR", "9000")], "METRICS_ADDR"),
+            (&[("API_ADDR", "localhost")], "API_ADDR"),
+            (&[("API_DATABASE_MAX_CONNECTIONS", "0")], "API_DATABASE_MAX_CONNECTIONS"),
+            (&[("EVENT_DEDUP_WINDOW", "-1")], "EVENT_DEDUP_WINDOW"),
+            (&[("WRITER_BATCH_INTERVAL_MS", "5")], "WRITER_BATCH_INTERVAL_MS"),
+            (&[("SYSLOG_ADDR", "syslog.example.com:514")], "SYSLOG_ADDR"),
+            (&[("SYSLOG_ADDR", "tcp://logs:0")], "SYSLOG_ADDR"),
+            (&[("SYSLOG_FACILITY", "local9")], "SYSLOG_FACILITY"),
             (&[("HANDLER_MAX_ATTEMPTS", "0")], "HANDLER_MAX_ATTEMPTS"),
             (&[("READINESS_STALL_SECONDS", "a while")], "READINESS_STALL_SECONDS"),
             (&[("MAX_MESSAGE_BYTES", "0")], "MAX_MESSAGE_BYTES"),

@@ -1,5 +1,5 @@
-//! Writers: every event, handed to each configured writer (hooks now; syslog next), in order,
-//! at least once.
+//! Writers: every event, handed to each configured writer (syslog, hooks), in order, at least
+//! once.
 //!
 //! One dispatcher task per writer reads the events after the writer's cursor every
 //! `WRITER_BATCH_INTERVAL_MS` (at once again when a batch was full), hands them over, and moves
@@ -18,6 +18,7 @@
 //! writer's failure never holds up another's cursor or the message pipeline.
 
 pub mod hooks;
+pub mod syslog;
 
 use std::sync::Arc;
 use std::time::Duration;

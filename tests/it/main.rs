@@ -23,4 +23,5 @@ mod retention;
 mod scaling;
 mod schema_build;
 mod stream_outbox;
+mod syslog;
 mod tansu;
