@@ -200,12 +200,20 @@ async fn service_process(broker: &str, db: &testkit::TestDb, hooks: &Path) -> to
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn after_a_sigkill_mid_dispatch_every_event_reaches_the_hook_at_least_once() {
+async fn after_a_sigkill_mid_dispatch_every_event_reaches_every_hook_at_least_once() {
     let scratch = Scratch::new();
     let out = scratch.0.display().to_string();
     let slow = scratch.script("slow.sh", &format!("echo $EVENT_ID >> {out}/ids.txt\nsleep 0.1"));
-    let hooks =
-        scratch.file("hooks.toml", &format!("[[hook]]\nname = \"slow\"\nevents = \"all\"\ncommand = [\"{}\"]\n", slow.display()));
+    let quick = scratch.script("quick.sh", &format!("echo $EVENT_ID >> {out}/quick.txt"));
+    let hooks = scratch.file(
+        "hooks.toml",
+        &format!(
+            "[[hook]]\nname = \"slow\"\nevents = \"all\"\ncommand = [\"{}\"]\n\n\
+             [[hook]]\nname = \"quick\"\nevents = \"all\"\ncommand = [\"{}\"]\n",
+            slow.display(),
+            quick.display()
+        ),
+    );
     let db = std::sync::Arc::new(testkit::TestDb::create().await);
     let broker = testkit::start_broker(&testkit::test_config("127.0.0.1:1", &db.url, "probe", &[]));
     let config = testkit::test_config(broker.bootstrap_servers(), &db.url, "hooks-kill", &[]);
@@ -227,9 +235,11 @@ async fn after_a_sigkill_mid_dispatch_every_event_reaches_the_hook_at_least_once
         eventually(WAIT, "all 40 events recorded", || async { db.count("events").await == 40 }).await;
         sqlx::query_scalar("SELECT id FROM events ORDER BY id").fetch_all(&db.pool).await.unwrap()
     };
-    eventually(WAIT, "every event reached the hook", || async {
-        let seen: std::collections::HashSet<i64> = scratch.read("ids.txt").lines().filter_map(|l| l.parse().ok()).collect();
-        all.iter().all(|id| seen.contains(id))
+    eventually(WAIT, "every event reached both hooks", || async {
+        ["ids.txt", "quick.txt"].iter().all(|file| {
+            let seen: std::collections::HashSet<i64> = scratch.read(file).lines().filter_map(|l| l.parse().ok()).collect();
+            all.iter().all(|id| seen.contains(id))
+        })
     })
     .await;
     let handed: Vec<i64> = scratch.read("ids.txt").lines().filter_map(|l| l.parse().ok()).collect();
