@@ -228,8 +228,11 @@ impl Application {
         let sampling = tokio::spawn(sample_outbox(self.http_state.clone(), http_stop.clone()));
         let pruning = tokio::spawn(store::retention::run(
             self.http_state.pool.clone(),
-            self.config.inbox_retention,
-            self.config.dead_letter_retention,
+            store::retention::Retention {
+                inbox: self.config.inbox_retention,
+                dead_letters: self.config.dead_letter_retention,
+                events: self.config.events_retention,
+            },
             store::retention::DEFAULT_INTERVAL,
             http_stop.clone(),
         ));

@@ -169,6 +169,8 @@ pub struct Config {
     pub inbox_retention: Duration,
     /// `dead_letters` rows older than this are pruned.
     pub dead_letter_retention: Duration,
+    /// Events last seen longer ago than this are pruned, once every writer has passed them.
+    pub events_retention: Duration,
     /// The hooks file (`EVENT_HOOKS_FILE`, TOML; see [`crate::writers::hooks`]), if any.
     pub event_hooks_file: Option<std::path::PathBuf>,
     /// Where the syslog writer sends events (`SYSLOG_ADDR`), if anywhere.
@@ -221,6 +223,7 @@ impl fmt::Debug for Config {
             .field("batching", &self.batching)
             .field("inbox_retention", &self.inbox_retention)
             .field("dead_letter_retention", &self.dead_letter_retention)
+            .field("events_retention", &self.events_retention)
             .field("event_dedup_window", &self.event_dedup_window)
             .field("event_hooks_file", &self.event_hooks_file)
             .field("writer_batch_interval", &self.writer_batch_interval)
@@ -300,6 +303,7 @@ pub(crate) const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
 /// 14 days: well above the usual 7-day topic retention (see [`crate::store::retention`]).
 pub(crate) const DEFAULT_INBOX_RETENTION_HOURS: u64 = 14 * 24;
 pub(crate) const DEFAULT_EVENT_DEDUP_WINDOW_SECONDS: u64 = 60;
+pub(crate) const DEFAULT_EVENTS_RETENTION_HOURS: u64 = 90 * 24;
 pub(crate) const DEFAULT_DEAD_LETTER_RETENTION_HOURS: u64 = 30 * 24;
 
 const DAY_SECONDS: u64 = 24 * 60 * 60;
@@ -385,6 +389,7 @@ impl Config {
         let batching = Batching::from_settings(env)?;
         let inbox_retention = parse_retention(env, "INBOX_RETENTION_HOURS", DEFAULT_INBOX_RETENTION_HOURS)?;
         let dead_letter_retention = parse_retention(env, "DEAD_LETTER_RETENTION_HOURS", DEFAULT_DEAD_LETTER_RETENTION_HOURS)?;
+        let events_retention = parse_retention(env, "EVENTS_RETENTION_HOURS", DEFAULT_EVENTS_RETENTION_HOURS)?;
         let event_hooks_file = env.var("EVENT_HOOKS_FILE").filter(|path| !path.is_empty()).map(std::path::PathBuf::from);
         let syslog_addr = match env.var("SYSLOG_ADDR").filter(|addr| !addr.is_empty()) {
             Some(addr) => {
@@ -420,6 +425,7 @@ impl Config {
             batching,
             inbox_retention,
             dead_letter_retention,
+            events_retention,
             event_dedup_window,
             event_hooks_file,
             writer_batch_interval,

@@ -10,6 +10,10 @@
 //! replaying again has no effect. So `DEAD_LETTER_RETENTION_HOURS` (default 30 days) must stay
 //! above the retention of the consumed topics and of the dead-letter topic.
 //!
+//! Events (`EVENTS_RETENTION_HOURS`, default 90 days, by when they were last seen) go too, but
+//! never one a writer has not delivered yet: a writer that is far behind keeps its events until
+//! it has passed them, so pruning cannot lose a delivery.
+//!
 //! Rows are deleted oldest-first in bounded batches, each its own statement and transaction, so
 //! pruning a large backlog neither holds locks for long nor builds one huge transaction. The age
 //! columns have BRIN indexes (migration 0006), which cost the insert path almost nothing.
@@ -25,16 +29,25 @@ pub const BATCH_ROWS: i64 = 10_000;
 /// How often [`run`] prunes by default.
 pub(crate) const DEFAULT_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
+/// How long each kind of row is kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    pub inbox: Duration,
+    pub dead_letters: Duration,
+    pub events: Duration,
+}
+
 /// Rows deleted by one [`prune`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
     pub inbox: u64,
     pub dead_letters: u64,
+    pub events: u64,
 }
 
 impl Pruned {
     pub fn total(&self) -> u64 {
-        self.inbox + self.dead_letters
+        self.inbox + self.dead_letters + self.events
     }
 }
 
@@ -48,11 +61,19 @@ const PRUNE_DEAD_LETTERS: &str = "DELETE FROM dead_letters WHERE ctid = ANY(ARRA
         WHERE dead_lettered_at < now() - make_interval(secs => $1)
         LIMIT $2))";
 
-/// Deletes inbox rows older than `inbox` and dead letters older than `dead_letters`.
-pub async fn prune(pool: &PgPool, inbox: Duration, dead_letters: Duration) -> Result<Pruned, sqlx::Error> {
+// An event stays while any writer has yet to pass it.
+const PRUNE_EVENTS: &str = "DELETE FROM events WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM events
+        WHERE last_seen < now() - make_interval(secs => $1)
+          AND NOT EXISTS (SELECT 1 FROM writer_progress AS w WHERE (events.tx_id, events.id) > (w.tx_id, w.event_id))
+        LIMIT $2))";
+
+/// Deletes the rows past their retention.
+pub async fn prune(pool: &PgPool, retention: &Retention) -> Result<Pruned, sqlx::Error> {
     Ok(Pruned {
-        inbox: delete_older(pool, PRUNE_INBOX, inbox).await?,
-        dead_letters: delete_older(pool, PRUNE_DEAD_LETTERS, dead_letters).await?,
+        inbox: delete_older(pool, PRUNE_INBOX, retention.inbox).await?,
+        dead_letters: delete_older(pool, PRUNE_DEAD_LETTERS, retention.dead_letters).await?,
+        events: delete_older(pool, PRUNE_EVENTS, retention.events).await?,
     })
 }
 
@@ -71,7 +92,7 @@ async fn delete_older(pool: &PgPool, sql: &'static str, older_than: Duration) ->
 
 /// Prunes every `every` until `stop`, starting right away. A failure is logged and the next round
 /// tries again.
-pub async fn run(pool: PgPool, inbox: Duration, dead_letters: Duration, every: Duration, stop: CancellationToken) {
+pub async fn run(pool: PgPool, retention: Retention, every: Duration, stop: CancellationToken) {
     let mut ticks = tokio::time::interval(every);
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -83,14 +104,19 @@ pub async fn run(pool: PgPool, inbox: Duration, dead_letters: Duration, every: D
         // was deleted stays deleted and the rest waits for the next start.
         let result = tokio::select! {
             _ = stop.cancelled() => return,
-            result = prune(&pool, inbox, dead_letters) => result,
+            result = prune(&pool, &retention) => result,
         };
         match result {
             Ok(pruned) if pruned.total() > 0 => {
-                tracing::info!(inbox = pruned.inbox, dead_letters = pruned.dead_letters, "pruned rows past their retention");
+                tracing::info!(
+                    inbox = pruned.inbox,
+                    dead_letters = pruned.dead_letters,
+                    events = pruned.events,
+                    "pruned rows past their retention"
+                );
             }
             Ok(_) => {}
-            Err(error) => tracing::warn!(%error, "pruning the inbox and dead letters failed; trying again later"),
+            Err(error) => tracing::warn!(%error, "pruning the inbox, dead letters and events failed; trying again later"),
         }
     }
 }

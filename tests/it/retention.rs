@@ -1,15 +1,20 @@
-//! Retention: inbox rows and dead letters older than their retention are pruned, in batches, and
-//! nothing younger is touched.
+//! Retention: inbox rows, dead letters and events older than their retention are pruned, in
+//! batches, nothing younger is touched, and no event a writer has yet to deliver.
 
 use std::time::Duration;
 
-use event_router::store::retention::{self, Pruned, BATCH_ROWS};
+use event_router::store::retention::{self, Pruned, Retention, BATCH_ROWS};
 use testkit::TestDb;
 use tokio_util::sync::CancellationToken;
 
 const HOUR: Duration = Duration::from_secs(3600);
 const INBOX_RETENTION: Duration = Duration::from_secs(14 * 24 * 3600);
 const DEAD_LETTER_RETENTION: Duration = Duration::from_secs(30 * 24 * 3600);
+const EVENTS_RETENTION: Duration = Duration::from_secs(90 * 24 * 3600);
+
+fn retention(inbox: Duration) -> Retention {
+    Retention { inbox, dead_letters: DEAD_LETTER_RETENTION, events: EVENTS_RETENTION }
+}
 
 /// Inbox rows for offsets `offsets` of `topic`, processed `age_hours` ago.
 async fn insert_inbox(db: &TestDb, topic: &str, offsets: std::ops::Range<i64>, age_hours: i64) {
@@ -75,19 +80,19 @@ async fn prune_deletes_exactly_the_rows_past_their_retention() {
     // A dead letter younger than its own retention but older than the inbox's stays.
     insert_dead_letters(&db, "new", 0..3, 15 * 24).await;
 
-    let pruned = retention::prune(&db.pool, INBOX_RETENTION, DEAD_LETTER_RETENTION).await.unwrap();
+    let pruned = retention::prune(&db.pool, &retention(INBOX_RETENTION)).await.unwrap();
 
-    assert_eq!(pruned, Pruned { inbox: old_inbox as u64 + 3, dead_letters: 7 });
+    assert_eq!(pruned, Pruned { inbox: old_inbox as u64 + 3, dead_letters: 7, events: 0 });
     assert_eq!(topics_left(&db, "processed_messages").await, [("new".to_string(), 5), ("young".to_string(), 4)]);
     assert_eq!(topics_left(&db, "dead_letters").await, [("new".to_string(), 3), ("young".to_string(), 2)]);
 
     // Nothing more is old enough.
-    let again = retention::prune(&db.pool, INBOX_RETENTION, DEAD_LETTER_RETENTION).await.unwrap();
+    let again = retention::prune(&db.pool, &retention(INBOX_RETENTION)).await.unwrap();
     assert_eq!(again, Pruned::default());
 
     // A shorter retention reaches younger rows; each table has its own.
-    let pruned = retention::prune(&db.pool, 2 * HOUR, DEAD_LETTER_RETENTION).await.unwrap();
-    assert_eq!(pruned, Pruned { inbox: 4, dead_letters: 0 });
+    let pruned = retention::prune(&db.pool, &retention(2 * HOUR)).await.unwrap();
+    assert_eq!(pruned, Pruned { inbox: 4, dead_letters: 0, events: 0 });
     assert_eq!(topics_left(&db, "processed_messages").await, [("new".to_string(), 5)]);
     db.drop_database().await;
 }
@@ -100,13 +105,7 @@ async fn the_retention_task_prunes_until_stopped() {
     insert_inbox(&db, "new", 0..1, 0).await;
 
     let stop = CancellationToken::new();
-    let task = tokio::spawn(retention::run(
-        db.pool.clone(),
-        INBOX_RETENTION,
-        DEAD_LETTER_RETENTION,
-        Duration::from_millis(50),
-        stop.clone(),
-    ));
+    let task = tokio::spawn(retention::run(db.pool.clone(), retention(INBOX_RETENTION), Duration::from_millis(50), stop.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while db.count("processed_messages").await != 1 || db.count("dead_letters").await != 0 {
         assert!(tokio::time::Instant::now() < deadline, "the retention task did not prune within 10 s");
@@ -121,5 +120,53 @@ async fn the_retention_task_prunes_until_stopped() {
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("the retention task stops").unwrap();
     assert_eq!(db.count("processed_messages").await, 1);
+    db.drop_database().await;
+}
+
+/// `count` events last seen `age_hours` ago, each in a transaction of its own (so each has its
+/// own `tx_id`, as events written by different messages do); their ids.
+async fn insert_events(db: &TestDb, count: usize, age_hours: i32) -> Vec<i64> {
+    let mut ids = Vec::new();
+    for _ in 0..count {
+        let id: i64 = sqlx::query_scalar(
+            "INSERT INTO events (name, severity, message, event_time, cluster_id, properties, org_id, request_id,
+                                 source_topic, source_partition, source_offset, first_seen, last_seen, dedup_key)
+             SELECT 'cluster_install_completed', 'info', 'm', t, gen_random_uuid(), '{}', '42', 'r', 't', 0, 0, t, t,
+                    decode(md5(random()::text), 'hex')
+               FROM (SELECT now() - make_interval(hours => $1) AS t) AS at
+             RETURNING id",
+        )
+        .bind(age_hours)
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+        ids.push(id);
+    }
+    ids
+}
+
+#[tokio::test]
+async fn old_events_go_but_not_before_every_writer_has_passed_them() {
+    let db = TestDb::create().await;
+    let old = insert_events(&db, 6, 91 * 24).await;
+    let young = insert_events(&db, 2, 89 * 24).await;
+    // A writer that has delivered the first four old events, and no further.
+    sqlx::query("INSERT INTO writer_progress (writer, tx_id, event_id) SELECT 'hook:slow', tx_id, id FROM events WHERE id = $1")
+        .bind(old[3])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let pruned = retention::prune(&db.pool, &retention(INBOX_RETENTION)).await.unwrap();
+    assert_eq!(pruned.events, 4, "the old events the writer has passed");
+    let left: Vec<i64> = sqlx::query_scalar("SELECT id FROM events ORDER BY id").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(left, [&old[4..], &young[..]].concat());
+    // Once the writer has passed everything, the rest of the old events go; the young stay.
+    sqlx::query("UPDATE writer_progress SET tx_id = e.tx_id, event_id = e.id FROM events AS e WHERE e.id = $1")
+        .bind(young[1])
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(retention::prune(&db.pool, &retention(INBOX_RETENTION)).await.unwrap().events, 2);
+    assert_eq!(db.count("events").await, 2);
     db.drop_database().await;
 }
