@@ -22,6 +22,7 @@ mod replay;
 mod retention;
 mod scaling;
 mod schema_build;
+mod spool;
 mod stream_outbox;
 mod syslog;
 mod tansu;

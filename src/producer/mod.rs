@@ -1,0 +1,299 @@
+//! The producer library: validate a message exactly as the service will, then send it with the
+//! identity and request-id headers set.
+//!
+//! Validation reuses the service's own envelope step on the message as it would arrive, so a
+//! producer learns before sending the same reason code the service would dead-letter it with.
+
+pub mod spool;
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::config::{KafkaConfig, TopicConfig};
+use crate::envelope::validate::SchemaError;
+use crate::envelope::{self, identity::encode_identity, Rejection, Validators, IDENTITY_HEADER, REQUEST_ID_HEADER};
+use crate::kafka::{Delivery, Publisher};
+use crate::message::{header_refs, Header, RawMessage};
+
+/// The identity to put in `x-rh-identity`.
+#[derive(Debug, Clone)]
+pub enum IdentityHeader {
+    /// A decoded identity document, encoded here.
+    Document(Value),
+    /// An already encoded header value, sent as is.
+    Encoded(String),
+    /// No identity header at all.
+    Absent,
+}
+
+/// One message to send.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub key: Option<String>,
+    /// The message value; usually JSON text.
+    pub value: Vec<u8>,
+    pub identity: IdentityHeader,
+    /// Generated (UUID v4) when absent.
+    pub request_id: Option<String>,
+}
+
+impl Outgoing {
+    pub fn json(payload: &Value, identity: IdentityHeader) -> Self {
+        Outgoing { key: None, value: payload.to_string().into_bytes(), identity, request_id: None }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProduceError {
+    #[error("rejected before sending: {0}")]
+    Rejected(Rejection),
+    #[error("Kafka did not accept the message: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// Kafka could not take it and neither could the spool (full, or its disk failed).
+    #[error("Kafka could not take the message and the spool could not keep it: {0}")]
+    Spool(#[from] spool::SpoolError),
+}
+
+/// What became of a message handed to [`EventProducer::send_or_spool`].
+#[derive(Debug, Clone)]
+pub enum Handed {
+    /// Kafka acknowledged it.
+    Sent(Sent),
+    /// Kafka could not take it now; it is on disk and will be sent by [`EventProducer::resend_spooled`].
+    Spooled { topic: String, request_id: String },
+}
+
+/// Where and how the producer keeps what Kafka cannot take now.
+#[derive(Debug, Clone)]
+pub struct SpoolSettings {
+    /// `PRODUCER_SPOOL_DIR`.
+    pub dir: std::path::PathBuf,
+    /// `PRODUCER_SPOOL_MAX_BYTES`: undelivered bytes the spool may hold.
+    pub max_bytes: u64,
+    /// How long one send waits for Kafka before the message is spooled instead.
+    pub delivery_timeout: std::time::Duration,
+}
+
+/// What the spool holds now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SpoolStatus {
+    pub pending_bytes: u64,
+    /// When the oldest message waiting was spooled (ms since the epoch).
+    pub oldest_spooled_at_ms: Option<i64>,
+    pub spooled_total: u64,
+    pub resent_total: u64,
+}
+
+/// A producer's spool and its counts.
+struct SpoolState {
+    spool: std::sync::Mutex<spool::Spool>,
+    spooled: std::sync::atomic::AtomicU64,
+    resent: std::sync::atomic::AtomicU64,
+}
+
+/// Why an [`EventProducer`] could not be created.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    /// The spool directory cannot be used (in use by another process, unreadable).
+    #[error(transparent)]
+    Spool(#[from] spool::SpoolError),
+    /// The Kafka producer could not be created (a bad client setting).
+    #[error(transparent)]
+    Kafka(#[from] rdkafka::error::KafkaError),
+    /// A schema does not compile.
+    #[error(transparent)]
+    Schema(#[from] SchemaError),
+}
+
+/// What was sent, where.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub topic: String,
+    pub request_id: String,
+    pub delivery: Delivery,
+}
+
+pub struct EventProducer {
+    publisher: Publisher,
+    validators: Validators,
+    topics: TopicConfig,
+    spool: Option<SpoolState>,
+}
+
+/// Messages re-sent from the spool per round.
+const RESEND_BATCH: usize = 500;
+
+impl SpoolState {
+    fn lock(&self) -> std::sync::MutexGuard<'_, spool::Spool> {
+        self.spool.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+impl EventProducer {
+    pub fn new(kafka: &KafkaConfig, topics: &TopicConfig) -> Result<Self, SetupError> {
+        Ok(EventProducer {
+            publisher: Publisher::new(kafka)?,
+            validators: Validators::compile(topics)?,
+            topics: topics.clone(),
+            spool: None,
+        })
+    }
+
+    /// A producer that spools what Kafka cannot take within `settings.delivery_timeout`
+    /// ([`EventProducer::send_or_spool`]) instead of failing.
+    pub fn with_spool(kafka: &KafkaConfig, topics: &TopicConfig, settings: &SpoolSettings) -> Result<Self, SetupError> {
+        let spool = spool::Spool::open(&settings.dir, settings.max_bytes)?;
+        Ok(EventProducer {
+            publisher: Publisher::with_timeout(kafka, settings.delivery_timeout)?,
+            validators: Validators::compile(topics)?,
+            topics: topics.clone(),
+            spool: Some(SpoolState {
+                spool: std::sync::Mutex::new(spool),
+                spooled: Default::default(),
+                resent: Default::default(),
+            }),
+        })
+    }
+
+    /// Validates, then sends; what Kafka cannot take now is spooled (with a spool; without one,
+    /// as [`EventProducer::send`]). A message is spooled without trying Kafka while older ones
+    /// wait in the spool, so that messages sent one after another keep their order.
+    pub async fn send_or_spool(&self, topic_key: &str, outgoing: &Outgoing) -> Result<Handed, ProduceError> {
+        let message = self.build(topic_key, outgoing);
+        self.check(&message).map_err(ProduceError::Rejected)?;
+        self.send_raw_or_spool(&message).await
+    }
+
+    /// [`EventProducer::send_or_spool`] without validating: any topic, by its full name.
+    pub async fn send_raw_or_spool(&self, message: &RawMessage) -> Result<Handed, ProduceError> {
+        let Some(state) = &self.spool else { return self.send_raw(message).await.map(Handed::Sent) };
+        let request_id = envelope::request_id(message).unwrap_or_default();
+        let waiting = !state.lock().is_empty();
+        if !waiting {
+            match self.send_raw(message).await {
+                Ok(sent) => return Ok(Handed::Sent(sent)),
+                Err(ProduceError::Kafka(error)) if !crate::kafka::is_permanent(&error) => {
+                    tracing::debug!(%error, topic = %message.topic, "Kafka did not take the message; spooling it");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let spooled = spool::SpooledMessage {
+            topic: message.topic.clone(),
+            key: message.key.clone(),
+            value: message.payload.clone().unwrap_or_default(),
+            headers: message.headers.iter().map(|h| (h.key.clone(), h.value.clone().map(serde_bytes::ByteBuf::from))).collect(),
+            spooled_at_ms: chrono::Utc::now().timestamp_millis(),
+        };
+        state.lock().append(&spooled)?;
+        state.spooled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(Handed::Spooled { topic: message.topic.clone(), request_id })
+    }
+
+    /// Sends what waits in the spool, oldest first, and removes each message once Kafka
+    /// acknowledged it (so a crash in between sends it again: the only duplicates). Stops at the
+    /// first message Kafka does not take; the count re-sent.
+    pub async fn resend_spooled(&self) -> Result<u64, ProduceError> {
+        let Some(state) = &self.spool else { return Ok(0) };
+        let mut resent = 0;
+        loop {
+            let batch = state.lock().peek(RESEND_BATCH)?;
+            if batch.is_empty() {
+                return Ok(resent);
+            }
+            let sends = batch.iter().map(|(message, _)| {
+                let headers: Vec<crate::message::HeaderRef<'_>> = message
+                    .headers
+                    .iter()
+                    .map(|(key, value)| crate::message::HeaderRef { key, value: value.as_deref().map(|v| &**v) })
+                    .collect();
+                async move { self.publisher.publish(&message.topic, message.key.as_deref(), &message.value, &headers).await }
+            });
+            let results = futures::future::join_all(sends).await;
+            // Only the acknowledged prefix leaves the spool, so order holds across a failure.
+            let acknowledged = results.iter().take_while(|r| r.is_ok()).count();
+            if acknowledged > 0 {
+                state.lock().delivered_until(batch[acknowledged - 1].1)?;
+                state.resent.fetch_add(acknowledged as u64, std::sync::atomic::Ordering::Relaxed);
+                resent += acknowledged as u64;
+            }
+            if let Some(Err(error)) = results.into_iter().find(Result::is_err) {
+                return Err(ProduceError::Kafka(error));
+            }
+        }
+    }
+
+    /// What the spool holds, if there is one.
+    pub fn spool_status(&self) -> Result<Option<SpoolStatus>, ProduceError> {
+        let Some(state) = &self.spool else { return Ok(None) };
+        let mut spool = state.lock();
+        let oldest = spool.peek(1)?.first().map(|(m, _)| m.spooled_at_ms);
+        Ok(Some(SpoolStatus {
+            pending_bytes: spool.pending_bytes(),
+            oldest_spooled_at_ms: oldest,
+            spooled_total: state.spooled.load(std::sync::atomic::Ordering::Relaxed),
+            resent_total: state.resent.load(std::sync::atomic::Ordering::Relaxed),
+        }))
+    }
+
+    /// The Kafka message `outgoing` becomes on the topic named `topic` (any topic, not only the
+    /// service's own); no schema applies unless the caller checks it.
+    pub fn build_for_topic_name(&self, topic: &str, outgoing: &Outgoing) -> RawMessage {
+        let mut message = self.build("", outgoing);
+        message.topic = topic.to_owned();
+        message
+    }
+
+    /// The Kafka message `outgoing` becomes on topic key `topic_key` (the service's own topic).
+    pub fn build(&self, topic_key: &str, outgoing: &Outgoing) -> RawMessage {
+        let mut headers = Vec::new();
+        match &outgoing.identity {
+            IdentityHeader::Document(document) => {
+                headers.push(Header { key: IDENTITY_HEADER.into(), value: Some(encode_identity(document).into_bytes()) })
+            }
+            IdentityHeader::Encoded(encoded) => {
+                headers.push(Header { key: IDENTITY_HEADER.into(), value: Some(encoded.clone().into_bytes()) })
+            }
+            IdentityHeader::Absent => {}
+        }
+        let request_id = outgoing.request_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
+        headers.push(Header { key: REQUEST_ID_HEADER.into(), value: Some(request_id.into_bytes()) });
+        RawMessage {
+            topic: self.topics.name(topic_key),
+            partition: -1,
+            offset: -1,
+            key: outgoing.key.clone().map(String::into_bytes),
+            payload: Some(outgoing.value.clone()),
+            headers,
+            timestamp_ms: None,
+            header_problem: None,
+        }
+    }
+
+    /// Checks the message as the service would; the rejection carries the service's reason code.
+    pub fn check(&self, message: &RawMessage) -> Result<(), Rejection> {
+        envelope::open(message, &self.validators).result.map(|_| ())
+    }
+
+    /// Validates, then sends and waits for the broker's acknowledgement.
+    pub async fn send(&self, topic_key: &str, outgoing: &Outgoing) -> Result<Sent, ProduceError> {
+        let message = self.build(topic_key, outgoing);
+        self.check(&message).map_err(ProduceError::Rejected)?;
+        self.send_raw(&message).await
+    }
+
+    /// Sends without validating: for tests and demo traffic that must reach the service invalid.
+    pub async fn send_raw(&self, message: &RawMessage) -> Result<Sent, ProduceError> {
+        let delivery = self
+            .publisher
+            .publish(
+                &message.topic,
+                message.key.as_deref(),
+                message.payload.as_deref().unwrap_or_default(),
+                &header_refs(&message.headers),
+            )
+            .await?;
+        let request_id = envelope::request_id(message).unwrap_or_default();
+        Ok(Sent { topic: message.topic.clone(), request_id, delivery })
+    }
+}
