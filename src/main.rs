@@ -1,19 +1,17 @@
 //! The `event-router` binary: a thin clap front end over the library.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 
-use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use dev_broker::DevBroker;
 use event_router::app::Application;
 use event_router::config::{Config, ProcessEnv};
-use event_router::producer::{EventProducer, IdentityHeader, Outgoing, ProduceError};
 use event_router::telemetry::{init_logging, LogFormat};
 use event_router::{replay, store, topics};
 
 mod demo;
 mod events_cli;
+mod produce_cli;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -43,30 +41,13 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         partitions: i32,
     },
-    /// Validate and send messages to a topic. The value comes from --data, or one JSON document
-    /// per line on standard input.
-    Produce {
-        /// Topic key, e.g. `todo-created` (the Kafka topic is <prefix>.<key>).
-        topic: String,
-        #[arg(long)]
-        data: Option<String>,
-        /// Org id for a generated identity.
-        #[arg(long, default_value = "12345")]
-        org_id: String,
-        /// Type of the generated identity: User, System, ServiceAccount, Associate, X509.
-        #[arg(long, default_value = "User")]
-        identity_type: String,
-        /// A ready-made x-rh-identity value (base64), used instead of a generated identity.
-        #[arg(long, conflicts_with_all = ["org_id", "identity_type"])]
-        identity_header: Option<String>,
-        /// Request id; a UUID is generated when absent.
-        #[arg(long)]
-        request_id: Option<String>,
-        #[arg(long)]
-        key: Option<String>,
-        /// Send even if the service would reject the message.
-        #[arg(long)]
-        no_validate: bool,
+    /// Validate and send messages: one value (--data) or one JSON document per line from --file
+    /// or standard input. With PRODUCER_SPOOL_DIR, what Kafka cannot take now is spooled.
+    Produce(produce_cli::ProduceArgs),
+    /// The producer's spool (PRODUCER_SPOOL_DIR): what waits, and sending it.
+    Spool {
+        #[command(subcommand)]
+        command: produce_cli::SpoolCommand,
     },
     /// Re-inject dead letters into their original topics (after fixing what rejected them).
     /// Replaying twice has no second effect.
@@ -169,52 +150,8 @@ async fn execute(command: Command) -> anyhow::Result<()> {
             stop.cancelled().await;
             Ok(())
         }
-        Command::Produce { topic, data, org_id, identity_type, identity_header, request_id, key, no_validate } => {
-            let producer = EventProducer::new(&config.kafka, &config.topics)?;
-            let identity = match identity_header {
-                Some(encoded) => IdentityHeader::Encoded(encoded),
-                None => IdentityHeader::Document(samples::identity_of_type(&identity_type, &org_id)),
-            };
-            let values: Vec<String> = match data {
-                Some(data) => vec![data],
-                None => std::io::stdin()
-                    .lock()
-                    .lines()
-                    .collect::<Result<Vec<_>, _>>()?
-                    .into_iter()
-                    .filter(|l| !l.trim().is_empty())
-                    .collect(),
-            };
-            let mut rejected = 0;
-            for value in values {
-                let outgoing = Outgoing {
-                    key: key.clone(),
-                    value: value.into_bytes(),
-                    identity: identity.clone(),
-                    request_id: request_id.clone(),
-                };
-                let result = if no_validate {
-                    producer.send_raw(&producer.build(&topic, &outgoing)).await
-                } else {
-                    producer.send(&topic, &outgoing).await
-                };
-                match result {
-                    Ok(sent) => println!(
-                        "sent {} partition {} offset {} request-id {}",
-                        sent.topic, sent.delivery.partition, sent.delivery.offset, sent.request_id
-                    ),
-                    Err(ProduceError::Rejected(rejection)) => {
-                        rejected += 1;
-                        eprintln!("rejected: {rejection}");
-                    }
-                    Err(error) => return Err(error).context("sending"),
-                }
-            }
-            if rejected > 0 {
-                bail!("{rejected} message(s) rejected and not sent (use --no-validate to send anyway)");
-            }
-            Ok(())
-        }
+        Command::Produce(args) => produce_cli::produce(&config, args).await,
+        Command::Spool { command } => produce_cli::spool(&config, command).await,
         Command::Replay { from, topic, reason, since, until, include_replayed, dry_run } => {
             let topic = topic.map(|t| if t.contains('.') { t } else { config.topics.name(&t) });
             let filter = replay::Filter { topic, reason, since, until, include_replayed };

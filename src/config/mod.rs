@@ -173,6 +173,10 @@ pub struct Config {
     pub events_retention: Duration,
     /// The hooks file (`EVENT_HOOKS_FILE`, TOML; see [`crate::writers::hooks`]), if any.
     pub event_hooks_file: Option<std::path::PathBuf>,
+    /// The producer's spool (`PRODUCER_SPOOL_DIR`, `PRODUCER_SPOOL_MAX_BYTES`,
+    /// `PRODUCER_DELIVERY_TIMEOUT_MS`), for `event-router produce` and `spool`; none when no
+    /// directory is set.
+    pub producer_spool: Option<crate::producer::SpoolSettings>,
     /// Where the syslog writer sends events (`SYSLOG_ADDR`), if anywhere.
     pub syslog_addr: Option<crate::writers::syslog::SyslogAddr>,
     /// The syslog facility (`SYSLOG_FACILITY`, default `local0`).
@@ -227,6 +231,7 @@ impl fmt::Debug for Config {
             .field("event_dedup_window", &self.event_dedup_window)
             .field("event_hooks_file", &self.event_hooks_file)
             .field("writer_batch_interval", &self.writer_batch_interval)
+            .field("producer_spool", &self.producer_spool)
             .field("syslog_addr", &self.syslog_addr)
             .field("syslog_facility", &self.syslog_facility)
             .finish()
@@ -391,6 +396,19 @@ impl Config {
         let dead_letter_retention = parse_retention(env, "DEAD_LETTER_RETENTION_HOURS", DEFAULT_DEAD_LETTER_RETENTION_HOURS)?;
         let events_retention = parse_retention(env, "EVENTS_RETENTION_HOURS", DEFAULT_EVENTS_RETENTION_HOURS)?;
         let event_hooks_file = env.var("EVENT_HOOKS_FILE").filter(|path| !path.is_empty()).map(std::path::PathBuf::from);
+        let producer_spool_max_bytes =
+            parse_bounded(env, "PRODUCER_SPOOL_MAX_BYTES", 256 * 1024 * 1024, 64 * 1024 * 1024 * 1024)?;
+        let producer_delivery_timeout =
+            Duration::from_millis(parse_bounded(env, "PRODUCER_DELIVERY_TIMEOUT_MS", 10_000, 300_000)?);
+        if producer_delivery_timeout < Duration::from_millis(100) {
+            return Err(invalid("PRODUCER_DELIVERY_TIMEOUT_MS", "must be at least 100"));
+        }
+        let producer_spool =
+            env.var("PRODUCER_SPOOL_DIR").filter(|dir| !dir.is_empty()).map(|dir| crate::producer::SpoolSettings {
+                dir: dir.into(),
+                max_bytes: producer_spool_max_bytes,
+                delivery_timeout: producer_delivery_timeout,
+            });
         let syslog_addr = match env.var("SYSLOG_ADDR").filter(|addr| !addr.is_empty()) {
             Some(addr) => {
                 Some(crate::writers::syslog::SyslogAddr::parse(&addr).map_err(|problem| invalid("SYSLOG_ADDR", problem))?)
@@ -429,6 +447,7 @@ impl Config {
             event_dedup_window,
             event_hooks_file,
             writer_batch_interval,
+            producer_spool,
             syslog_addr,
             syslog_facility,
         })

@@ -64,7 +64,7 @@ pub enum Handed {
 }
 
 /// Where and how the producer keeps what Kafka cannot take now.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolSettings {
     /// `PRODUCER_SPOOL_DIR`.
     pub dir: std::path::PathBuf,

@@ -85,3 +85,88 @@ async fn a_full_spool_refuses_with_a_clear_error_and_keeps_what_it_has() {
     let _ = std::fs::remove_dir_all(dir);
     app.stop().await;
 }
+
+/// `event-router <args>` with the spool settings, against `app`'s broker.
+fn cli(app: &TestApp, dir: &std::path::Path, args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_event-router"));
+    command
+        .args(args)
+        .env("KAFKA_BROKERS", app.broker.bootstrap_servers())
+        .env("PRODUCER_SPOOL_DIR", dir)
+        .env("PRODUCER_DELIVERY_TIMEOUT_MS", "500")
+        .env("LOG_FORMAT", "json")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `command`, SIGKILLs it once `lines_before_kill` lines came out, and returns the lines
+/// printed (every one is a message acknowledged or safely spooled before the kill).
+async fn run_and_kill(mut command: tokio::process::Command, lines_before_kill: usize) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt as _;
+    let mut child = command.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut printed = Vec::new();
+    while printed.len() < lines_before_kill {
+        match tokio::time::timeout(WAIT, lines.next_line()).await.expect("output") {
+            Ok(Some(line)) => printed.push(line),
+            _ => break,
+        }
+    }
+    child.start_kill().unwrap();
+    while let Ok(Some(line)) = lines.next_line().await {
+        printed.push(line);
+    }
+    let _ = child.wait().await;
+    printed
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_spools_through_sigkills_and_every_message_arrives_once_the_broker_is_back() {
+    let app = testkit::spawn_app().await;
+    let dir = scratch();
+    let file = dir.with_extension("jsonl");
+    let total = 2000u32;
+    let lines: Vec<String> = (0..total).map(|id| testkit::todo(id).to_string()).collect();
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    app.broker.embedded().broker_down(1).unwrap();
+
+    // Killed while spooling, then run again for the lines it had not acknowledged.
+    let file_arg = file.to_str().unwrap();
+    let first = run_and_kill(cli(&app, &dir, &["produce", "todo-created", "--file", file_arg]), 500).await;
+    assert!(first.iter().all(|l| l.starts_with("spooled ")), "{:?}", first.first());
+    assert!(first.len() < total as usize, "killed part-way ({} of {total})", first.len());
+    let rest = dir.with_extension("rest.jsonl");
+    std::fs::write(&rest, lines[first.len()..].join("\n")).unwrap();
+    let second = cli(&app, &dir, &["produce", "todo-created", "--file", rest.to_str().unwrap()]).output().await.unwrap();
+    assert!(second.status.success());
+    let status = cli(&app, &dir, &["spool", "status"]).output().await.unwrap();
+    assert!(String::from_utf8_lossy(&status.stdout).contains("bytes waiting"));
+
+    // Back: a flush killed part-way, then flushes until everything is out.
+    app.broker.embedded().broker_up(1).unwrap();
+    let _ = run_and_kill(cli(&app, &dir, &["spool", "flush"]), 0).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let flush = cli(&app, &dir, &["spool", "flush"]).output().await.unwrap();
+        if flush.status.success() && String::from_utf8_lossy(&flush.stdout).contains(" 0 bytes waiting") {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the spool did not drain: {}", String::from_utf8_lossy(&flush.stdout));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    // Every todo reached the service; what was sent twice (a kill between a send and its
+    // removal from the spool) is counted, and the service's inbox kept it from counting twice.
+    testkit::eventually(Duration::from_secs(60), "every todo stored", || async {
+        app.db.count("todos").await == i64::from(total)
+    })
+    .await;
+    let on_topic = app.metric("event_router_messages_consumed_total", &[("topic", &app.topic("todo-created"))]).await;
+    eprintln!("{} acknowledged before the kill; {total} todos stored; {on_topic} records consumed", first.len());
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(file);
+    let _ = std::fs::remove_file(rest);
+    app.stop().await;
+}
