@@ -44,6 +44,9 @@ enum Command {
     /// Validate and send messages: one value (--data) or one JSON document per line from --file
     /// or standard input. With PRODUCER_SPOOL_DIR, what Kafka cannot take now is spooled.
     Produce(produce_cli::ProduceArgs),
+    /// Record a catalog event (api/events.yaml) through the service's ingest topic, which checks
+    /// it against the catalog and stores it like a handler's own.
+    Record(produce_cli::RecordArgs),
     /// The producer's spool (PRODUCER_SPOOL_DIR): what waits, and sending it.
     Spool {
         #[command(subcommand)]
@@ -152,6 +155,7 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         }
         Command::Produce(args) => produce_cli::produce(&config, args).await,
         Command::Spool { command } => produce_cli::spool(&config, command).await,
+        Command::Record(args) => produce_cli::record(&config, args).await,
         Command::Replay { from, topic, reason, since, until, include_replayed, dry_run } => {
             let topic = topic.map(|t| if t.contains('.') { t } else { config.topics.name(&t) });
             let filter = replay::Filter { topic, reason, since, until, include_replayed };

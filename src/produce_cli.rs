@@ -51,6 +51,31 @@ pub(crate) struct ProduceArgs {
     no_validate: bool,
 }
 
+#[derive(Args)]
+pub(crate) struct RecordArgs {
+    /// The event's name in api/events.yaml, e.g. `cluster_install_completed`.
+    name: String,
+    /// A property: `key=value`; the value is read as JSON when it is JSON (numbers, true,
+    /// false), as text otherwise. Repeat for each property.
+    #[arg(long = "prop", value_name = "KEY=VALUE")]
+    props: Vec<String>,
+    /// The recording component.
+    #[arg(long, default_value = "event-router-cli")]
+    component: String,
+    /// The node it runs on; the host name by default.
+    #[arg(long)]
+    node: Option<String>,
+    /// Org id for a generated identity.
+    #[arg(long, default_value = "12345")]
+    org_id: String,
+    /// A ready-made x-rh-identity value (base64), used instead of a generated identity.
+    #[arg(long, conflicts_with = "org_id")]
+    identity_header: Option<String>,
+    /// Request id; a UUID is generated when absent.
+    #[arg(long)]
+    request_id: Option<String>,
+}
+
 #[derive(Subcommand)]
 pub(crate) enum SpoolCommand {
     /// What waits in the spool (PRODUCER_SPOOL_DIR).
@@ -191,6 +216,37 @@ pub(crate) async fn spool(config: &Config, command: SpoolCommand) -> anyhow::Res
             println!("re-sent {resent}; {}", status(&producer)?);
             result.context("Kafka did not take everything; what is left stays in the spool")?;
         }
+    }
+    Ok(())
+}
+
+pub(crate) async fn record(config: &Config, args: RecordArgs) -> anyhow::Result<()> {
+    let mut properties = serde_json::Map::new();
+    for prop in &args.props {
+        let Some((key, value)) = prop.split_once('=') else { bail!("--prop `{prop}` is not KEY=VALUE") };
+        let value = serde_json::from_str::<serde_json::Value>(value)
+            .ok()
+            .filter(|v| !v.is_string() && !v.is_object() && !v.is_array())
+            .unwrap_or_else(|| serde_json::Value::String(value.to_owned()));
+        if properties.insert(key.to_owned(), value).is_some() {
+            bail!("--prop `{key}` is given more than once");
+        }
+    }
+    let identity = match &args.identity_header {
+        Some(encoded) => IdentityHeader::Encoded(encoded.clone()),
+        None => IdentityHeader::Document(samples::identity_of_type("User", &args.org_id)),
+    };
+    let node = args.node.clone().or_else(|| std::env::var("HOSTNAME").ok()).unwrap_or_else(|| "unknown".into());
+    let recorder = event_router::producer::Recorder::new(
+        producer(config)?,
+        event_router::producer::RecordSource { component: args.component.clone(), node },
+        identity,
+    );
+    match recorder.record_value(&args.name, serde_json::Value::Object(properties), args.request_id.clone()).await {
+        Ok(Handed::Sent(sent)) => println!("recorded {} request-id {}", args.name, sent.request_id),
+        Ok(Handed::Spooled { request_id, .. }) => println!("spooled {} request-id {request_id}", args.name),
+        Err(ProduceError::Rejected(rejection)) => bail!("rejected: {rejection}"),
+        Err(error) => return Err(error).context("recording"),
     }
     Ok(())
 }

@@ -91,6 +91,12 @@ impl Context {
         self.emitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(&event);
     }
 
+    /// Records an event that arrived as data, checked against the catalog
+    /// ([`crate::events::EventDefinition::instantiate`]): the recorder's ingest topic.
+    pub fn emit_checked(&self, event: crate::events::Emitted) {
+        self.emitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push_emitted(event);
+    }
+
     /// The events emitted so far, leaving none.
     pub(crate) fn take_emitted(&self) -> Emissions {
         std::mem::take(&mut *self.emitted.lock().unwrap_or_else(std::sync::PoisonError::into_inner))

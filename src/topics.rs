@@ -50,7 +50,7 @@ mod tests {
     #[test]
     fn registry_holds_every_sample_topic_in_file_order() {
         let keys: Vec<_> = REGISTRY.iter().map(|t| t.key).collect();
-        assert_eq!(keys, ["cluster-install-progressed", "host-status-changed", "todo-created"]);
+        assert_eq!(keys, ["cluster-install-progressed", "event-recorded", "host-status-changed", "todo-created"]);
         assert_eq!(TopicSchema::find("todo-created").unwrap().name, "TodoCreated");
         assert_eq!(<TodoCreated as Topic>::KEY, "todo-created");
     }

@@ -196,9 +196,146 @@ impl Emissions {
             self.dropped += 1;
         }
     }
+
+    pub(crate) fn push_emitted(&mut self, event: Emitted) {
+        if self.events.len() < MAX_PER_MESSAGE {
+            self.events.push(event);
+        } else {
+            self.dropped += 1;
+        }
+    }
 }
 
 /// When an event happened: the time of the message that caused it, or now when it has none.
 pub(crate) fn event_time(message_time: Option<DateTime<Utc>>) -> DateTime<Utc> {
     message_time.unwrap_or_else(Utc::now)
+}
+
+impl EventDefinition {
+    /// The event with these `properties`, checked against the catalog as the generated types
+    /// check it at compile time: every required property present, none unknown, each of its
+    /// declared type. For events that arrive as data (the recorder's ingest topic) rather than
+    /// from a handler's code. `Err` says which property and why.
+    pub fn instantiate(&'static self, properties: &serde_json::Map<String, serde_json::Value>) -> Result<Emitted, String> {
+        use serde_json::Value;
+        if let Some(unknown) = properties.keys().find(|name| !self.properties.iter().any(|p| p.name == name.as_str())) {
+            let shown: String = unknown.chars().take(64).flat_map(char::escape_default).collect();
+            return Err(format!("event `{}` has no property `{shown}` in the catalog", self.name));
+        }
+        let mut text = std::collections::HashMap::new();
+        let mut entity = Entity::default();
+        for property in self.properties {
+            let value = properties.get(property.name).filter(|v| !v.is_null());
+            let Some(value) = value else {
+                if property.optional {
+                    continue;
+                }
+                return Err(format!("event `{}` needs the property `{}` ({})", self.name, property.name, property.kind));
+            };
+            let wrong = || format!("event `{}`: property `{}` must be {}", self.name, property.name, property.kind);
+            let shown = match (property.kind, value) {
+                ("string", Value::String(s)) => s.clone(),
+                ("integer", Value::Number(n)) if n.is_i64() => n.to_string(),
+                ("boolean", Value::Bool(b)) => b.to_string(),
+                ("uuid", Value::String(s)) => {
+                    let id = Uuid::parse_str(s).map_err(|_| wrong())?;
+                    match property.name {
+                        "cluster_id" => entity.cluster_id = Some(id),
+                        "host_id" => entity.host_id = Some(id),
+                        "infra_env_id" => entity.infra_env_id = Some(id),
+                        _ => {}
+                    }
+                    id.to_string()
+                }
+                ("date-time", Value::String(s)) => chrono::DateTime::parse_from_rfc3339(s)
+                    .map_err(|_| wrong())?
+                    .with_timezone(&Utc)
+                    .to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true),
+                _ => return Err(wrong()),
+            };
+            text.insert(property.name, shown);
+        }
+        Ok(Emitted {
+            name: self.name,
+            severity: self.severity,
+            event_type: self.event_type,
+            entity,
+            message: crate::envelope::reason::escape_control(render(self.message, &text)),
+            properties: Value::Object(properties.clone()),
+        })
+    }
+}
+
+/// Fills a catalog template (`{name}` placeholders, `{{` and `}}` braces; the build checked it).
+fn render(template: &str, values: &std::collections::HashMap<&str, String>) -> String {
+    let mut out = String::with_capacity(template.len());
+    let mut chars = template.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '{' if chars.peek() == Some(&'{') => {
+                chars.next();
+                out.push('{');
+            }
+            '}' if chars.peek() == Some(&'}') => {
+                chars.next();
+                out.push('}');
+            }
+            '{' => {
+                let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
+                out.push_str(values.get(name.as_str()).map_or("", String::as_str));
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn properties(value: serde_json::Value) -> serde_json::Map<String, serde_json::Value> {
+        value.as_object().cloned().unwrap()
+    }
+
+    #[test]
+    fn an_event_as_data_renders_as_its_generated_type_would() {
+        let definition = EventDefinition::find("host_validation_failed").unwrap();
+        let given = properties(json!({
+            "host_id": "00000000-0000-0000-0000-000000000001", "infra_env_id": "00000000-0000-0000-0000-000000000002",
+            "host_name": "worker-0", "validation_id": "ntp-synced", "validation_message": "Host clock is not synchronized"
+        }));
+        let emitted = definition.instantiate(&given).unwrap();
+        let typed = Emitted::new(&catalog::HostValidationFailed {
+            host_id: Uuid::from_u128(1),
+            infra_env_id: Uuid::from_u128(2),
+            cluster_id: None,
+            host_name: "worker-0".into(),
+            validation_id: "ntp-synced".into(),
+            validation_message: "Host clock is not synchronized".into(),
+        });
+        assert_eq!(
+            (emitted.message.as_str(), emitted.entity, emitted.severity),
+            (typed.message.as_str(), typed.entity, typed.severity)
+        );
+    }
+
+    #[test]
+    fn missing_unknown_and_mistyped_properties_are_named() {
+        let definition = EventDefinition::find("cluster_install_completed").unwrap();
+        let id = "0e9d8c7b-6a5f-4e3d-9c2b-1a0f9e8d7c6b";
+        let cases = [
+            (json!({"cluster_id": id}), "needs the property `host_count` (integer)"),
+            (json!({"cluster_id": id, "host_count": 3, "colour": "red"}), "has no property `colour`"),
+            (json!({"cluster_id": "nope", "host_count": 3}), "property `cluster_id` must be uuid"),
+            (json!({"cluster_id": id, "host_count": "3"}), "property `host_count` must be integer"),
+            (json!({"cluster_id": id, "host_count": 1.5}), "property `host_count` must be integer"),
+        ];
+        for (given, expected) in cases {
+            let problem = definition.instantiate(&properties(given.clone())).unwrap_err();
+            assert!(problem.contains(expected), "{given}: {problem}");
+        }
+        assert_eq!(render("a {x} {{y}}", &[("x", "1".to_owned())].into_iter().collect()), "a 1 {y}");
+    }
 }

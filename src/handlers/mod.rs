@@ -5,11 +5,12 @@
 //! this list honest.
 
 pub mod cluster_install_progressed;
+pub mod event_recorded;
 pub mod host_status_changed;
 pub mod todo_created;
 
 use crate::router::Router;
-use crate::topics::{ClusterInstallProgressed, HostStatusChanged, TodoCreated};
+use crate::topics::{ClusterInstallProgressed, EventRecorded, HostStatusChanged, TodoCreated};
 
 /// The service's routing table.
 pub fn router() -> Router {
@@ -17,6 +18,7 @@ pub fn router() -> Router {
     router
         .register::<TodoCreated>(todo_created::StoreTodo)
         .register::<HostStatusChanged>(host_status_changed::TrackHostStatus)
-        .register::<ClusterInstallProgressed>(cluster_install_progressed::RecordProgress);
+        .register::<ClusterInstallProgressed>(cluster_install_progressed::RecordProgress)
+        .register::<EventRecorded>(event_recorded::RecordEvent);
     router
 }

@@ -297,3 +297,52 @@ impl EventProducer {
         Ok(Sent { topic: message.topic.clone(), request_id, delivery })
     }
 }
+
+/// The topic key recorded events go to (`platform.event-router.event-recorded`).
+pub const RECORDED_TOPIC_KEY: &str = "event-recorded";
+
+/// Who records: the component and the node it runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordSource {
+    pub component: String,
+    pub node: String,
+}
+
+/// Records catalog events (Pensando's `recorder.Event(...)`) from another service: each goes
+/// to event-router's ingest topic, is checked against the catalog there and stored like a
+/// handler's own event. Built on an [`EventProducer`], so with a spool nothing is lost while
+/// Kafka is away.
+pub struct Recorder {
+    producer: EventProducer,
+    source: RecordSource,
+    identity: IdentityHeader,
+}
+
+impl Recorder {
+    pub fn new(producer: EventProducer, source: RecordSource, identity: IdentityHeader) -> Recorder {
+        Recorder { producer, source, identity }
+    }
+
+    /// Records `event`, one of the generated catalog types.
+    pub async fn record<E: crate::events::CatalogEvent>(&self, event: &E) -> Result<Handed, ProduceError> {
+        let properties = serde_json::to_value(event).unwrap_or_default();
+        self.record_value(E::NAME, properties, None).await
+    }
+
+    /// Records the event `name` with `properties` as JSON (checked by the service, not here:
+    /// the CLI's way in).
+    pub async fn record_value(&self, name: &str, properties: Value, request_id: Option<String>) -> Result<Handed, ProduceError> {
+        // Keyed by what the event is about, so one entity's events stay in order.
+        let key = ["host_id", "infra_env_id", "cluster_id"]
+            .iter()
+            .find_map(|id| properties.get(id).and_then(Value::as_str))
+            .map(str::to_owned);
+        let payload = serde_json::json!({
+            "name": name,
+            "properties": properties,
+            "source": {"component": self.source.component, "node": self.source.node},
+        });
+        let outgoing = Outgoing { key, request_id, ..Outgoing::json(&payload, self.identity.clone()) };
+        self.producer.send_or_spool(RECORDED_TOPIC_KEY, &outgoing).await
+    }
+}

@@ -17,6 +17,7 @@ mod hostile;
 mod memory;
 mod operability;
 mod producer;
+mod recorder;
 mod redelivery;
 mod replay;
 mod retention;
