@@ -49,6 +49,17 @@ pub(crate) struct ProduceArgs {
     /// Send even if the service would reject the message.
     #[arg(long)]
     no_validate: bool,
+    /// An extra header, `NAME=VALUE`; repeat for more.
+    #[arg(long = "header", value_name = "NAME=VALUE", value_parser = header_arg)]
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+fn header_arg(text: &str) -> Result<(String, Vec<u8>), String> {
+    let (name, value) = text.split_once('=').ok_or_else(|| format!("`{text}` is not NAME=VALUE"))?;
+    if name.is_empty() {
+        return Err("a header needs a name".into());
+    }
+    Ok((name.to_owned(), value.as_bytes().to_vec()))
 }
 
 #[derive(Args)]
@@ -136,6 +147,7 @@ pub(crate) async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Resul
             value: value.into_bytes(),
             identity: identity.clone(),
             request_id: args.request_id.clone(),
+            extra_headers: args.headers.clone(),
         };
         let handed = match (&args.topic, &args.topic_name) {
             (_, Some(name)) => {

@@ -35,11 +35,13 @@ pub struct Outgoing {
     pub identity: IdentityHeader,
     /// Generated (UUID v4) when absent.
     pub request_id: Option<String>,
+    /// Headers besides the identity and the request id, in order.
+    pub extra_headers: Vec<(String, Vec<u8>)>,
 }
 
 impl Outgoing {
     pub fn json(payload: &Value, identity: IdentityHeader) -> Self {
-        Outgoing { key: None, value: payload.to_string().into_bytes(), identity, request_id: None }
+        Outgoing { key: None, value: payload.to_string().into_bytes(), identity, request_id: None, extra_headers: Vec::new() }
     }
 }
 
@@ -87,6 +89,9 @@ pub struct SpoolStatus {
 /// A producer's spool and its counts.
 struct SpoolState {
     spool: std::sync::Mutex<spool::Spool>,
+    /// Re-sending waits longer than a first send: a message that times out while a batch is
+    /// re-sent is sent again with everything after it.
+    resender: Publisher,
     spooled: std::sync::atomic::AtomicU64,
     resent: std::sync::atomic::AtomicU64,
 }
@@ -122,6 +127,8 @@ pub struct EventProducer {
 
 /// Messages re-sent from the spool per round.
 const RESEND_BATCH: usize = 500;
+/// How long a re-sent message may wait for Kafka, at least.
+const RESEND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl SpoolState {
     fn lock(&self) -> std::sync::MutexGuard<'_, spool::Spool> {
@@ -149,6 +156,7 @@ impl EventProducer {
             topics: topics.clone(),
             spool: Some(SpoolState {
                 spool: std::sync::Mutex::new(spool),
+                resender: Publisher::with_timeout(kafka, settings.delivery_timeout.max(RESEND_TIMEOUT))?,
                 spooled: Default::default(),
                 resent: Default::default(),
             }),
@@ -190,9 +198,11 @@ impl EventProducer {
         Ok(Handed::Spooled { topic: message.topic.clone(), request_id })
     }
 
-    /// Sends what waits in the spool, oldest first, and removes each message once Kafka
-    /// acknowledged it (so a crash in between sends it again: the only duplicates). Stops at the
-    /// first message Kafka does not take; the count re-sent.
+    /// Sends what waits in the spool, oldest first, 500 at a time, and removes messages once
+    /// Kafka acknowledged them. Duplicates come from two places only: a crash between Kafka's
+    /// acknowledgement and the removal, and a batch Kafka took in part, which is sent again from
+    /// its first unacknowledged message. Stops at the first message Kafka does not take; the
+    /// count re-sent.
     pub async fn resend_spooled(&self) -> Result<u64, ProduceError> {
         let Some(state) = &self.spool else { return Ok(0) };
         let mut resent = 0;
@@ -207,7 +217,7 @@ impl EventProducer {
                     .iter()
                     .map(|(key, value)| crate::message::HeaderRef { key, value: value.as_deref().map(|v| &**v) })
                     .collect();
-                async move { self.publisher.publish(&message.topic, message.key.as_deref(), &message.value, &headers).await }
+                async move { state.resender.publish(&message.topic, message.key.as_deref(), &message.value, &headers).await }
             });
             let results = futures::future::join_all(sends).await;
             // Only the acknowledged prefix leaves the spool, so order holds across a failure.
@@ -236,6 +246,16 @@ impl EventProducer {
         }))
     }
 
+    /// Adds the spool's metrics to `registry`, read from the spool at each scrape:
+    /// `event_router_producer_spooled_total`, `…_resent_total`, `…_spool_bytes` and
+    /// `…_spool_oldest_age_seconds`. Nothing without a spool.
+    pub fn register_spool_metrics(self: &std::sync::Arc<Self>, registry: &prometheus::Registry) -> prometheus::Result<()> {
+        if self.spool.is_none() {
+            return Ok(());
+        }
+        registry.register(Box::new(SpoolCollector::new(std::sync::Arc::downgrade(self))?))
+    }
+
     /// The Kafka message `outgoing` becomes on the topic named `topic` (any topic, not only the
     /// service's own); no schema applies unless the caller checks it.
     pub fn build_for_topic_name(&self, topic: &str, outgoing: &Outgoing) -> RawMessage {
@@ -258,6 +278,9 @@ impl EventProducer {
         }
         let request_id = outgoing.request_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
         headers.push(Header { key: REQUEST_ID_HEADER.into(), value: Some(request_id.into_bytes()) });
+        // A second identity or request id among them is the caller's to answer for: `check`
+        // refuses it as the service would (`identity_duplicate`, `request_id_duplicate`).
+        headers.extend(outgoing.extra_headers.iter().map(|(key, value)| Header { key: key.clone(), value: Some(value.clone()) }));
         RawMessage {
             topic: self.topics.name(topic_key),
             partition: -1,
@@ -344,5 +367,56 @@ impl Recorder {
         });
         let outgoing = Outgoing { key, request_id, ..Outgoing::json(&payload, self.identity.clone()) };
         self.producer.send_or_spool(RECORDED_TOPIC_KEY, &outgoing).await
+    }
+}
+
+/// The spool's metrics, read from the spool when Prometheus gathers.
+struct SpoolCollector {
+    producer: std::sync::Weak<EventProducer>,
+    spooled: prometheus::IntCounter,
+    resent: prometheus::IntCounter,
+    bytes: prometheus::IntGauge,
+    oldest: prometheus::Gauge,
+}
+
+impl SpoolCollector {
+    fn new(producer: std::sync::Weak<EventProducer>) -> prometheus::Result<SpoolCollector> {
+        Ok(SpoolCollector {
+            producer,
+            spooled: prometheus::IntCounter::new(
+                "event_router_producer_spooled_total",
+                "Messages spooled because Kafka could not take them.",
+            )?,
+            resent: prometheus::IntCounter::new(
+                "event_router_producer_resent_total",
+                "Spooled messages Kafka acknowledged later.",
+            )?,
+            bytes: prometheus::IntGauge::new(
+                "event_router_producer_spool_bytes",
+                "Bytes of spooled messages waiting to be sent.",
+            )?,
+            oldest: prometheus::Gauge::new(
+                "event_router_producer_spool_oldest_age_seconds",
+                "Age of the oldest spooled message waiting; 0 when none.",
+            )?,
+        })
+    }
+}
+
+impl prometheus::core::Collector for SpoolCollector {
+    fn desc(&self) -> Vec<&prometheus::core::Desc> {
+        [self.spooled.desc(), self.resent.desc(), self.bytes.desc(), self.oldest.desc()].concat()
+    }
+
+    fn collect(&self) -> Vec<prometheus::proto::MetricFamily> {
+        if let Some(Ok(Some(status))) = self.producer.upgrade().map(|p| p.spool_status()) {
+            self.spooled.inc_by(status.spooled_total.saturating_sub(self.spooled.get()));
+            self.resent.inc_by(status.resent_total.saturating_sub(self.resent.get()));
+            self.bytes.set(status.pending_bytes as i64);
+            let age =
+                status.oldest_spooled_at_ms.map_or(0.0, |ms| (chrono::Utc::now().timestamp_millis() - ms).max(0) as f64 / 1000.0);
+            self.oldest.set(age);
+        }
+        [self.spooled.collect(), self.resent.collect(), self.bytes.collect(), self.oldest.collect()].concat()
     }
 }

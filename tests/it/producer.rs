@@ -28,6 +28,22 @@ async fn the_library_refuses_what_the_service_would_dead_letter() {
     let sent = producer.send("todo-created", &good).await.unwrap();
     assert_eq!(sent.request_id.len(), 36, "a request id (UUID) is generated when none is given");
     eventually(Duration::from_secs(20), "todo stored", || async { app.db.count("todos").await == 1 }).await;
+
+    // Extra headers travel as given; a second identity among them is refused as the service would.
+    let traced = Outgoing { extra_headers: vec![("x-trace".into(), b"abc".to_vec())], ..good.clone() };
+    let traced = Outgoing { value: testkit::todo(3).to_string().into_bytes(), ..traced };
+    producer.send("todo-created", &traced).await.unwrap();
+    let records = app.read_topic(&app.topic("todo-created"), 2, Duration::from_secs(20)).await;
+    assert!(records.iter().any(|r| testkit::header(r, "x-trace").as_deref() == Some("abc")));
+    let sneaky = Outgoing { extra_headers: vec![("X-Rh-Identity".into(), b"e30=".to_vec())], ..good };
+    assert!(
+        matches!(producer.send("todo-created", &sneaky).await, Err(ProduceError::Rejected(r)) if r.reason == Reason::IdentityDuplicate)
+    );
+
+    // Any topic, by its full name, sent as is.
+    let anywhere = producer
+        .build_for_topic_name("some.other.topic", &Outgoing::json(&serde_json::json!({"free": "form"}), IdentityHeader::Absent));
+    assert_eq!(anywhere.topic, "some.other.topic");
     app.stop().await;
 }
 

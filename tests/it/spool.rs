@@ -45,6 +45,21 @@ async fn what_is_produced_while_the_broker_is_down_is_spooled_and_all_arrives_on
         let _ = producer.resend_spooled().await;
     }
     assert_eq!(producer.spool_status().unwrap().unwrap().resent_total, 300);
+    let registry = prometheus::Registry::new();
+    let producer = std::sync::Arc::new(producer);
+    producer.register_spool_metrics(&registry).unwrap();
+    let mut text = Vec::new();
+    prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &registry.gather(), &mut text).unwrap();
+    let text = String::from_utf8(text).unwrap();
+    let value = |name: &str| testkit::metric_value(&text, name, &[]).unwrap_or_else(|| panic!("{name} in {text}"));
+    assert_eq!(
+        [
+            value("event_router_producer_spooled_total"),
+            value("event_router_producer_resent_total"),
+            value("event_router_producer_spool_bytes")
+        ],
+        [300.0, 300.0, 0.0]
+    );
     // Every todo reached the service once, in each key's order.
     testkit::eventually(WAIT, "300 todos stored", || async { app.db.count("todos").await == 300 }).await;
     let records = app.read_topic(&app.topic("todo-created"), 300, WAIT).await;
@@ -128,14 +143,14 @@ async fn the_cli_spools_through_sigkills_and_every_message_arrives_once_the_brok
     let app = testkit::spawn_app().await;
     let dir = scratch();
     let file = dir.with_extension("jsonl");
-    let total = 2000u32;
+    let total = 10_000u32;
     let lines: Vec<String> = (0..total).map(|id| testkit::todo(id).to_string()).collect();
     std::fs::write(&file, lines.join("\n")).unwrap();
     app.broker.embedded().broker_down(1).unwrap();
 
     // Killed while spooling, then run again for the lines it had not acknowledged.
     let file_arg = file.to_str().unwrap();
-    let first = run_and_kill(cli(&app, &dir, &["produce", "todo-created", "--file", file_arg]), 500).await;
+    let first = run_and_kill(cli(&app, &dir, &["produce", "todo-created", "--file", file_arg]), 2500).await;
     assert!(first.iter().all(|l| l.starts_with("spooled ")), "{:?}", first.first());
     assert!(first.len() < total as usize, "killed part-way ({} of {total})", first.len());
     let rest = dir.with_extension("rest.jsonl");
@@ -147,7 +162,16 @@ async fn the_cli_spools_through_sigkills_and_every_message_arrives_once_the_brok
 
     // Back: a flush killed part-way, then flushes until everything is out.
     app.broker.embedded().broker_up(1).unwrap();
-    let _ = run_and_kill(cli(&app, &dir, &["spool", "flush"]), 0).await;
+    let mut flushing = cli(&app, &dir, &["spool", "flush"]).spawn().unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let finished_before_the_kill = flushing.try_wait().unwrap().is_some();
+    flushing.start_kill().unwrap();
+    let _ = flushing.wait().await;
+    let left = cli(&app, &dir, &["spool", "status"]).output().await.unwrap();
+    eprintln!(
+        "after the killed flush (finished first: {finished_before_the_kill}): {}",
+        String::from_utf8_lossy(&left.stdout).trim()
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     loop {
         let flush = cli(&app, &dir, &["spool", "flush"]).output().await.unwrap();
