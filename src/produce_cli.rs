@@ -151,21 +151,11 @@ pub(crate) async fn produce(config: &Config, args: ProduceArgs) -> anyhow::Resul
         };
         let handed = match (&args.topic, &args.topic_name) {
             (_, Some(name)) => {
-                if let Some(schema) = &schema {
-                    let valid =
-                        serde_json::from_slice::<serde_json::Value>(&outgoing.value).ok().is_some_and(|v| schema.is_valid(&v));
-                    if !valid {
-                        rejected += 1;
-                        progress.suspend(|| {
-                            eprintln!(
-                                "rejected: the value is not JSON or does not match {}",
-                                args.schema.as_ref().map_or(String::new(), |p| p.display().to_string())
-                            )
-                        });
-                        continue;
-                    }
+                let message = producer.build_for_topic_name(name, &outgoing);
+                match schema.as_ref().map(|schema| producer.check_with_schema(schema, &message)) {
+                    Some(Err(rejection)) => Err(ProduceError::Rejected(rejection)),
+                    _ => producer.send_raw_or_spool(&message).await,
                 }
-                producer.send_raw_or_spool(&producer.build_for_topic_name(name, &outgoing)).await
             }
             (Some(key), None) if args.no_validate => producer.send_raw_or_spool(&producer.build(key, &outgoing)).await,
             (Some(key), None) => producer.send_or_spool(key, &outgoing).await,

@@ -3,6 +3,30 @@
 //!
 //! Validation reuses the service's own envelope step on the message as it would arrive, so a
 //! producer learns before sending the same reason code the service would dead-letter it with.
+//! Other topics are reached by their full name, checked against a schema of the caller's or sent
+//! as they are. With a spool ([`spool`]), nothing is lost while Kafka is away.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use event_router::config::{Config, ProcessEnv};
+//! use event_router::producer::{EventProducer, Handed, IdentityHeader, Outgoing, SpoolSettings};
+//!
+//! # async fn example() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = Config::from_env(&ProcessEnv)?;
+//! let spool = SpoolSettings { dir: "/var/spool/my-service".into(), max_bytes: 256 << 20, delivery_timeout: Duration::from_secs(10) };
+//! let producer = EventProducer::with_spool(&config.kafka, &config.topics, &spool)?;
+//! let identity = IdentityHeader::Encoded("eyJpZGVudGl0eSI6...".into()); // the caller's x-rh-identity
+//! let todo = serde_json::json!({"id": 7, "title": "Water the plants", "description": "The ficus first."});
+//! let outgoing = Outgoing { key: Some("todo-7".into()), ..Outgoing::json(&todo, identity) };
+//! match producer.send_or_spool("todo-created", &outgoing).await? {
+//!     Handed::Sent(sent) => println!("offset {}", sent.delivery.offset),
+//!     Handed::Spooled { request_id, .. } => println!("kept on disk: {request_id}"),
+//! }
+//! // Later (a task of the service): send what waits.
+//! producer.resend_spooled().await?;
+//! # Ok(())
+//! # }
+//! ```
 
 pub mod spool;
 
@@ -290,6 +314,21 @@ impl EventProducer {
             headers,
             timestamp_ms: None,
             header_problem: None,
+        }
+    }
+
+    /// Checks a message for another topic against `schema` (the caller's): its value must be
+    /// JSON that the schema accepts. The rejection says where and why, as the service's do.
+    pub fn check_with_schema(&self, schema: &jsonschema::Validator, message: &RawMessage) -> Result<(), Rejection> {
+        let value: Value = serde_json::from_slice(message.payload.as_deref().unwrap_or_default()).map_err(|e| {
+            Rejection::new(envelope::Reason::PayloadNotJson, format!("topic {}: the value is not JSON: {e}", message.topic))
+        })?;
+        let first = schema.iter_errors(&value).next().map(|error| format!("at `{}`: {error}", error.instance_path()));
+        match first {
+            None => Ok(()),
+            Some(problem) => {
+                Err(Rejection::new(envelope::Reason::SchemaViolation, format!("topic {}: {problem}", message.topic)))
+            }
         }
     }
 

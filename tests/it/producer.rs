@@ -79,6 +79,25 @@ async fn the_cli_sends_valid_lines_and_refuses_invalid_ones() {
     assert!(stderr.contains("schema_violation") && stderr.contains("description"), "{stderr}");
 
     eventually(Duration::from_secs(20), "both CLI todos stored", || async { app.db.count("todos").await == 2 }).await;
+
+    // Another topic by its full name, checked against a schema of the caller's.
+    let schema = std::env::temp_dir().join(format!("schema-{}.json", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&schema, r#"{"type": "object", "required": ["b"]}"#).unwrap();
+    let other = app.topic("events-stream");
+    let with_schema = |data: &str| {
+        cli(&["--topic-name", &other, "--schema", schema.to_str().unwrap(), "--data", data, "--header", "x-trace=cli"], None)
+    };
+    let refused = with_schema(r#"{"a": 1}"#);
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("schema_violation"),
+        "{}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
+    let sent = with_schema(r#"{"b": 2}"#);
+    assert!(sent.status.success(), "{}", String::from_utf8_lossy(&sent.stderr));
+    assert!(String::from_utf8_lossy(&sent.stdout).starts_with(&format!("sent {other} ")));
+    let _ = std::fs::remove_file(schema);
     let orgs: Vec<String> = sqlx::query_scalar("SELECT org_id FROM todos").fetch_all(&app.db.pool).await.unwrap();
     assert_eq!(orgs, ["777", "777"]);
     app.stop().await;
