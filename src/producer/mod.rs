@@ -257,6 +257,24 @@ impl EventProducer {
         }
     }
 
+    /// Re-sends the spool every `every` (at once again while there is more), until `stop`: the
+    /// background task a service runs beside its producer.
+    pub async fn resend_until_stopped(
+        self: std::sync::Arc<Self>,
+        every: std::time::Duration,
+        stop: tokio_util::sync::CancellationToken,
+    ) {
+        loop {
+            if let Err(error) = self.resend_spooled().await {
+                tracing::debug!(%error, "re-sending the spool failed; trying again later");
+            }
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
     /// What the spool holds, if there is one.
     pub fn spool_status(&self) -> Result<Option<SpoolStatus>, ProduceError> {
         let Some(state) = &self.spool else { return Ok(None) };

@@ -90,12 +90,18 @@ async fn a_full_spool_refuses_with_a_clear_error_and_keeps_what_it_has() {
     // A second producer on the same directory is turned away.
     let second = EventProducer::with_spool(&app.config.kafka, &app.config.topics, &settings(&dir, 4096));
     assert!(second.err().is_some_and(|e| e.to_string().contains("in use by another process")));
+    // The background re-sender does it once the broker is back.
+    let producer = std::sync::Arc::new(producer);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let resender = tokio::spawn(producer.clone().resend_until_stopped(Duration::from_millis(200), stop.clone()));
     app.broker.embedded().broker_up(1).unwrap();
     let deadline = tokio::time::Instant::now() + WAIT;
     while producer.spool_status().unwrap().unwrap().pending_bytes > 0 {
         assert!(tokio::time::Instant::now() < deadline, "the spool did not drain");
-        let _ = producer.resend_spooled().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    stop.cancel();
+    resender.await.unwrap();
     testkit::eventually(WAIT, "every kept todo stored", || async { app.db.count("todos").await == i64::from(kept) }).await;
     let _ = std::fs::remove_dir_all(dir);
     app.stop().await;
