@@ -127,7 +127,16 @@ pub struct EventDefinition {
     pub event_type: EventType,
     /// The message template, placeholders unfilled.
     pub message: &'static str,
+    /// The template taken apart by the build (the one parser of the template grammar).
+    pub template: &'static [TemplatePiece],
     pub properties: &'static [PropertyDefinition],
+}
+
+/// A piece of a message template: literal text (braces already unescaped) or a placeholder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TemplatePiece {
+    Text(&'static str),
+    Placeholder(&'static str),
 }
 
 impl EventDefinition {
@@ -260,34 +269,21 @@ impl EventDefinition {
             severity: self.severity,
             event_type: self.event_type,
             entity,
-            message: crate::envelope::reason::escape_control(render(self.message, &text)),
+            message: crate::envelope::reason::escape_control(render(self.template, &text)),
             properties: Value::Object(properties.clone()),
         })
     }
 }
 
-/// Fills a catalog template (`{name}` placeholders, `{{` and `}}` braces; the build checked it).
-fn render(template: &str, values: &std::collections::HashMap<&str, String>) -> String {
-    let mut out = String::with_capacity(template.len());
-    let mut chars = template.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '{' if chars.peek() == Some(&'{') => {
-                chars.next();
-                out.push('{');
-            }
-            '}' if chars.peek() == Some(&'}') => {
-                chars.next();
-                out.push('}');
-            }
-            '{' => {
-                let name: String = chars.by_ref().take_while(|c| *c != '}').collect();
-                out.push_str(values.get(name.as_str()).map_or("", String::as_str));
-            }
-            c => out.push(c),
-        }
-    }
-    out
+/// Fills a catalog template with `values`.
+fn render(template: &[TemplatePiece], values: &std::collections::HashMap<&str, String>) -> String {
+    template
+        .iter()
+        .map(|piece| match piece {
+            TemplatePiece::Text(text) => *text,
+            TemplatePiece::Placeholder(name) => values.get(name).map_or("", String::as_str),
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -336,6 +332,7 @@ mod tests {
             let problem = definition.instantiate(&properties(given.clone())).unwrap_err();
             assert!(problem.contains(expected), "{given}: {problem}");
         }
-        assert_eq!(render("a {x} {{y}}", &[("x", "1".to_owned())].into_iter().collect()), "a 1 {y}");
+        let template = [TemplatePiece::Text("a "), TemplatePiece::Placeholder("x"), TemplatePiece::Text(" {y}")];
+        assert_eq!(render(&template, &[("x", "1".to_owned())].into_iter().collect()), "a 1 {y}");
     }
 }

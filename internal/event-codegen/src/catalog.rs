@@ -283,14 +283,24 @@ pub fn catalog_source(events: &[CatalogEvent], file: &str, digest: &str) -> Stri
                 )
             })
             .collect();
+        let template: Vec<String> = event
+            .pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Text(text) => format!("crate::events::TemplatePiece::Text({text:?})"),
+                Piece::Placeholder(name) => format!("crate::events::TemplatePiece::Placeholder({name:?})"),
+            })
+            .collect();
         let _ = writeln!(
             out,
             "    crate::events::EventDefinition {{ name: {name:?}, severity: crate::events::Severity::{severity}, \
-             event_type: crate::events::EventType::{event_type}, message: {message:?}, properties: &[{properties}] }},",
+             event_type: crate::events::EventType::{event_type}, message: {message:?}, template: &[{template}], \
+             properties: &[{properties}] }},",
             name = event.name,
             severity = crate::pascal_case(&event.severity),
             event_type = crate::pascal_case(&event.event_type),
             message = event.message,
+            template = template.join(", "),
             properties = properties.join(", "),
         );
     }
