@@ -61,7 +61,7 @@ pub(super) async fn request_context(mut request: Request, next: Next) -> Respons
     let request_id = if given.is_empty() {
         uuid::Uuid::new_v4().to_string()
     } else {
-        match check_request_id(&given) {
+        match check_request_id(given.iter().copied()) {
             Ok(id) => id,
             Err(rejection) => {
                 return ApiError::bad_parameter(REQUEST_ID_HEADER, rejection.message).into_response();

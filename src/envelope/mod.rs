@@ -46,29 +46,31 @@ pub struct Opened {
 
 /// The request id `message` carries, if it is acceptable (see [`check_request_id`]).
 pub fn request_id(message: &RawMessage) -> Option<String> {
-    check_request_id(&header_values(message, REQUEST_ID_HEADER)).ok()
+    check_request_id(header_values(message, REQUEST_ID_HEADER)).ok()
 }
 
 /// Every value of the header `name` (compared ignoring case); a header without a value counts
 /// as an empty one.
-fn header_values<'a>(message: &'a RawMessage, name: &str) -> Vec<&'a [u8]> {
-    message.headers.iter().filter(|h| h.key.eq_ignore_ascii_case(name)).map(|h| h.value.as_deref().unwrap_or_default()).collect()
+fn header_values<'a>(message: &'a RawMessage, name: &'a str) -> impl Iterator<Item = &'a [u8]> {
+    message.headers.iter().filter(move |h| h.key.eq_ignore_ascii_case(name)).map(|h| h.value.as_deref().unwrap_or_default())
 }
 
 /// The request id among `values`, every `x-rh-insights-request-id` header of a Kafka message or
 /// an HTTP request: exactly one, UTF-8, not empty once trimmed, at most [`MAX_REQUEST_ID_LEN`]
 /// bytes, no control character. One rule for both, so a request id the API accepts is one the
 /// consumer accepts.
-pub fn check_request_id(values: &[&[u8]]) -> Result<String, Rejection> {
-    let raw = match values {
-        [] => {
+pub fn check_request_id<'a>(values: impl IntoIterator<Item = &'a [u8]>) -> Result<String, Rejection> {
+    // Read as they come (no list is built: this runs for every message).
+    let mut values = values.into_iter();
+    let raw = match (values.next(), values.count()) {
+        (None, _) => {
             return Err(Rejection::new(Reason::RequestIdMissing, format!("the {REQUEST_ID_HEADER} header is missing or empty")))
         }
-        [raw] => raw,
-        many => {
+        (Some(raw), 0) => raw,
+        (Some(_), more) => {
             return Err(Rejection::new(
                 Reason::RequestIdDuplicate,
-                format!("the {REQUEST_ID_HEADER} header is given {} times (names compared ignoring case)", many.len()),
+                format!("the {REQUEST_ID_HEADER} header is given {} times (names compared ignoring case)", more + 1),
             ))
         }
     };
@@ -141,7 +143,7 @@ fn check(message: &RawMessage, validators: &Validators, request_id: &mut Option<
     }
     let identity = validators.identities.check(message.header(IDENTITY_HEADER), &validators.identity)?;
     if request_id.is_none() {
-        return Err(check_request_id(&header_values(message, REQUEST_ID_HEADER)).err().unwrap_or_else(|| {
+        return Err(check_request_id(header_values(message, REQUEST_ID_HEADER)).err().unwrap_or_else(|| {
             Rejection::new(Reason::RequestIdInvalid, format!("the {REQUEST_ID_HEADER} header was not accepted"))
         }));
     }
