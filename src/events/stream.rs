@@ -58,24 +58,29 @@ pub(crate) struct Cause<'a> {
     pub(crate) request_id: &'a str,
 }
 
-/// The stream record's value for the new event `id`.
-pub(crate) fn render(event: &Emitted, id: i64, event_time: DateTime<Utc>, cause: &Cause<'_>) -> Vec<u8> {
-    let mut payload = match &event.properties {
+/// The event's `payload` in the seed's shape: its properties, the message, the severity and the
+/// entity ids. Shared by the stream and the writers (hooks get the same document).
+pub(crate) fn payload(properties: &Value, message: &str, severity: &str, entity: super::Entity) -> Value {
+    let mut payload = match properties {
         Value::Object(properties) => properties.clone(),
         _ => Map::new(),
     };
-    payload.insert("message".into(), Value::String(event.message.clone()));
-    payload.insert("severity".into(), Value::String(event.severity.as_str().into()));
-    let ids =
-        [("cluster_id", event.entity.cluster_id), ("host_id", event.entity.host_id), ("infra_env_id", event.entity.infra_env_id)];
-    for (name, id) in ids {
+    payload.insert("message".into(), Value::String(message.to_owned()));
+    payload.insert("severity".into(), Value::String(severity.to_owned()));
+    for (name, id) in [("cluster_id", entity.cluster_id), ("host_id", entity.host_id), ("infra_env_id", entity.infra_env_id)] {
         if let Some(id) = id {
             payload.insert(name.into(), Value::String(id.to_string()));
         }
     }
+    Value::Object(payload)
+}
+
+/// The stream record's value for the new event `id`.
+pub(crate) fn render(event: &Emitted, id: i64, event_time: DateTime<Utc>, cause: &Cause<'_>) -> Vec<u8> {
+    let payload = payload(&event.properties, &event.message, event.severity.as_str(), event.entity);
     let envelope = Envelope {
         name: event.name,
-        payload: Value::Object(payload),
+        payload,
         metadata: Metadata {
             kind: KIND,
             versions: Versions { event_router: env!("CARGO_PKG_VERSION"), catalog: CATALOG_DIGEST },

@@ -61,17 +61,9 @@ pub struct WrittenEvent {
 impl WrittenEvent {
     /// The stream's shape (`name`, `payload`, `metadata`), without any identity.
     pub fn document(&self) -> Value {
-        let mut payload = match &self.properties.0 {
-            Value::Object(properties) => properties.clone(),
-            _ => serde_json::Map::new(),
-        };
-        payload.insert("message".into(), self.message.clone().into());
-        payload.insert("severity".into(), self.severity.clone().into());
-        for (name, id) in [("cluster_id", self.cluster_id), ("host_id", self.host_id), ("infra_env_id", self.infra_env_id)] {
-            if let Some(id) = id {
-                payload.insert(name.into(), id.to_string().into());
-            }
-        }
+        let entity =
+            crate::events::Entity { cluster_id: self.cluster_id, host_id: self.host_id, infra_env_id: self.infra_env_id };
+        let payload = crate::events::stream::payload(&self.properties.0, &self.message, &self.severity, entity);
         serde_json::json!({
             "name": self.name,
             "payload": payload,
