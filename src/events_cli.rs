@@ -232,17 +232,11 @@ impl WaitFilter {
 /// `30s`, `2m`, `1h`, `500ms`, or seconds.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().map_err(|_| format!("`{text}` is not a duration such as 30s"))?;
-    let seconds = match unit {
-        "" | "s" => number,
-        "m" => number.saturating_mul(60),
-        "h" => number.saturating_mul(3600),
-        "ms" => return Ok(Duration::from_millis(number)),
-        _ => return Err(format!("`{text}` is not a duration such as 30s (units: ms, s, m, h)")),
-    };
-    Ok(Duration::from_secs(seconds))
+    match text.parse::<u64>() {
+        Ok(seconds) => Ok(Duration::from_secs(seconds)),
+        Err(_) => event_router::config::parse_duration(text)
+            .ok_or_else(|| format!("`{text}` is not a duration such as 30s (units: ms, s, m, h)")),
+    }
 }
 
 async fn wait(api: ApiArgs, filter: &str, duration: &str) -> i32 {

@@ -454,6 +454,22 @@ impl Config {
     }
 }
 
+/// A duration written with its unit: `500ms`, `10s`, `2m`, `1h` (hooks' timeouts, the CLI's
+/// `--duration`); `None` for anything else, an overflow included.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit())?;
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(number)),
+        "s" => Some(Duration::from_secs(number)),
+        "m" => number.checked_mul(60).map(Duration::from_secs),
+        "h" => number.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}
+
 /// A listening address from the setting `name`, or `default`.
 fn parse_addr(env: &(impl Env + ?Sized), name: &'static str, default: SocketAddr) -> Result<SocketAddr, ConfigError> {
     match env.var(name) {

@@ -90,19 +90,6 @@ pub struct Hook {
     pub concurrency: usize,
 }
 
-/// `10s`, `500ms`, `2m`.
-fn duration(text: &str) -> Option<Duration> {
-    let split = text.find(|c: char| !c.is_ascii_digit())?;
-    let (number, unit) = text.split_at(split);
-    let number: u64 = number.parse().ok()?;
-    match unit {
-        "ms" => Some(Duration::from_millis(number)),
-        "s" => Some(Duration::from_secs(number)),
-        "m" => Some(Duration::from_secs(number.checked_mul(60)?)),
-        _ => None,
-    }
-}
-
 /// Reads and checks the hooks file at `path`.
 pub fn load(path: &Path) -> Result<Vec<Hook>, HooksError> {
     let file = path.display().to_string();
@@ -156,9 +143,11 @@ pub fn parse(text: &str) -> Result<Vec<Hook>, String> {
         }
         let timeout = match &entry.timeout {
             None => Duration::from_secs(10),
-            Some(text) => duration(text).filter(|t| !t.is_zero() && *t <= Duration::from_secs(3600)).ok_or_else(|| {
-                at("timeout", format!("`{}` is not a duration from 1ms to 60m, such as \"10s\"", text.escape_default()))
-            })?,
+            Some(text) => {
+                crate::config::parse_duration(text).filter(|t| !t.is_zero() && *t <= Duration::from_secs(3600)).ok_or_else(
+                    || at("timeout", format!("`{}` is not a duration from 1ms to 60m, such as \"10s\"", text.escape_default())),
+                )?
+            }
         };
         let attempts = entry.attempts.unwrap_or(3);
         if !(1..=20).contains(&attempts) {
