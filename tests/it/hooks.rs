@@ -156,8 +156,10 @@ async fn a_hanging_hook_is_killed_with_its_children_and_a_failing_one_is_recorde
         failures.iter().filter(|f| f.0 == "hook:hang").all(|f| f.2.contains("killed with its process group")),
         "{failures:?}"
     );
-    // The children the hanging script started died with it.
-    for pid in scratch.read("children.txt").lines() {
+    // The children the hanging script started died with it (one per run: 2 events, 2 attempts).
+    let children = scratch.read("children.txt");
+    assert_eq!(children.lines().count(), 4, "every run of the hanging hook said its child: {children:?}");
+    for pid in children.lines() {
         let alive = Path::new(&format!("/proc/{pid}")).exists()
             && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ");
         assert!(!alive, "child {pid} of the killed hook is still running");

@@ -75,18 +75,32 @@ async fn what_does_not_fit_the_catalog_is_dead_lettered_with_its_reason() {
         ("cluster_rebooted", serde_json::json!({"cluster_id": CLUSTER}), "event_unknown"),
         ("cluster_install_completed", serde_json::json!({"cluster_id": CLUSTER}), "event_properties_invalid"),
         ("cluster_install_completed", serde_json::json!({"cluster_id": "x", "host_count": 1}), "event_properties_invalid"),
+        // Hostile: a NUL PostgreSQL cannot store, and a name far over its length.
+        (
+            "cluster_install_stage_progressed",
+            serde_json::json!({"cluster_id": CLUSTER, "stage": "in\u{0}stalling", "progress": 5}),
+            "database_rejected",
+        ),
     ];
     for (name, properties, _) in &cases {
         recorder.record_value(name, properties.clone(), None).await.unwrap();
     }
-    let dead = app.read_topic(&app.topic("dlq"), cases.len(), WAIT).await;
+    // A name far over the schema's 128 characters, sent past the recorder's own check.
+    let long = serde_json::json!({"name": "n".repeat(200), "properties": {}, "source": {"component": "c", "node": "n"}});
+    app.send("event-recorded", &testkit::user_message("org-r", &long, CLUSTER, "long-name")).await;
+    let dead = app.read_topic(&app.topic("dlq"), cases.len() + 1, WAIT).await;
     let mut reasons: Vec<String> = dead.iter().filter_map(|m| header(m, dead_letter::REASON)).collect();
     reasons.sort();
-    let mut expected: Vec<String> = cases.iter().map(|(_, _, reason)| reason.to_string()).collect();
+    let mut expected: Vec<String> =
+        cases.iter().map(|(_, _, reason)| reason.to_string()).chain(["schema_violation".to_owned()]).collect();
     expected.sort();
     assert_eq!(reasons, expected);
     let messages: Vec<String> = dead.iter().filter_map(|m| header(m, dead_letter::MESSAGE)).collect();
     assert!(messages.iter().any(|m| m.contains("needs the property `host_count`")), "{messages:?}");
     assert_eq!(app.db.count("events").await, 0);
+    // None of it held up the topic: a good recording behind them, on the same key, is stored.
+    let good = ClusterInstallCompleted { cluster_id: CLUSTER.parse().unwrap(), host_count: 2 };
+    recorder.record(&good).await.unwrap();
+    eventually(WAIT, "the good event behind the misfits stored", || async { app.db.count("events").await == 1 }).await;
     app.stop().await;
 }
