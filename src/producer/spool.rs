@@ -371,6 +371,12 @@ mod tests {
         assert_eq!(values(&mut spool), ["{\"n\": 1}"]);
         assert!(!dir.join(log_name(1)).exists(), "the orphan is removed");
         drop(spool);
+        // A head file that is not `<generation> <offset>` (bytes not UTF-8 too) is a clear error.
+        for garbage in [&b"not a head"[..], &[0xff, 0xfe, 0x00][..]] {
+            fs::write(dir.join("head"), garbage).unwrap();
+            let error = Spool::open(&dir, 1 << 20).err().expect("refused");
+            assert!(error.to_string().contains(&dir.display().to_string()), "{error}");
+        }
         // A head past the end of its log (cut, then the crash): nothing is left to send.
         write_head(&dir, Head { generation: 0, offset: 10_000 }).unwrap();
         let spool = Spool::open(&dir, 1 << 20).unwrap();

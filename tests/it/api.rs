@@ -206,6 +206,32 @@ async fn the_request_id_is_taken_or_made_and_the_document_is_served() {
     let document = app.api_get("/api/event-router/v1/openapi.json", &[]).await;
     assert_eq!((document.status, document.json()), (200, serde_json::from_str::<Value>(event_router::api::OPENAPI).unwrap()));
     assert_eq!(app.api_get("/api/event-router/v1/nothing", &[]).await.status, 404);
+
+    // Header values that are not UTF-8, and a NUL: refused, never a 500.
+    for (header, value, status) in [
+        ("x-rh-insights-request-id", &b"req-\xff\xfe"[..], 400),
+        ("x-rh-identity", &b"\xff\xfe"[..], 401),
+        // NUL is not allowed in an HTTP header at all: the HTTP layer refuses the request.
+        ("x-rh-identity", &b"ab\x00cd"[..], 400),
+        ("last-event-id", &b"\xff1"[..], 400),
+    ] {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let mut stream = tokio::net::TcpStream::connect(app.api_addr).await.unwrap();
+        let identity = identity("a");
+        let mut request = format!("GET {EVENTS}/feed HTTP/1.1\r\nHost: x\r\nConnection: close\r\n").into_bytes();
+        if header != "x-rh-identity" {
+            request.extend_from_slice(format!("x-rh-identity: {identity}\r\n").as_bytes());
+        }
+        request.extend_from_slice(format!("{header}: ").as_bytes());
+        request.extend_from_slice(value);
+        request.extend_from_slice(b"\r\n\r\n");
+        stream.write_all(&request).await.unwrap();
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        let code: u16 = answer.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        assert_eq!(code, status, "{header}: {}", answer.lines().next().unwrap_or_default());
+    }
     app.stop().await;
 }
 
