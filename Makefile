@@ -8,14 +8,15 @@ TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 BENCH_PATHS = $(if $(findstring --service,$(BENCH_ARGS)),,--service $(TARGET_DIR)/release/event-router) \
 	$(if $(findstring --python,$(BENCH_ARGS)),,--python $(TARGET_DIR)/bench-venv/bin/python)
 
-.PHONY: help run test lint soak bench clean-test-dbs
+.PHONY: help run test lint soak bench clean-test-dbs declare-topics
 
 help:
 	@echo "make run    build, start PostgreSQL + embedded broker + service + demo traffic"
 	@echo "make test   everything: unit, integration (real broker + PostgreSQL), API fuzzing and build-failure tests"
 	@echo "make soak   the crash test with 200,000 messages, 3 instances, 20 kills"
 	@echo "make bench  end-to-end throughput and latency next to same-run ceilings"
-	@echo "make lint   rustfmt + clippy"
+	@echo "make lint   rustfmt + clippy + schema compatibility + deploy declarations and manifests"
+	@echo "make declare-topics   regenerate the topic declarations in deploy/ from api/event/"
 
 run:
 	scripts/run-local.sh
@@ -46,6 +47,13 @@ bench:
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+	scripts/check-schemas.sh
+	scripts/validate-deploy.sh --test
+	scripts/validate-deploy.sh
+
+# The ClowdApp's kafkaTopics and deploy/kubernetes/kafka-topics.yaml, from api/event/.
+declare-topics:
+	$(CARGO) run --quiet --bin event-router -- schema declare --write
 
 clean-test-dbs:
 	@scripts/ensure-postgres.sh

@@ -12,6 +12,7 @@ use event_router::{replay, store, topics};
 mod demo;
 mod events_cli;
 mod produce_cli;
+mod schema_cli;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
@@ -82,6 +83,12 @@ enum Command {
         #[command(subcommand)]
         command: events_cli::EventsCommand,
     },
+    /// Schema lifecycle: compatibility with a previous version, and the topic declarations
+    /// deploys need.
+    Schema {
+        #[command(subcommand)]
+        command: schema_cli::SchemaCommand,
+    },
     /// Send demo traffic (valid and invalid) and print what the service publishes.
     Demo {
         /// Messages per second.
@@ -114,6 +121,10 @@ async fn main() {
     // A client of the API: no service configuration to read, and exit codes of its own.
     if let Command::Events { command } = cli.command {
         std::process::exit(events_cli::run(command).await);
+    }
+    // Tools over the files in api/event/ and deploy/: no service configuration either.
+    if let Command::Schema { command } = cli.command {
+        std::process::exit(schema_cli::run(command));
     }
     if let Err(error) = execute(cli.command).await {
         tracing::error!("{error:#}");
@@ -157,13 +168,17 @@ async fn execute(command: Command) -> anyhow::Result<()> {
         Command::Spool { command } => produce_cli::spool(&config, command).await,
         Command::Record(args) => produce_cli::record(&config, args).await,
         Command::Replay { from, topic, reason, since, until, include_replayed, dry_run } => {
-            let topic = topic.map(|t| if t.contains('.') { t } else { config.topics.name(&t) });
+            // A key (`todo-created`, `todo-created.v2`) or a full topic name.
+            let topic =
+                topic.map(
+                    |t| if topics::TopicSchema::find(&t).is_some() || !t.contains('.') { config.topics.name(&t) } else { t },
+                );
             let filter = replay::Filter { topic, reason, since, until, include_replayed };
             let summary = replay::run(&config, from, &filter, dry_run).await?;
             println!("{}{summary}", if dry_run { "dry run: " } else { "" });
             Ok(())
         }
-        Command::Events { .. } => unreachable!("handled before the configuration is read"),
+        Command::Events { .. } | Command::Schema { .. } => unreachable!("handled before the configuration is read"),
         Command::Demo { rate, count } => {
             let stop = stop_on_signal();
             demo::run(&config.kafka, &config.topics, rate, count, stop).await

@@ -304,7 +304,7 @@ pub fn redact_url(url: &str) -> String {
 pub(crate) const DEFAULT_MAX_MESSAGE_BYTES: usize = 900_000;
 pub(crate) const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/event_router";
 pub(crate) const DEFAULT_BROKERS: &str = "127.0.0.1:9092";
-pub(crate) const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
+pub const DEFAULT_TOPIC_PREFIX: &str = "platform.event-router";
 /// 14 days: well above the usual 7-day topic retention (see [`crate::store::retention`]).
 pub(crate) const DEFAULT_INBOX_RETENTION_HOURS: u64 = 14 * 24;
 pub(crate) const DEFAULT_EVENT_DEDUP_WINDOW_SECONDS: u64 = 60;

@@ -23,6 +23,7 @@ mod replay;
 mod retention;
 mod scaling;
 mod schema_build;
+mod schema_lifecycle;
 mod spool;
 mod stream_outbox;
 mod syslog;

@@ -116,6 +116,16 @@ fn walk(schema: &Value, at: &str, for_types: bool, problems: &mut SchemaProblems
     };
     for (keyword, value) in object {
         let here = format!("{at}/{keyword}");
+        // A topic's own keywords (`x-compatibility`, ...) sit at the root; topic_lifecycle
+        // checks their values.
+        if at == "#" && keyword.starts_with("x-") {
+            if let Err(problem) = topic_lifecycle::settings::TopicSettings::from_schema(&Value::Object(
+                [(keyword.clone(), value.clone())].into_iter().collect(),
+            )) {
+                problems.errors.push(format!("at `{here}`: {problem}"));
+            }
+            continue;
+        }
         if !KNOWN.contains(&keyword.as_str()) {
             problems.errors.push(match suggestion(keyword) {
                 Some(known) => {

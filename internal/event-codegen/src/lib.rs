@@ -171,9 +171,11 @@ fn fail_on_errors(path: &Path, problems: &SchemaProblems) -> Result<(), CodegenE
 
 fn generate_topic(path: &Path, key: &str) -> Result<GeneratedTopic, CodegenError> {
     let err = |problem: String| CodegenError { file: path.to_path_buf(), problem };
-    if key.is_empty() || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+    let segment_ok = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-');
+    if !key.split('.').all(segment_ok) {
         return Err(err(format!(
-            "topic key `{key}` must be lower-case letters, digits and dashes (it becomes the Kafka topic name)"
+            "topic key `{key}` must be lower-case letters, digits and dashes, with dots between parts as in \
+             `todo-created.v2` (it becomes the Kafka topic name)"
         )));
     }
     let value = read_json(path)?;
@@ -190,7 +192,7 @@ fn generate_topic(path: &Path, key: &str) -> Result<GeneratedTopic, CodegenError
     let (code, payload_type) = run_typify(value, &payload_hint).map_err(err)?;
     Ok(GeneratedTopic {
         key: key.to_string(),
-        module: key.replace('-', "_"),
+        module: key.replace(['-', '.'], "_"),
         payload_type,
         path: path.canonicalize().unwrap_or_else(|_| path.to_path_buf()),
         digest,
@@ -264,7 +266,7 @@ fn run_typify(value: serde_json::Value, payload_hint: &str) -> Result<(String, S
 
 /// `todo-created` → `TodoCreated`.
 pub fn pascal_case(key: &str) -> String {
-    key.split(['-', '_'])
+    key.split(['-', '_', '.'])
         .filter(|part| !part.is_empty())
         .map(|part| {
             let mut chars = part.chars();

@@ -240,3 +240,32 @@ events:
         assert!(problem(&huge).contains("duplicate name"));
     }
 }
+
+#[test]
+fn topic_keywords_are_read_at_the_root_and_nowhere_else() {
+    let declared =
+        GOOD.replace("\"type\": \"object\",", "\"type\": \"object\", \"x-compatibility\": \"full\", \"x-partitions\": 6,");
+    assert_ne!(declared, GOOD);
+    assert!(generate(&write_dir(&[("thing-happened.event.json", &declared)])).is_ok());
+    let misspelled = GOOD.replace("\"type\": \"object\",", "\"type\": \"object\", \"x-compatability\": \"full\",");
+    let problem = generate(&write_dir(&[("thing-happened.event.json", &misspelled)])).unwrap_err().problem;
+    assert!(problem.contains("at `#/x-compatability`: unknown keyword `x-compatability`"), "{problem}");
+    let bad_value = GOOD.replace("\"type\": \"object\",", "\"type\": \"object\", \"x-partitions\": 0,");
+    let problem = generate(&write_dir(&[("thing-happened.event.json", &bad_value)])).unwrap_err().problem;
+    assert!(problem.contains("`x-partitions` must be an integer from 1 to 1000, not 0"), "{problem}");
+    let nested = GOOD.replace("\"minimum\": 0", "\"x-partitions\": 3, \"minimum\": 0");
+    let problem = generate(&write_dir(&[("thing-happened.event.json", &nested)])).unwrap_err().problem;
+    assert!(problem.contains("unknown keyword `x-partitions`"), "{problem}");
+}
+
+#[test]
+fn a_versioned_key_gets_its_own_module_and_type() {
+    let generated = generate(&write_dir(&[("thing-happened.v2.event.json", GOOD)])).unwrap();
+    let topic = &generated.topics[0];
+    assert_eq!((topic.key.as_str(), topic.module.as_str()), ("thing-happened.v2", "thing_happened_v2"));
+    assert_eq!(pascal_case("thing-happened.v2"), "ThingHappenedV2");
+    for bad in ["thing..v2", ".thing", "thing.", "Thing.v2"] {
+        let problem = generate(&write_dir(&[(&format!("{bad}.event.json"), GOOD)])).unwrap_err().problem;
+        assert!(problem.contains("must be lower-case letters, digits and dashes"), "{bad}: {problem}");
+    }
+}
