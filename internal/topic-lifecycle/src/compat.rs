@@ -244,6 +244,8 @@ struct Shape<'a> {
     rejects_all: bool,
     types: Option<BTreeSet<&'static str>>,
     values: Option<Vec<Value>>,
+    /// `enum` or `const`, whichever the values came from last.
+    values_keyword: &'static str,
     upper: BTreeMap<&'static str, Bound>,
     lower: BTreeMap<&'static str, Bound>,
     multiple_of: Vec<f64>,
@@ -307,11 +309,12 @@ impl<'a> Shape<'a> {
             });
         }
         let listed = match (object.get("enum"), object.get("const")) {
-            (_, Some(constant)) => Some(vec![constant.clone()]),
-            (Some(Value::Array(values)), None) => Some(values.clone()),
+            (_, Some(constant)) => Some((vec![constant.clone()], "const")),
+            (Some(Value::Array(values)), None) => Some((values.clone(), "enum")),
             _ => None,
         };
-        if let Some(listed) = listed {
+        if let Some((listed, keyword)) = listed {
+            self.values_keyword = keyword;
             self.values = Some(match self.values.take() {
                 Some(before) => before.into_iter().filter(|v| listed.iter().any(|l| json_eq(l, v))).collect(),
                 None => listed,
@@ -618,7 +621,7 @@ impl<'a> Walk<'a> {
                 for value in missing {
                     self.report(
                         Finding::EnumValueMissing,
-                        place.keyword("enum"),
+                        place.keyword(r.values_keyword),
                         place,
                         format!("no {value}"),
                         format!("{value} allowed"),
@@ -627,7 +630,7 @@ impl<'a> Walk<'a> {
             }
             None => self.report(
                 Finding::EnumAdded,
-                place.keyword("enum"),
+                place.keyword(r.values_keyword),
                 place,
                 format!("only {}", list(reader_values.iter().map(|v| v.as_str().unwrap_or("…")))),
                 "any value".into(),

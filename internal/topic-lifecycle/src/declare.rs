@@ -184,11 +184,7 @@ pub struct Drift {
 
 /// Splits `text` into the lines before the first entry and the entries, each starting at a line
 /// for which `starts` holds and keyed by the first of its lines `key_of` names.
-fn entries(
-    text: &str,
-    starts: impl Fn(&str) -> bool,
-    key_of: impl Fn(&str) -> Option<String>,
-) -> (&str, Vec<(String, &str)>) {
+fn entries(text: &str, starts: impl Fn(&str) -> bool, key_of: impl Fn(&str) -> Option<String>) -> (&str, Vec<(String, &str)>) {
     let mut offsets = Vec::new();
     let mut at = 0;
     for line in text.split_inclusive('\n') {

@@ -71,6 +71,11 @@ fn enum_values_removed_break_backward_and_added_break_forward() {
     let added = edited("/properties/state", json!({"enum": ["open", "done", "archived"]}));
     assert_eq!(found(&base(), &added, Compatibility::Full), [(F, "enum-value-added", "/properties/state/enum".to_string())]);
     assert!(found(&base(), &added, Compatibility::Backward).is_empty());
+    let constant = edited("/properties/state", json!({"const": "open"}));
+    assert_eq!(
+        found(&base(), &constant, Compatibility::Backward),
+        [(B, "enum-value-removed", "/properties/state/const".to_string())]
+    );
 }
 
 #[test]
