@@ -27,6 +27,7 @@ test: clean-test-dbs
 	$(CARGO) test --workspace --no-fail-fast
 	scripts/api-fuzz.sh
 	scripts/check-new-topic.sh
+	scripts/check-make-run.sh
 	python3 deploy/prometheus/render-prometheusrule.py --check
 
 # The crash test, longer and with several instances sharing the partitions.

@@ -24,7 +24,8 @@ export API_ADDR=${API_ADDR:-127.0.0.1:8000}
 export EVENT_ROUTER_TOPIC_PATTERN=${EVENT_ROUTER_TOPIC_PATTERN:-'^platform\.event-router\..*'}
 export LOG_FORMAT=${LOG_FORMAT:-text}
 TARGET_DIR=${CARGO_TARGET_DIR:-target}
-RUN_DIR=$TARGET_DIR/run
+# Logs; scripts/check-make-run.sh gives each of its runs a folder of its own.
+RUN_DIR=${RUN_DIR:-$TARGET_DIR/run}
 mkdir -p "$RUN_DIR"
 
 scripts/ensure-build-deps.sh
@@ -37,14 +38,24 @@ BIN=$TARGET_DIR/debug/event-router
 # stops them in reverse order: demo, service (it commits offsets), broker last.
 pids=()
 cleanup() {
-  trap - EXIT INT TERM
+  # Signals that arrive meanwhile are ignored, not fatal: a signal sent to the whole process group
+  # reaches this script twice (make passes its SIGTERM on), and Ctrl-C may be pressed again; dying
+  # half-way would leave the service and the broker running in their sessions.
+  trap '' INT TERM HUP
+  trap - EXIT
   for ((i = ${#pids[@]} - 1; i >= 0; i--)); do
     kill -TERM "${pids[i]}" 2>/dev/null || true
-    while kill -0 "${pids[i]}" 2>/dev/null; do sleep 0.2; done
+    # Bounded: what has not stopped within 45 s is killed.
+    for _ in $(seq 1 225); do kill -0 "${pids[i]}" 2>/dev/null || break; sleep 0.2; done
+    kill -KILL "${pids[i]}" 2>/dev/null || true
   done
   say "stopped"
 }
-trap cleanup EXIT INT TERM
+# After Ctrl-C or SIGTERM, stop here (with the shell's status for it) instead of going on with the
+# script. (Any other fatal signal, SIGHUP when the terminal closes say, runs the EXIT trap.)
+trap cleanup EXIT
+trap 'cleanup; exit 130' INT
+trap 'cleanup; exit 143' TERM
 
 say "starting the embedded broker on $KAFKA_BROKERS (log: $RUN_DIR/broker.log)"
 setsid "$BIN" dev-broker --listen "$KAFKA_BROKERS" >"$RUN_DIR/broker.log" 2>&1 &
