@@ -15,11 +15,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use event_router::config::Config;
-use event_router::envelope::REQUEST_ID_HEADER;
 use event_router::producer::{EventProducer, IdentityHeader, Outgoing};
 use futures::stream::{self, StreamExt};
 use serde_json::json;
-use testkit::{header, TestDb};
+use testkit::TestDb;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -120,36 +119,6 @@ async fn produce(producer: EventProducer, total: u64, pace: Duration) {
         .await;
 }
 
-/// Reads every message of `topic` until `expected` distinct request ids are seen or `timeout`
-/// passes; returns (distinct request ids, messages read).
-async fn request_ids(brokers: &str, topic: &str, expected: usize, timeout: Duration) -> (HashSet<String>, usize) {
-    use rdkafka::consumer::{Consumer, StreamConsumer};
-    let consumer: StreamConsumer = rdkafka::ClientConfig::new()
-        .set("bootstrap.servers", brokers)
-        .set("group.id", format!("crash-reader-{}", uuid::Uuid::new_v4()))
-        .set("auto.offset.reset", "earliest")
-        .set("enable.auto.commit", "false")
-        .create()
-        .unwrap();
-    consumer.subscribe(&[topic]).unwrap();
-    let (mut ids, mut read) = (HashSet::new(), 0);
-    let deadline = Instant::now() + timeout;
-    // Keep reading a little after the last expected id, to count duplicates that follow it.
-    let mut settle: Option<Instant> = None;
-    while Instant::now() < deadline && settle.is_none_or(|until| Instant::now() < until) {
-        let Ok(Ok(message)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
-        let message = event_router::message::RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED);
-        read += 1;
-        if let Some(id) = header(&message, REQUEST_ID_HEADER) {
-            ids.insert(id);
-        }
-        if ids.len() >= expected && settle.is_none() {
-            settle = Some(Instant::now() + Duration::from_secs(2));
-        }
-    }
-    (ids, read)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_at_random_moments_the_service_loses_and_duplicates_nothing() {
     let total = setting("CRASH_MESSAGES", 50_000);
@@ -201,10 +170,11 @@ async fn killed_at_random_moments_the_service_loses_and_duplicates_nothing() {
     // At least once in the stream; every invalid message in the dead-letter topic.
     let want = |ns: &[u64]| ns.iter().map(|n| format!("crash-{n}")).collect::<HashSet<_>>();
     let (stream_ids, stream_read) =
-        request_ids(&cluster.brokers, &config.topics.stream(), valid.len(), Duration::from_secs(300)).await;
+        testkit::request_ids(&cluster.brokers, &config.topics.stream(), valid.len(), Duration::from_secs(300), |_| true).await;
     let missing_in_stream = want(&valid).difference(&stream_ids).count();
     let (dead_ids, dead_read) =
-        request_ids(&cluster.brokers, &config.topics.dead_letter(), invalid.len(), Duration::from_secs(120)).await;
+        testkit::request_ids(&cluster.brokers, &config.topics.dead_letter(), invalid.len(), Duration::from_secs(120), |_| true)
+            .await;
     let missing_in_dlq = want(&invalid).difference(&dead_ids).count();
     println!(
         "crash test: sent {total} ({} valid, {} invalid) to {instance_count} instance(s), {kills} kills; \

@@ -27,4 +27,5 @@ mod schema_lifecycle;
 mod spool;
 mod stream_outbox;
 mod syslog;
+mod takeover;
 mod tansu;

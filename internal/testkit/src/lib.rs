@@ -425,6 +425,36 @@ async fn read_topic_where(
     records
 }
 
+/// Reads `topic` from the beginning until the records `keep` accepts carried `expected` distinct
+/// request ids, and two seconds more to count duplicates that follow the last one, or until
+/// `timeout`; returns the distinct ids and how many accepted records were read. For tests that
+/// allow duplicates (at least once) and count them.
+pub async fn request_ids(
+    brokers: &str,
+    topic: &str,
+    expected: usize,
+    timeout: Duration,
+    keep: impl Fn(&RawMessage) -> bool,
+) -> (std::collections::HashSet<String>, usize) {
+    let consumer = reader(brokers, topic);
+    let (mut ids, mut read) = (std::collections::HashSet::new(), 0);
+    let deadline = Instant::now() + timeout;
+    let mut settle: Option<Instant> = None;
+    while Instant::now() < deadline && settle.is_none_or(|until| Instant::now() < until) {
+        let Ok(Ok(record)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
+        let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED);
+        if !keep(&record) {
+            continue;
+        }
+        read += 1;
+        ids.extend(header(&record, event_router::envelope::REQUEST_ID_HEADER));
+        if ids.len() >= expected && settle.is_none() {
+            settle = Some(Instant::now() + Duration::from_secs(2));
+        }
+    }
+    (ids, read)
+}
+
 /// Reads whatever arrives on `topic` within `window` (for asserting that nothing arrives).
 pub async fn drain_topic(brokers: &str, topic: &str, window: Duration) -> Vec<RawMessage> {
     let consumer = reader(brokers, topic);
