@@ -173,6 +173,47 @@ async fn readyz_follows_the_database_away_and_back() {
     app.stop().await;
 }
 
+/// A consumer out of its group is not ready. Its group coordinator (the embedded broker) goes
+/// down: no heartbeat gets an answer, the session times out (`session.timeout.ms`, 10 s), and
+/// librdkafka revokes the assignment as lost. `/readyz` then answers 503 with `consumer_joined:
+/// false`, though the database answers and the consumer task runs; once the coordinator is back
+/// and the consumer has rejoined and been assigned partitions, 200 again, and it consumes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_the_consumer_out_of_its_group_and_back() {
+    let app = spawn_app().await;
+    eventually(Duration::from_secs(30), "ready", || async { app.get("/readyz").await.0 == 200 }).await;
+    let revokes = || app.metric("event_router_rebalances_total", &[("kind", "revoke")]);
+    let revoked_before = revokes().await;
+
+    let down_at = std::time::Instant::now();
+    app.broker.embedded().broker_down(1).unwrap();
+    eventually(Duration::from_secs(30), "unready once out of the group", || async {
+        let (status, body) = app.get("/readyz").await;
+        status == 503 && body.contains("\"consumer_joined\":false")
+    })
+    .await;
+    let noticed = down_at.elapsed();
+    let (_, body) = app.get("/readyz").await;
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!((&body["database"], &body["consumer_running"]), (&true.into(), &true.into()), "only the group is missing: {body}");
+    assert!(noticed >= Duration::from_secs(5), "out of the group only once the session timed out, not at once ({noticed:?})");
+    assert!(revokes().await > revoked_before, "the assignment was revoked");
+    assert_eq!(app.get("/healthz").await.0, 200, "still alive: no restart needed");
+
+    let up_at = std::time::Instant::now();
+    app.broker.embedded().broker_up(1).unwrap();
+    eventually(Duration::from_secs(60), "ready again once rejoined", || async {
+        let (status, body) = app.get("/readyz").await;
+        status == 200 && body.contains("\"consumer_joined\":true")
+    })
+    .await;
+    let rejoined = up_at.elapsed();
+    app.send("todo-created", &Outgoing::json(&testkit::todo(5), IdentityHeader::Document(samples::user_identity("1")))).await;
+    eventually(Duration::from_secs(30), "consuming again", || async { app.db.count("todos").await == 1 }).await;
+    println!("readyz: out of the group {noticed:.1?} after its coordinator went down, ready {rejoined:.1?} after it came back");
+    app.stop().await;
+}
+
 /// The HTTP server alone, on a port of its own, with `limits`; stopped by cancelling the token.
 async fn serve_http(
     limits: event_router::http::HttpLimits,
