@@ -11,14 +11,17 @@
 //!    (validation, handler, inbox, outbox; batches of `--batch` as a worker with a backlog takes them),
 //!    one task per partition, without a Kafka consumer.
 //! 5. Comparison: a straightforward Python consumer (`bench/python/consumer.py`: the same checks,
-//!    batched inserts) drains the same backlog into a fresh database.
+//!    batched inserts) drains the same backlog into a fresh database; then the same consumer
+//!    with the service's shortcut (`--identity-cache`), the fair peer.
 //! 6. End to end: the service binary drains the backlog; throughput, latency percentiles (from
-//!    its own histogram), peak RSS and CPU time of the process.
+//!    its own histogram), peak RSS and CPU time of the process, and the drain's cost per message
+//!    by process and PostgreSQL's statement time (`cost.rs`).
 //! 7. Steady rate (optional): messages at a fixed rate, p99 end-to-end latency.
 //!
 //! Results go to `bench/results/<timestamp>.{json,md}`.
 
 mod api;
+mod cost;
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -40,6 +43,13 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use serde_json::{json, Value};
 use testkit::TestDb;
 use tokio_util::sync::CancellationToken;
+
+/// The report's steps that its ratios are computed from.
+const CONSUME_ONLY: &str = "ceiling: consume only (rdkafka)";
+const COPY: &str = "ceiling: database only (COPY)";
+const PYTHON: &str = "comparison: Python consumer";
+const PYTHON_FAIR: &str = "comparison: Python consumer with identity cache (fair peer)";
+const END_TO_END: &str = "end to end (service)";
 
 /// The embedded broker keeps about 5 MiB per partition and drops the oldest beyond that.
 const PARTITION_BUDGET: usize = 4 * 1024 * 1024;
@@ -202,12 +212,12 @@ async fn main() -> anyhow::Result<()> {
     if !args.end_to_end_only {
         // 2. Ceiling: consume only.
         let elapsed = consume_only(&base, args.messages).await?;
-        report.add("ceiling: consume only (rdkafka)", args.messages, elapsed, json!({}));
+        report.add(CONSUME_ONLY, args.messages, elapsed, json!({}));
 
         // 3. Ceiling: database only, COPY.
         let db = TestDb::create().await;
         let elapsed = copy_rows(&db, &built, &base, args.batch).await?;
-        report.add("ceiling: database only (COPY)", valid, elapsed, json!({}));
+        report.add(COPY, valid, elapsed, json!({}));
         // Each step's database goes when the step is done: autovacuum working through a million
         // rows of an earlier step had landed in the steady phase's latency.
         db.drop_database().await;
@@ -218,12 +228,15 @@ async fn main() -> anyhow::Result<()> {
         report.add("service insert path (no Kafka)", args.messages, elapsed, json!({}));
         db.drop_database().await;
 
-        // 5. Comparison: the Python consumer.
-        let db = TestDb::create().await;
-        if let Some(elapsed) = python_consumer(&args, &base, &db, args.messages, valid).await? {
-            report.add("comparison: Python consumer", args.messages, elapsed, json!({}));
+        // 5. Comparison: the Python consumer as it was first written, then with the service's
+        //    identity cache (its validators are compiled once per topic in both).
+        for (name, identity_cache) in [(PYTHON, false), (PYTHON_FAIR, true)] {
+            let db = TestDb::create().await;
+            if let Some((elapsed, extra)) = python_consumer(&args, &base, &db, valid, identity_cache).await? {
+                report.add(name, args.messages, elapsed, extra);
+            }
+            db.drop_database().await;
         }
-        db.drop_database().await;
     }
 
     // 6. End to end.
@@ -231,7 +244,7 @@ async fn main() -> anyhow::Result<()> {
     let e2e = end_to_end(&args, &broker, &db, valid, invalid).await?;
     db.drop_database().await;
     report.add(
-        "end to end (service)",
+        END_TO_END,
         args.messages,
         e2e.elapsed,
         json!({
@@ -241,6 +254,7 @@ async fn main() -> anyhow::Result<()> {
             "steady_within_50ms": e2e.steady_within_50ms,
         }),
     );
+    report.cost = Some((e2e.drain_cost, e2e.catch_up_cost));
     if !args.end_to_end_only {
         api_step(&args, &mut report).await?;
     }
@@ -462,26 +476,34 @@ async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMes
     Ok(started.elapsed())
 }
 
-/// Runs `bench/python/consumer.py` over the backlog in a group of its own; its own clock, from
-/// its first message to its last commit. `None` when the interpreter is missing.
-async fn python_consumer(args: &Args, base: &Config, db: &TestDb, total: u64, valid: u64) -> anyhow::Result<Option<Duration>> {
+/// Runs `bench/python/consumer.py` over the backlog in a group of its own, with
+/// `--identity-cache` when `identity_cache`; its own clock, from its first message to its last
+/// commit, and its CPU time per message. `None` when the interpreter is missing.
+async fn python_consumer(
+    args: &Args,
+    base: &Config,
+    db: &TestDb,
+    valid: u64,
+    identity_cache: bool,
+) -> anyhow::Result<Option<(Duration, Value)>> {
     if !args.python.exists() {
         println!("comparison: Python consumer skipped: {} missing (scripts/bench-python-venv.sh)", args.python.display());
         return Ok(None);
     }
     let topics: Vec<String> = TOPICS.iter().map(|t| base.topics.name(t)).collect();
-    let output = tokio::process::Command::new(&args.python)
+    let mut command = tokio::process::Command::new(&args.python);
+    command
         .arg("bench/python/consumer.py")
         .args(["--brokers", &base.kafka.brokers])
         .args(["--group", &format!("bench-python-{}", uuid::Uuid::new_v4())])
         .args(["--topics", &topics.join(",")])
         .args(["--database-url", &db.url])
-        .args(["--expect", &total.to_string()])
-        .args(["--schemas", "api/event"])
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .await
-        .context("start the Python consumer")?;
+        .args(["--expect", &args.messages.to_string()])
+        .args(["--schemas", "api/event"]);
+    if identity_cache {
+        command.arg("--identity-cache");
+    }
+    let output = command.stderr(std::process::Stdio::inherit()).output().await.context("start the Python consumer")?;
     ensure!(output.status.success(), "the Python consumer failed ({})", output.status);
     let stdout = String::from_utf8_lossy(&output.stdout);
     let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
@@ -489,7 +511,8 @@ async fn python_consumer(args: &Args, base: &Config, db: &TestDb, total: u64, va
     let inserted = db.count("processed_messages").await as u64;
     ensure!(inserted == valid, "the Python consumer recorded {inserted} of {valid} valid messages");
     let seconds = result["seconds"].as_f64().context("no seconds in the Python consumer's result")?;
-    Ok(Some(Duration::from_secs_f64(seconds)))
+    let cpu_us = result["cpu_seconds"].as_f64().map(|cpu| cpu * 1e6 / args.messages as f64);
+    Ok(Some((Duration::from_secs_f64(seconds), json!({"python_cpu_us_per_message": cpu_us}))))
 }
 
 struct EndToEnd {
@@ -502,6 +525,10 @@ struct EndToEnd {
     steady_p99_ms: Option<f64>,
     /// Share of the steady phase's messages within 50 ms (exact: 50 ms is a bucket bound).
     steady_within_50ms: Option<f64>,
+    /// Cost per message of the drain, and of the drain with the relay's catch-up after it (when
+    /// the steady phase runs, which waits for that).
+    drain_cost: cost::Cost,
+    catch_up_cost: Option<cost::Cost>,
 }
 
 /// Starts the service binary and waits until it drained the backlog.
@@ -535,8 +562,9 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
                 .context("start the service")?,
         );
     }
-    let pids: Vec<String> = children.iter().filter_map(|c| c.id()).map(|pid| pid.to_string()).collect();
-    std::fs::write(args.out.join("service.pid"), pids.join("\n") + "\n")?;
+    let pids: Vec<u32> = children.iter().filter_map(tokio::process::Child::id).collect();
+    std::fs::write(args.out.join("service.pid"), pids.iter().map(|pid| format!("{pid}\n")).collect::<String>())?;
+    let meter = cost::Meter::new(&db.pool, pids.clone()).await;
     let first = metrics_ports[0];
     // The clock starts when the first message is consumed (after the group join).
     let scrape =
@@ -576,19 +604,43 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
         }
         sum as u64
     };
-    loop {
+    let total = valid + invalid;
+    let cost_start = meter.start(finished().await).await?;
+    let at_start = cost_start.processed();
+    let done = loop {
         let done = finished().await;
-        if done >= valid + invalid {
-            break;
+        if done >= total {
+            break done;
         }
-        ensure!(started.elapsed() < Duration::from_secs(1800), "not drained in 30 minutes: {done} of {}", valid + invalid);
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        ensure!(started.elapsed() < Duration::from_secs(1800), "not drained in 30 minutes: {done} of {total}");
+        // Polling is light, as its cost lands in the measured window (a /metrics render in the
+        // service, a parse here): about a quarter of the time the rest should take, between
+        // 50 ms (the resolution of the end) and 1 s.
+        let rate = done.saturating_sub(at_start) as f64 / started.elapsed().as_secs_f64();
+        let rest = if rate > 0.0 { (total - done) as f64 / rate } else { 0.0 };
+        tokio::time::sleep(Duration::from_secs_f64((rest / 4.0).clamp(0.05, 1.0))).await;
+    };
     let elapsed = started.elapsed();
+    let drain_cost = meter.cost(&cost_start, done).await?;
+    drain_cost.print("drain");
     if let Some(mut perf) = profiler {
         // perf writes its file on SIGINT.
         std::process::Command::new("kill").args(["-INT", &perf.id().context("perf pid")?.to_string()]).status()?;
         perf.wait().await?;
+    }
+    let steady = args.steady_rate > 0 && args.steady_seconds > 0;
+    let mut catch_up_cost = None;
+    if steady {
+        // Steady state means no backlog anywhere: let the outbox relay publish the drained
+        // backlog's events first, or it competes with the steady traffic for the CPU.
+        let relay_deadline = Instant::now() + Duration::from_secs(600);
+        // The service's own backlog query: a count(*) would scan every row the relay deleted.
+        while event_router::outbox::backlog(&db.pool).await?.0 > 0 && Instant::now() < relay_deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let cost = meter.cost(&cost_start, done).await?;
+        cost.print("drain and outbox relay catch-up");
+        catch_up_cost = Some(cost);
     }
     let (processed, dead) = (db.count("processed_messages").await as u64, db.count("dead_letters").await as u64);
     ensure!(
@@ -599,14 +651,7 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
     let (p50_ms, p99_ms) = (quantile(&body, 0.50) * 1e3, quantile(&body, 0.99) * 1e3);
 
     let (mut steady_p50_ms, mut steady_p99_ms, mut steady_within_50ms) = (None, None, None);
-    if args.steady_rate > 0 && args.steady_seconds > 0 {
-        // Steady state means no backlog anywhere: let the outbox relay publish the drained
-        // backlog's events first, or it competes with the steady traffic for the CPU.
-        let relay_deadline = Instant::now() + Duration::from_secs(600);
-        // The service's own backlog query: a count(*) would scan every row the relay deleted.
-        while event_router::outbox::backlog(&db.pool).await?.0 > 0 && Instant::now() < relay_deadline {
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+    if steady {
         let before = scrape(first).await;
         let base = config(broker.bootstrap_servers(), &db.url, "bench");
         let producer = EventProducer::new(&base.kafka, &base.topics)?;
@@ -638,26 +683,23 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
         steady_within_50ms = Some(share_within(&steady, 0.05));
     }
 
-    let (mut peak_rss_mib, mut cpu_seconds) = (0.0f64, 0.0);
-    for child in &children {
-        let pid = child.id().context("service pid")?;
-        let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-        let hwm_kib: f64 = status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmHWM:"))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0.0);
-        peak_rss_mib = peak_rss_mib.max(hwm_kib / 1024.0);
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let fields: Vec<&str> = stat.rsplit_once(") ").map(|(_, rest)| rest.split(' ').collect()).unwrap_or_default();
-        let ticks: f64 = fields.get(11).and_then(|u| u.parse::<f64>().ok()).unwrap_or(0.0)
-            + fields.get(12).and_then(|s| s.parse::<f64>().ok()).unwrap_or(0.0);
-        cpu_seconds += ticks / 100.0;
-    }
+    let peak_rss_mib = pids.iter().filter_map(|pid| cost::peak_rss_mib(*pid)).fold(0.0, f64::max);
+    let cpu_seconds = pids.iter().filter_map(|pid| cost::ProcStat::read(*pid)).map(|p| p.cpu_seconds).sum();
     for mut child in children {
         child.kill().await?;
     }
-    Ok(EndToEnd { elapsed, p50_ms, p99_ms, peak_rss_mib, cpu_seconds, steady_p50_ms, steady_p99_ms, steady_within_50ms })
+    Ok(EndToEnd {
+        elapsed,
+        p50_ms,
+        p99_ms,
+        peak_rss_mib,
+        cpu_seconds,
+        steady_p50_ms,
+        steady_p99_ms,
+        steady_within_50ms,
+        drain_cost,
+        catch_up_cost,
+    })
 }
 
 /// The sum of a metric's series, or of those whose labels include any of `labels`.
@@ -731,11 +773,13 @@ fn share_within(buckets: &[(f64, f64)], bound: f64) -> f64 {
 struct Report {
     args: Args,
     rows: Vec<(String, u64, Duration, Value)>,
+    /// The end-to-end drain's cost per message, and the drain's with the relay's catch-up.
+    cost: Option<(cost::Cost, Option<cost::Cost>)>,
 }
 
 impl Report {
     fn new(args: &Args) -> Self {
-        Report { args: args.clone(), rows: Vec::new() }
+        Report { args: args.clone(), rows: Vec::new(), cost: None }
     }
 
     fn add(&mut self, name: &str, messages: u64, elapsed: Duration, extra: Value) {
@@ -744,22 +788,30 @@ impl Report {
         self.rows.push((name.to_string(), messages, elapsed, extra));
     }
 
-    fn rate(&self, prefix: &str) -> f64 {
-        self.rows.iter().find(|r| r.0.starts_with(prefix)).map_or(f64::NAN, |r| r.1 as f64 / r.2.as_secs_f64())
+    fn rate(&self, step: &str) -> f64 {
+        self.rows.iter().find(|r| r.0 == step).map_or(f64::NAN, |r| r.1 as f64 / r.2.as_secs_f64())
     }
 
+    // The report, read top to bottom: the ratios, the JSON document, the markdown.
+    #[allow(clippy::too_many_lines)]
     fn finish(self, out: &std::path::Path) -> anyhow::Result<()> {
-        let consume = self.rate("ceiling: consume only");
-        let database = self.rate("ceiling: database only");
-        let e2e = self.rate("end to end");
+        let consume = self.rate(CONSUME_ONLY);
+        let database = self.rate(COPY);
+        let e2e = self.rate(END_TO_END);
         let lower = consume.min(database);
         let ratio = e2e / lower;
         println!("end to end / lower ceiling = {:.0} / {:.0} = {:.2}", e2e, lower, ratio);
-        let python = self.rate("comparison: Python consumer");
+        let python = self.rate(PYTHON);
         let versus_python = e2e / python;
+        let fair = self.rate(PYTHON_FAIR);
+        let versus_fair = e2e / fair;
         if python.is_finite() {
             println!("end to end / Python consumer = {:.0} / {:.0} = {:.2}", e2e, python, versus_python);
         }
+        if fair.is_finite() {
+            println!("end to end / Python consumer with identity cache (fair peer) = {e2e:.0} / {fair:.0} = {versus_fair:.2}");
+        }
+        let allocations = Allocations::latest();
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ").to_string();
         std::fs::create_dir_all(out)?;
         let rows: Vec<Value> = self
@@ -770,6 +822,15 @@ impl Report {
             })
             .collect();
         let args = &self.args;
+        let cost_json = self.cost.as_ref().map(|(drain, catch_up)| {
+            json!({
+                "drain": drain.to_json(),
+                "drain_and_relay_catch_up": catch_up.as_ref().map(cost::Cost::to_json),
+                "allocations": allocations.to_json(),
+                "targets_us": {"service": cost::TARGET_SERVICE_US, "statements": cost::TARGET_STATEMENTS_US},
+                "target_allocations": cost::TARGET_ALLOCATIONS,
+            })
+        });
         let document = json!({
             "when": stamp,
             "messages": args.messages, "partitions": args.partitions, "payload_padding": args.payload_padding, "instances": args.instances,
@@ -777,6 +838,8 @@ impl Report {
             "batch": args.batch,
             "ratio_end_to_end_to_lower_ceiling": ratio,
             "ratio_end_to_end_to_python": python.is_finite().then_some(versus_python),
+            "ratio_end_to_end_to_python_fair": fair.is_finite().then_some(versus_fair),
+            "cost_per_message": cost_json,
         });
         std::fs::write(out.join(format!("{stamp}.json")), serde_json::to_string_pretty(&document)?)?;
         let mut md = format!(
@@ -795,8 +858,50 @@ impl Report {
         if python.is_finite() {
             md.push_str(&format!("\nEnd to end / Python consumer: {e2e:.0} / {python:.0} = **{versus_python:.2}**\n"));
         }
+        if fair.is_finite() {
+            md.push_str(&format!(
+                "\nEnd to end / Python consumer with identity cache (fair peer): {e2e:.0} / {fair:.0} = **{versus_fair:.2}** \
+                 (target ≥ 5)\n"
+            ));
+        }
+        if let Some((drain, catch_up)) = &self.cost {
+            md.push('\n');
+            md.push_str(&drain.markdown(catch_up.as_ref(), &allocations.cell()));
+        }
         std::fs::write(out.join(format!("{stamp}.md")), md)?;
         println!("results: {}", out.join(format!("{stamp}.md")).display());
         Ok(())
+    }
+}
+
+/// Heap allocations per message come from `scripts/bench-allocations.sh` (the service under
+/// valgrind's DHAT, a run of its own): the latest summary it left, if any.
+struct Allocations(Option<Value>);
+
+impl Allocations {
+    /// `<target>/allocations/summary.json`, next to this binary's `release/`.
+    fn latest() -> Allocations {
+        let path = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.join("allocations/summary.json")));
+        let summary = path.and_then(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok());
+        Allocations(summary)
+    }
+
+    fn cell(&self) -> String {
+        match &self.0 {
+            Some(s) => format!(
+                "{:.1} in a separate DHAT run ({} messages, {}; `scripts/bench-allocations.sh`)",
+                s["per_message_without_polling"].as_f64().unwrap_or(f64::NAN),
+                s["messages"],
+                s["when"].as_str().unwrap_or("?")
+            ),
+            None => "not measured in this run: `scripts/bench-allocations.sh` (DHAT) measures it".into(),
+        }
+    }
+
+    fn to_json(&self) -> Value {
+        match &self.0 {
+            Some(summary) => json!({"source": "scripts/bench-allocations.sh (a separate run)", "summary": summary}),
+            None => json!({"note": "not measured in this run: scripts/bench-allocations.sh (DHAT) measures it"}),
+        }
     }
 }
