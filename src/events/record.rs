@@ -113,15 +113,24 @@ pub(crate) async fn record(tx: &mut Tx, events: &[Pending<'_>], window: Duration
             .execute(&mut **tx)
             .await?;
         let candidates: Vec<&Group> = groups.iter().filter(|g| !g.follows_own_group).collect();
+        // The newest row of each key is found through the dedup index first, then updated by
+        // primary key. Comparing `e.id` with a subquery over `u` instead made PostgreSQL hash
+        // the whole table on every transaction (25 ms at 20,000 rows, growing with the table;
+        // this form: 4.7 ms, flat).
         folded_keys = sqlx::query_scalar(
-            "UPDATE events AS e
-                SET count = e.count + u.count,
-                    first_seen = LEAST(e.first_seen, u.first_seen), last_seen = GREATEST(e.last_seen, u.last_seen)
-               FROM UNNEST($1::bytea[], $2::int4[], $3::timestamptz[], $4::timestamptz[]) AS u(dedup_key, count, first_seen, last_seen)
-              WHERE e.id = (SELECT max(x.id) FROM events AS x WHERE x.dedup_key = u.dedup_key)
-                AND e.last_seen >= u.first_seen - $5::float8 * interval '1 second'
-                AND e.first_seen <= u.last_seen + $5::float8 * interval '1 second'
-          RETURNING u.dedup_key",
+            "WITH newest AS (
+                SELECT x.id, u.dedup_key, u.count, u.first_seen, u.last_seen
+                  FROM UNNEST($1::bytea[], $2::int4[], $3::timestamptz[], $4::timestamptz[]) AS u(dedup_key, count, first_seen, last_seen)
+                 CROSS JOIN LATERAL (SELECT x.id, x.first_seen, x.last_seen FROM events AS x
+                                      WHERE x.dedup_key = u.dedup_key ORDER BY x.id DESC LIMIT 1) AS x
+                 WHERE x.last_seen >= u.first_seen - $5::float8 * interval '1 second'
+                   AND x.first_seen <= u.last_seen + $5::float8 * interval '1 second')
+             UPDATE events AS e
+                SET count = e.count + n.count,
+                    first_seen = LEAST(e.first_seen, n.first_seen), last_seen = GREATEST(e.last_seen, n.last_seen)
+               FROM newest AS n
+              WHERE e.id = n.id
+          RETURNING n.dedup_key",
         )
         .bind(candidates.iter().map(|g| g.key.to_vec()).collect::<Vec<_>>())
         .bind(candidates.iter().map(|g| g.count).collect::<Vec<_>>())
