@@ -113,12 +113,9 @@ fn declare_topics(args: &DeclareArgs) -> Result<i32, String> {
     let strimzi = declare::strimzi_file(&topics);
     if args.write {
         let written = declare::write_clowdapp(&clowdapp, &topics).map_err(|e| format!("{}: {e}", args.clowdapp.display()))?;
-        for (path, text, before) in [(&args.clowdapp, &written, Some(&clowdapp)), (&args.kafka_topics, &strimzi, None)] {
-            let before = match before {
-                Some(before) => Some(before.clone()),
-                None => std::fs::read_to_string(path).ok(),
-            };
-            if before.as_deref() != Some(text.as_str()) {
+        for (path, text) in [(&args.clowdapp, &written), (&args.kafka_topics, &strimzi)] {
+            // Only files that change are written (and named).
+            if std::fs::read_to_string(path).ok().as_ref() != Some(text) {
                 std::fs::write(path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
                 println!("wrote {}", path.display());
             }

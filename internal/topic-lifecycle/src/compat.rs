@@ -198,12 +198,21 @@ struct Bound {
     keyword: &'static str,
 }
 
-/// The measures bounds apply to, the type they apply to, and their keywords (upper, lower).
-const MEASURES: &[(&str, &str, &str, &str)] = &[
-    ("length", "string", "maxLength", "minLength"),
-    ("items", "array", "maxItems", "minItems"),
-    ("properties", "object", "maxProperties", "minProperties"),
-    ("value", "number", "maximum", "minimum"),
+/// The measures bounds apply to and the type they apply to.
+const MEASURES: &[(&str, &str)] = &[("length", "string"), ("items", "array"), ("properties", "object"), ("value", "number")];
+
+/// Every bound keyword: its measure, whether it is an upper bound, whether it excludes its limit.
+const BOUNDS: &[(&str, &str, bool, bool)] = &[
+    ("maxLength", "length", true, false),
+    ("minLength", "length", false, false),
+    ("maxItems", "items", true, false),
+    ("minItems", "items", false, false),
+    ("maxProperties", "properties", true, false),
+    ("minProperties", "properties", false, false),
+    ("maximum", "value", true, false),
+    ("minimum", "value", false, false),
+    ("exclusiveMaximum", "value", true, true),
+    ("exclusiveMinimum", "value", false, true),
 ];
 
 /// Keywords whose effect is not compared by structure: the reader's must appear unchanged in the
@@ -320,21 +329,14 @@ impl<'a> Shape<'a> {
                 None => listed,
             });
         }
-        for (measure, _, upper, lower) in MEASURES {
-            for (keyword, exclusive, is_upper) in [
-                (*upper, false, true),
-                (*lower, false, false),
-                (if *upper == "maximum" { "exclusiveMaximum" } else { "" }, true, true),
-                (if *lower == "minimum" { "exclusiveMinimum" } else { "" }, true, false),
-            ] {
-                let Some(limit) = object.get(keyword).and_then(Value::as_f64) else { continue };
-                let bound = Bound { limit, exclusive, keyword: static_keyword(keyword) };
-                let map = if is_upper { &mut self.upper } else { &mut self.lower };
-                match map.get(measure) {
-                    Some(before) if !tighter(bound, *before, is_upper) => {}
-                    _ => {
-                        map.insert(measure, bound);
-                    }
+        for &(keyword, measure, is_upper, exclusive) in BOUNDS {
+            let Some(limit) = object.get(keyword).and_then(Value::as_f64) else { continue };
+            let bound = Bound { limit, exclusive, keyword };
+            let map = if is_upper { &mut self.upper } else { &mut self.lower };
+            match map.get(measure) {
+                Some(before) if !tighter(bound, *before, is_upper) => {}
+                _ => {
+                    map.insert(measure, bound);
                 }
             }
         }
@@ -439,24 +441,6 @@ fn simple_match(pattern: &str, name: &str) -> bool {
         Some(literal) if literal.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-') => literal == name,
         _ => true,
     }
-}
-
-fn static_keyword(keyword: &str) -> &'static str {
-    [
-        "maxLength",
-        "minLength",
-        "maxItems",
-        "minItems",
-        "maxProperties",
-        "minProperties",
-        "maximum",
-        "minimum",
-        "exclusiveMaximum",
-        "exclusiveMinimum",
-    ]
-    .into_iter()
-    .find(|k| *k == keyword)
-    .unwrap_or("bound")
 }
 
 /// Whether `a` admits less than `b` (for an upper bound: a lower limit, or the same limit
@@ -639,7 +623,7 @@ impl<'a> Walk<'a> {
     }
 
     fn compare_bounds(&mut self, r: &Shape<'a>, w: &Shape<'a>, writer_types: &BTreeSet<&'static str>, place: &Place) {
-        for (measure, applies_to, _, _) in MEASURES {
+        for (measure, applies_to) in MEASURES {
             let applies = writer_types.contains(applies_to) || (*applies_to == "number" && writer_types.contains("integer"));
             if !applies {
                 continue;
