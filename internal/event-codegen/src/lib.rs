@@ -148,7 +148,7 @@ pub fn generate(dir: &Path) -> Result<Generated, CodegenError> {
 fn read_json(path: &Path) -> Result<serde_json::Value, CodegenError> {
     let text =
         fs::read_to_string(path).map_err(|e| CodegenError { file: path.to_path_buf(), problem: format!("cannot read: {e}") })?;
-    serde_json::from_str(&text).map_err(|e| CodegenError {
+    topic_lifecycle::json::parse_strict(&text).map_err(|e| CodegenError {
         file: path.to_path_buf(),
         problem: format!("invalid JSON at line {} column {}: {e}", e.line(), e.column()),
     })

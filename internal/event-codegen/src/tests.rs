@@ -269,3 +269,11 @@ fn a_versioned_key_gets_its_own_module_and_type() {
         assert!(problem.contains("must be lower-case letters, digits and dashes"), "{bad}: {problem}");
     }
 }
+
+#[test]
+fn a_duplicate_key_fails_the_build_naming_it() {
+    let twice = GOOD.replace("\"maximum\": 10", "\"maximum\": 10, \"maximum\": 1000");
+    assert_ne!(twice, GOOD);
+    let problem = generate(&write_dir(&[("thing-happened.event.json", &twice)])).unwrap_err().problem;
+    assert!(problem.contains("duplicate key `maximum`"), "{problem}");
+}

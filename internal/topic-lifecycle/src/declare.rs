@@ -50,7 +50,7 @@ pub fn topics(schemas: &SchemaSet, prefix: &str) -> Result<Vec<TopicDeclaration>
             return Err(format!("{}: the topic key `{}` is the service's own topic; rename the schema", file.name, file.key));
         }
         let text = file.text.as_ref().map_err(|e| format!("{}: {e}", file.name))?;
-        let schema: Value = serde_json::from_str(text).map_err(|e| format!("{}: not JSON: {e}", file.name))?;
+        let schema: Value = crate::json::parse_strict(text).map_err(|e| format!("{}: not JSON: {e}", file.name))?;
         let settings = TopicSettings::from_schema(&schema).map_err(|e| format!("{}: {e}", file.name))?;
         declared.push(TopicDeclaration {
             name: format!("{prefix}.{}", file.key),

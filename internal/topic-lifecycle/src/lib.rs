@@ -2,7 +2,8 @@
 //!
 //! - [`settings`]: what a schema declares about its topic (`x-compatibility`, `x-partitions`,
 //!   `x-retention-ms`); the build checks them, the tools below read them.
-//! - [`source`]: the schemas of one version, from a folder or a git revision.
+//! - [`source`]: the schemas of one version, from a folder or a git revision; [`json`]: read
+//!   refusing duplicate keys.
 //! - [`compat`]: whether one schema version reads what another accepts, rule by rule.
 //! - [`report`]: that check over every schema of two versions, as text or JSON.
 //! - [`declare`]: the Kafka topic declarations deploys need (the ClowdApp's `kafkaTopics`,
@@ -14,6 +15,7 @@
 
 pub mod compat;
 pub mod declare;
+pub mod json;
 pub mod report;
 pub mod settings;
 pub mod source;

@@ -51,7 +51,7 @@ pub type AllowedRemovals = BTreeSet<String>;
 
 fn parse(file: &SchemaFile) -> Result<Value, String> {
     let text = file.text.as_ref().map_err(Clone::clone)?;
-    serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))
+    crate::json::parse_strict(text).map_err(|e| format!("not JSON: {e}"))
 }
 
 fn invalid(key: &str, problem: String) -> Break {

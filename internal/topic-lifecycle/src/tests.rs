@@ -329,6 +329,11 @@ fn unreadable_schemas_are_reported_not_fatal() {
     new.files[0].text = Ok("{ not json".into());
     let report = check(&old, &new, &AllowedRemovals::new());
     assert_eq!(report.schemas[0].breaks[0].rule, "schema-invalid");
+    let mut duplicated = set("new", &[("a.event.json", base())]);
+    duplicated.files[0].text = Ok(r#"{"type": "object", "required": ["id"], "required": []}"#.into());
+    let report = check(&old, &duplicated, &AllowedRemovals::new());
+    assert_eq!(report.schemas[0].breaks[0].rule, "schema-invalid");
+    assert!(report.schemas[0].breaks[0].detail.contains("duplicate key `required`"), "{:?}", report.schemas[0]);
     let mut bad_mode = base();
     bad_mode["x-compatibility"] = json!("sideways");
     let report = check(&old, &set("new", &[("a.event.json", bad_mode)]), &AllowedRemovals::new());
