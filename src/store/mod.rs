@@ -40,9 +40,13 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
         url.parse::<PgConnectOptions>().map_err(|source| StoreError::Connect { url: redact_url(url), source })?;
     // Named, so operators (and the fault-injection tests) can find the service's sessions.
     let options = options.application_name(APPLICATION_NAME);
+    // No ping before each acquire: sqlx pings every connection when it is released anyway, and a
+    // connection that died while idle fails its first statement, which the callers retry like
+    // any transient failure. The ping was a round trip per transaction (bench/README.md, 17.).
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
+        .test_before_acquire(false)
         .connect_with(options)
         .await
         .map_err(|source| StoreError::Connect { url: redact_url(url), source })
