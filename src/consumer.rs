@@ -190,11 +190,16 @@ pub struct ConsumerEvents {
     joined: Arc<AtomicBool>,
     workers: Arc<Workers>,
     revoke_deadline: Duration,
+    /// Set once [`run`] has stopped the workers and made its final commit, within its deadline.
+    /// Closing the client then revokes the partitions once more; that revoke's commit would add
+    /// nothing and, being librdkafka's synchronous commit, has no deadline: with two consumers
+    /// of the mock broker closing at once it was seen to wait forever.
+    finished: AtomicBool,
 }
 
 impl ConsumerEvents {
     pub fn new(telemetry: Arc<Telemetry>, joined: Arc<AtomicBool>, revoke_deadline: Duration) -> Self {
-        ConsumerEvents { telemetry, joined, workers: Arc::default(), revoke_deadline }
+        ConsumerEvents { telemetry, joined, workers: Arc::default(), revoke_deadline, finished: AtomicBool::new(false) }
     }
 }
 
@@ -235,6 +240,9 @@ impl ClientContext for ConsumerEvents {
 impl ConsumerContext for ConsumerEvents {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(partitions) = rebalance {
+            if self.finished.load(Ordering::SeqCst) {
+                return;
+            }
             let workers = self.workers.take(partitions);
             block_in_runtime(|| stop_all_blocking(workers, self.revoke_deadline));
             // Synchronous, so the next owner reads the committed offset only after this commit.
@@ -368,7 +376,8 @@ pub async fn run(
     let running = workers.take_all();
     // An error here means the runtime is shutting down under us; there is nothing left to wait for.
     let _ = tokio::task::spawn_blocking(move || stop_all_blocking(running, shutdown_deadline)).await;
-    commit_stored(consumer, COMMIT_DEADLINE).await;
+    commit_stored(consumer.clone(), COMMIT_DEADLINE).await;
+    consumer.context().finished.store(true, Ordering::SeqCst);
     match died {
         None => Ok(()),
         Some(why) => Err(ConsumerError { why }),
