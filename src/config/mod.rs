@@ -199,7 +199,7 @@ pub struct Batching {
     /// The memory all messages held in the service may take, buffered or opened, in bytes (see
     /// `consumer::ByteBudget` for how a message is charged). Fetching pauses while it is spent.
     /// The default, 32 MiB, kept a 1,000,000-message drain over 384 partitions at a peak RSS of
-    /// 146 MiB, against 196 MiB with 64 MiB, at the same rate (bench/README.md, 17.).
+    /// 146 MiB, against 196 MiB with 64 MiB, and drained no slower (bench/README.md, 17.).
     pub max_buffered_bytes: usize,
 }
 

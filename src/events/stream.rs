@@ -61,7 +61,7 @@ pub(crate) struct Cause<'a> {
 /// The event's `payload` in the seed's shape: its properties, the message, the severity and the
 /// entity ids, keys in order as a JSON object of them would have them. Serialized from borrowed
 /// parts: building it as a tree copied every property of every event (a tenth of the service's
-/// allocations, bench/README.md, 17.).
+/// allocations, bench/README.md, 18.).
 pub(crate) struct Payload<'a> {
     pub(crate) properties: &'a Value,
     pub(crate) message: &'a str,

@@ -152,7 +152,7 @@ impl Attempt<'_> {
         }
         let mut handler_time = Duration::ZERO;
         // A merged write holds several partitions' runs, often of different topics in turn; a
-        // call per run made one statement per handler table per run (bench/README.md, 17.).
+        // call per run made one statement per handler table per run (bench/README.md, 18.).
         // Sorted stably by topic, each partition's messages keep their order within the call.
         let mut by_topic = fresh.clone();
         by_topic.sort_by_key(|&i| batch[i].schema.key);

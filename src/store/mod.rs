@@ -42,7 +42,7 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, StoreErr
     let options = options.application_name(APPLICATION_NAME);
     // No ping before each acquire: sqlx pings every connection when it is released anyway, and a
     // connection that died while idle fails its first statement, which the callers retry like
-    // any transient failure. The ping was a round trip per transaction (bench/README.md, 17.).
+    // any transient failure. The ping was a round trip per transaction (bench/README.md, 18.).
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(5))
