@@ -304,6 +304,12 @@ pub async fn run(
     let mut died = None;
     loop {
         let waiting = workers.starved.lock().expect("starved lock").front().map(|m| budget.cost(m));
+        if paused_for_budget && waiting.is_none() {
+            // A revoke took what waited (it is the next owner's to read): nothing waits for bytes
+            // any more, so the partitions still assigned fetch again.
+            paused_for_budget = feed_starved(&consumer, &pipeline, batching, &budget, paused_for_budget);
+            paused_again.clear();
+        }
         tokio::select! {
             biased;
             _ = stop.cancelled() => break,

@@ -115,8 +115,12 @@ pub(crate) fn payload(properties: &Value, message: &str, severity: &str, entity:
 
 /// The stream record's value for the new event `id`.
 pub(crate) fn render(event: &Emitted, id: i64, event_time: DateTime<Utc>, cause: &Cause<'_>) -> Vec<u8> {
-    let payload =
-        Payload { properties: &event.properties, message: &event.message, severity: event.severity.as_str(), entity: event.entity };
+    let payload = Payload {
+        properties: &event.properties,
+        message: &event.message,
+        severity: event.severity.as_str(),
+        entity: event.entity,
+    };
     let envelope = Envelope {
         name: event.name,
         payload,
@@ -152,7 +156,8 @@ mod tests {
             "nested": {"b": [1, 2], "a": true},
         });
         let entity = Entity { cluster_id: None, host_id: Some(host), infra_env_id: Some(infra_env) };
-        let text = serde_json::to_string(&Payload { properties: &properties, message: "Host up", severity: "info", entity }).unwrap();
+        let text =
+            serde_json::to_string(&Payload { properties: &properties, message: "Host up", severity: "info", entity }).unwrap();
         let expected = serde_json::json!({
             "alpha": "a", "cluster_id": null, "host_id": host.to_string(), "infra_env_id": infra_env.to_string(),
             "message": "Host up", "nested": {"a": true, "b": [1, 2]}, "severity": "info", "zeta": 1,
