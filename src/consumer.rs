@@ -138,7 +138,7 @@ pub(crate) struct Workers {
     /// Set while every partition is paused because the byte budget is spent. A partition whose
     /// held-back messages are handed over meanwhile stays paused; the budget's resume takes it up.
     /// (Resuming it at once let every busy partition fetch on while the budget was spent: at 384
-    /// partitions a 1,000,000-message drain held 300,000 messages waiting, bench/README.md, 17.)
+    /// partitions a 1,000,000-message drain held hundreds of thousands waiting, bench/README.md, 17.)
     budget_paused: AtomicBool,
     /// Cancelled when a partition worker died; the reason is in `death`.
     died: CancellationToken,
