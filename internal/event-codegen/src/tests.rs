@@ -277,3 +277,20 @@ fn a_duplicate_key_fails_the_build_naming_it() {
     let problem = generate(&write_dir(&[("thing-happened.event.json", &twice)])).unwrap_err().problem;
     assert!(problem.contains("duplicate key `maximum`"), "{problem}");
 }
+
+#[test]
+fn hostile_schema_files_fail_the_build_with_a_reason_not_a_panic() {
+    let problem_of = |dir: PathBuf| generate(&dir).unwrap_err().problem;
+    // Bytes that are not UTF-8.
+    let dir = write_dir(&[]);
+    let mut bytes = GOOD.as_bytes().to_vec();
+    bytes.splice(40..40, [0xff, 0xfe]);
+    fs::write(dir.join("thing-happened.event.json"), bytes).unwrap();
+    assert!(problem_of(dir).starts_with("cannot read"));
+    // A raw NUL inside a string (JSON allows it only escaped).
+    let nul = GOOD.replacen("ThingHappened", "Thing\0Happened", 1);
+    assert!(problem_of(write_dir(&[("thing-happened.event.json", &nul)])).starts_with("invalid JSON at line 3"));
+    // Nesting far deeper than any schema: refused, not a stack overflow.
+    let deep = format!("{}{}", "{\"a\": ".repeat(50_000), "1");
+    assert!(problem_of(write_dir(&[("thing-happened.event.json", &deep)])).contains("recursion limit"));
+}
