@@ -298,16 +298,15 @@ pub async fn run(
 ) -> Result<(), ConsumerError> {
     let budget = ByteBudget::new(batching.max_buffered_bytes);
     let workers = consumer.context().workers.clone();
-    let mut paused_for_budget = false;
     // Partitions paused again, one by one, since the budget paused them all (see below).
     let mut paused_again: std::collections::HashSet<Slot> = std::collections::HashSet::new();
     let mut died = None;
     loop {
         let waiting = workers.starved.lock().expect("starved lock").front().map(|m| budget.cost(m));
-        if paused_for_budget && waiting.is_none() {
+        if waiting.is_none() && workers.budget_paused.load(Ordering::SeqCst) {
             // A revoke took what waited (it is the next owner's to read): nothing waits for bytes
             // any more, so the partitions still assigned fetch again.
-            paused_for_budget = feed_starved(&consumer, &pipeline, batching, &budget, paused_for_budget);
+            feed_starved(&consumer, &pipeline, batching, &budget);
             paused_again.clear();
         }
         tokio::select! {
@@ -330,8 +329,7 @@ pub async fn run(
                 if let Some(message) = front {
                     dispatch(&consumer, &pipeline, batching, Charged { message, _charge: charge });
                 }
-                paused_for_budget = feed_starved(&consumer, &pipeline, batching, &budget, paused_for_budget);
-                if !paused_for_budget {
+                if feed_starved(&consumer, &pipeline, batching, &budget) {
                     paused_again.clear();
                 }
             }
@@ -363,9 +361,7 @@ pub async fn run(
                         // Behind the others that wait, in fetch order.
                         starved.push_back(message);
                         drop(starved);
-                        if !paused_for_budget {
-                            paused_for_budget = true;
-                            workers.budget_paused.store(true, Ordering::SeqCst);
+                        if !workers.budget_paused.swap(true, Ordering::SeqCst) {
                             set_all_paused(&consumer, &workers, true);
                             pipeline.telemetry.budget_spent(budget.available(), batching.max_buffered_bytes);
                         } else if paused_again.insert(slot.clone()) {
@@ -400,14 +396,8 @@ pub struct ConsumerError {
 }
 
 /// Hands waiting messages to their partitions while the budget has room for them, in order;
-/// resumes fetching once none waits. Returns whether fetching is still paused for the budget.
-fn feed_starved(
-    consumer: &Arc<RouterConsumer>,
-    pipeline: &Arc<Pipeline>,
-    batching: Batching,
-    budget: &ByteBudget,
-    paused: bool,
-) -> bool {
+/// resumes fetching once none waits. Returns whether none waits any more.
+fn feed_starved(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, budget: &ByteBudget) -> bool {
     let workers = &consumer.context().workers;
     loop {
         let next = {
@@ -415,18 +405,17 @@ fn feed_starved(
             let Some(front) = starved.front() else { break };
             match budget.try_charge(budget.cost(front)) {
                 Some(charge) => starved.pop_front().map(|message| Charged { message, _charge: charge }),
-                None => return paused,
+                None => return false,
             }
         };
         if let Some(charged) = next {
             dispatch(consumer, pipeline, batching, charged);
         }
     }
-    if paused {
-        workers.budget_paused.store(false, Ordering::SeqCst);
+    if workers.budget_paused.swap(false, Ordering::SeqCst) {
         set_all_paused(consumer, workers, false);
     }
-    false
+    true
 }
 
 /// Hands `message` to its partition's worker, starting one if needed. When the worker's buffer
