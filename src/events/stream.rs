@@ -62,11 +62,11 @@ pub(crate) struct Cause<'a> {
 /// entity ids, keys in order as a JSON object of them would have them. Serialized from borrowed
 /// parts: building it as a tree copied every property of every event (a tenth of the service's
 /// allocations, bench/README.md, 18.).
-pub(crate) struct Payload<'a> {
-    pub(crate) properties: &'a Value,
-    pub(crate) message: &'a str,
-    pub(crate) severity: &'a str,
-    pub(crate) entity: super::Entity,
+struct Payload<'a> {
+    properties: &'a Value,
+    message: &'a str,
+    severity: &'a str,
+    entity: super::Entity,
 }
 
 impl Serialize for Payload<'_> {
