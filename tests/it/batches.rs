@@ -182,3 +182,60 @@ async fn partitions_ready_at_the_same_time_share_a_transaction() {
     assert_eq!(stream.len(), 40);
     app.stop().await;
 }
+
+/// A rejection in a batch is dead-lettered in place, and the rest of the batch is still written
+/// merged with other partitions' runs. (It used to take the lone path: with one message in 50
+/// invalid, most transactions of a drain held a single partition's remainder.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_run_after_a_rejection_is_still_merged_with_other_partitions() {
+    const KEYS: u32 = 16;
+    // Per key, in order: a todo, an invalid message, another todo. Each partition's batch is
+    // then [todos, rejections, todos].
+    let mut backlog = Vec::new();
+    for round in 0..3u32 {
+        for k in 0..KEYS {
+            let (payload, request_id) = match round {
+                0 => (testkit::todo(k), format!("before-{k}")),
+                1 => (json!({"id": 500 + k, "title": "no description"}), format!("invalid-{k}")),
+                _ => (testkit::todo(100 + k), format!("after-{k}")),
+            };
+            backlog.push(("todo-created", message(&format!("key-{k}"), &payload, &request_id)));
+        }
+    }
+    // The todos after the rejections wait on rows this transaction holds, so every partition's
+    // last run queues up for the merged writers before any of them can commit.
+    let db = std::sync::Arc::new(testkit::TestDb::create().await);
+    let mut hold = db.pool.begin().await.unwrap();
+    sqlx::query("INSERT INTO todos (id, title, description, request_id) SELECT id, 'held', 'held', 'test' FROM generate_series(100, $1) AS id")
+        .bind(100 + KEYS as i32 - 1)
+        .execute(&mut *hold)
+        .await
+        .unwrap();
+    let app = testkit::spawn_app_after_backlog_on(db.clone(), &backlog, &[]).await;
+    let topic = app.topic("todo-created");
+    testkit::eventually(WAIT, "every rejection dead-lettered", || async {
+        app.metric("event_router_messages_processed_total", &[("topic", &topic), ("outcome", "dead_lettered")]).await
+            == KEYS as f64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    hold.rollback().await.unwrap();
+
+    testkit::eventually(WAIT, "every todo stored", || async { db.count("todos").await == 2 * KEYS as i64 }).await;
+    let used: Vec<i64> =
+        sqlx::query_scalar("SELECT count(DISTINCT kafka_partition) FROM processed_messages").fetch_all(&db.pool).await.unwrap();
+    assert!(used[0] > 1, "the keys spread over several partitions ({used:?})");
+    // Rows written by one transaction share its xmin.
+    let partitions_per_transaction: Vec<i64> = sqlx::query_scalar(
+        "SELECT count(DISTINCT kafka_partition) FROM processed_messages WHERE request_id LIKE 'after-%'
+          GROUP BY xmin::text::bigint ORDER BY 1 DESC",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        partitions_per_transaction[0] > 1,
+        "a transaction held the runs after the rejections of several partitions ({partitions_per_transaction:?})"
+    );
+    app.stop().await;
+}
