@@ -5,8 +5,9 @@
 //! 1. Preload N messages (the sample topics, about 2% invalid) over P partitions of the embedded
 //!    broker, hosted by this process.
 //! 2. Ceiling "consume only": a bare rdkafka consumer drains the backlog and does nothing else.
-//! 3. Ceiling "database only": the rows the service would write (table rows, inbox, outbox) are
-//!    written with COPY, PostgreSQL's bulk path, without Kafka.
+//! 3. Ceiling "database only": the rows the service would write (table rows, inbox, outbox, and
+//!    the catalog events its handlers emit) are written with COPY, PostgreSQL's bulk path,
+//!    without Kafka. The events rows are those step 4 wrote, copied out of its database.
 //! 4. "Service insert path": the service's pipeline processes the same messages from memory
 //!    (validation, handler, inbox, outbox; batches of `--batch` as a worker with a backlog takes them),
 //!    one task per partition, without a Kafka consumer.
@@ -214,19 +215,31 @@ async fn main() -> anyhow::Result<()> {
         let elapsed = consume_only(&base, args.messages).await?;
         report.add(CONSUME_ONLY, args.messages, elapsed, json!({}));
 
-        // 3. Ceiling: database only, COPY.
+        // 3. Ceiling: database only, COPY: the rows built here, then (after step 4) the events.
         let db = TestDb::create().await;
-        let elapsed = copy_rows(&db, &built, &base, args.batch).await?;
-        report.add(COPY, valid, elapsed, json!({}));
+        let tables = copy_rows(&db, &built, &base, args.batch).await?;
         // Each step's database goes when the step is done: autovacuum working through a million
         // rows of an earlier step had landed in the steady phase's latency.
         db.drop_database().await;
 
         // 4. The service's insert path, without Kafka.
         let db = TestDb::create().await;
-        let elapsed = service_insert_path(&db, &broker, &built, args.batch).await?;
-        report.add("service insert path (no Kafka)", args.messages, elapsed, json!({}));
+        let insert_path = service_insert_path(&db, &broker, &built, args.batch).await?;
+        let events = copy_out_events(&db).await?;
         db.drop_database().await;
+        let db = TestDb::create().await;
+        let (events_elapsed, events_rows) = copy_in_events(&db, &events).await?;
+        db.drop_database().await;
+        report.add(
+            COPY,
+            valid,
+            tables + events_elapsed,
+            json!({
+                "events_rows": events_rows, "events_seconds": events_elapsed.as_secs_f64(),
+                "without_events_per_second": valid as f64 / tables.as_secs_f64(),
+            }),
+        );
+        report.add("service insert path (no Kafka)", args.messages, insert_path, json!({}));
 
         // 5. Comparison: the Python consumer as it was first written, then with the service's
         //    identity cache (its validators are compiled once per topic in both).
@@ -437,6 +450,35 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
         copy.finish().await?;
     }
     Ok(started.elapsed())
+}
+
+/// The columns of a catalog event the service writes (the id and transaction id are assigned).
+const EVENTS_COLUMNS: &str = "name, severity, message, event_time, cluster_id, host_id, infra_env_id, properties, org_id, \
+     request_id, source_topic, source_partition, source_offset, count, first_seen, last_seen, dedup_key";
+
+/// The catalog events the service's handlers wrote into `db`, in COPY's text format. The ceiling
+/// writes the same rows: the events table, with the indexes the events API reads through, is the
+/// largest part of the service's statement time (bench/README.md, 20.), and a ceiling without it
+/// writes less than the service does.
+async fn copy_out_events(db: &TestDb) -> anyhow::Result<Vec<u8>> {
+    let mut connection = db.pool.acquire().await?;
+    let mut rows = connection.copy_out_raw(&format!("COPY (SELECT {EVENTS_COLUMNS} FROM events ORDER BY id) TO STDOUT")).await?;
+    let mut out = Vec::new();
+    while let Some(chunk) = rows.next().await {
+        out.extend_from_slice(&chunk?);
+    }
+    Ok(out)
+}
+
+/// Writes `rows` (from [`copy_out_events`]) into `db`'s events table with one COPY; how long it
+/// took and how many rows it wrote.
+async fn copy_in_events(db: &TestDb, rows: &[u8]) -> anyhow::Result<(Duration, u64)> {
+    let started = Instant::now();
+    let mut connection = db.pool.acquire().await?;
+    let mut copy = connection.copy_in_raw(&format!("COPY events ({EVENTS_COLUMNS}) FROM STDIN")).await?;
+    copy.send(rows).await?;
+    let written = copy.finish().await?;
+    Ok((started.elapsed(), written))
 }
 
 /// Runs the service's pipeline over the messages from memory: one task per partition, in order,
