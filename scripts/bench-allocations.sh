@@ -11,30 +11,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
-command -v valgrind >/dev/null || apt_install valgrind
-scripts/ensure-postgres.sh
-cargo build --release -p event-router --bin event-router -p bench --bin event-router-bench
-target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-out=$target_dir/allocations
-rm -rf "$out" && mkdir -p "$out"
-
-# The benchmark kills the service with SIGKILL, which would lose DHAT's report. So the service
-# runs as a child of a wrapper the benchmark may kill, and gets a SIGTERM (a clean shutdown, and
-# the report) afterwards.
-cat >"$out/service.sh" <<EOF
-#!/usr/bin/env bash
-valgrind --tool=dhat --dhat-out-file="$out/dhat.out" "$target_dir/release/event-router" "\$@" &
-echo \$! >"$out/valgrind.pid"
-wait
-EOF
-chmod +x "$out/service.sh"
-args=("$@")
-messages=
-for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[i]}" = --messages ] && messages=${args[i + 1]}; done
-[ -n "$messages" ] || { messages=20000; args+=(--messages "$messages"); }
-"$target_dir/release/event-router-bench" --end-to-end-only --steady-seconds 0 --service "$out/service.sh" --out "$out" "${args[@]}"
-kill -TERM "$(cat "$out/valgrind.pid")"
-while kill -0 "$(cat "$out/valgrind.pid")" 2>/dev/null; do sleep 1; done
+. scripts/bench-valgrind.sh
+drain_under_valgrind allocations "--tool=dhat --dhat-out-file=@OUT@/dhat.out" "$@"
 
 python3 - "$out/dhat.out" "$messages" "$out/summary.json" <<'EOF' | tee "$out/by-part.txt"
 import collections, datetime, json, re, sys

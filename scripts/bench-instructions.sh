@@ -13,41 +13,8 @@ set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
-command -v valgrind >/dev/null || apt_install valgrind
-scripts/ensure-postgres.sh
-cargo build --release -p event-router --bin event-router -p bench --bin event-router-bench
-target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
-out=$target_dir/instructions
-rm -rf "$out" && mkdir -p "$out"
-
-# As in bench-allocations.sh: the benchmark kills the service with SIGKILL, which would lose
-# callgrind's counts, so the service runs as a child of a wrapper the benchmark may kill, and
-# gets a SIGTERM (a clean shutdown, and the counts) afterwards.
-cat >"$out/service.sh" <<EOF
-#!/usr/bin/env bash
-valgrind --tool=callgrind --callgrind-out-file="$out/callgrind.out" "$target_dir/release/event-router" "\$@" &
-echo \$! >"$out/valgrind.pid"
-wait
-EOF
-chmod +x "$out/service.sh"
-args=("$@")
-messages=
-for ((i = 0; i < ${#args[@]}; i++)); do [ "${args[i]}" = --messages ] && messages=${args[i + 1]}; done
-[ -n "$messages" ] || { messages=20000; args+=(--messages "$messages"); }
-"$target_dir/release/event-router-bench" --end-to-end-only --steady-seconds 0 --service "$out/service.sh" --out "$out" "${args[@]}"
-# The benchmark returns once every message is finished; the relay may still be publishing what
-# the drain left. Stop the service only once it is idle (under 15% of a core for 4 s; valgrind
-# alone keeps an idle service at about 7%), so that the relay's share is whole in every run.
-pid=$(cat "$out/valgrind.pid")
-ticks() { awk '{print $14 + $15}' "/proc/$pid/stat"; }
-previous=$(ticks)
-while sleep 4; do
-  now=$(ticks)
-  [ $((now - previous)) -lt 60 ] && break
-  previous=$now
-done
-kill -TERM "$pid"
-while kill -0 "$(cat "$out/valgrind.pid")" 2>/dev/null; do sleep 1; done
+. scripts/bench-valgrind.sh
+drain_under_valgrind instructions "--tool=callgrind --callgrind-out-file=@OUT@/callgrind.out" "$@"
 
 callgrind_annotate --inclusive=yes --threshold=100 "$out/callgrind.out" >"$out/annotated.txt" 2>/dev/null
 python3 - "$out/annotated.txt" "$messages" "$out/summary.json" <<'EOF' | tee "$out/by-part.txt"
