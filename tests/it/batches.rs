@@ -29,6 +29,18 @@ fn progress(stage: &str, percent: i64) -> Value {
     payload
 }
 
+/// How many partitions each transaction wrote inbox rows of (those matching `condition`), most
+/// first: rows written by one transaction share its xmin.
+async fn partitions_per_transaction(db: &testkit::TestDb, condition: &str) -> Vec<i64> {
+    sqlx::query_scalar(&format!(
+        "SELECT count(DISTINCT kafka_partition) FROM processed_messages WHERE {condition}
+          GROUP BY xmin::text::bigint ORDER BY 1 DESC"
+    ))
+    .fetch_all(&db.pool)
+    .await
+    .unwrap()
+}
+
 /// Sends a backlog that exercises each handler's batch rules (late and tied host updates,
 /// a self-contradicting progress report between good ones), starts the service with `batch_max`
 /// and checks the outcome, which must not depend on how the backlog was cut into batches.
@@ -167,13 +179,7 @@ async fn partitions_ready_at_the_same_time_share_a_transaction() {
     lock.commit().await.unwrap();
 
     testkit::eventually(WAIT, "40 todos stored", || async { db.count("todos").await == 40 }).await;
-    // Rows written by one transaction share its xmin.
-    let partitions_per_transaction: Vec<i64> = sqlx::query_scalar(
-        "SELECT count(DISTINCT kafka_partition) FROM processed_messages GROUP BY xmin::text::bigint ORDER BY 1 DESC",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let partitions_per_transaction = partitions_per_transaction(&db, "TRUE").await;
     assert!(
         partitions_per_transaction[0] > 1,
         "a transaction held several partitions' messages (partitions per transaction: {partitions_per_transaction:?})"
@@ -225,14 +231,7 @@ async fn the_run_after_a_rejection_is_still_merged_with_other_partitions() {
     let used: Vec<i64> =
         sqlx::query_scalar("SELECT count(DISTINCT kafka_partition) FROM processed_messages").fetch_all(&db.pool).await.unwrap();
     assert!(used[0] > 1, "the keys spread over several partitions ({used:?})");
-    // Rows written by one transaction share its xmin.
-    let partitions_per_transaction: Vec<i64> = sqlx::query_scalar(
-        "SELECT count(DISTINCT kafka_partition) FROM processed_messages WHERE request_id LIKE 'after-%'
-          GROUP BY xmin::text::bigint ORDER BY 1 DESC",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
+    let partitions_per_transaction = partitions_per_transaction(&db, "request_id LIKE 'after-%'").await;
     assert!(
         partitions_per_transaction[0] > 1,
         "a transaction held the runs after the rejections of several partitions ({partitions_per_transaction:?})"
