@@ -137,11 +137,14 @@ impl Pipeline {
         for message in &messages {
             self.telemetry.message_consumed(message);
         }
-        let Some(permit) = self.place_to_open(abandon).await else {
-            messages.iter().for_each(|m| self.telemetry.message_abandoned(m));
-            return 0;
+        let mut opened = tokio::select! {
+            biased;
+            _ = abandon.cancelled() => {
+                messages.iter().for_each(|m| self.telemetry.message_abandoned(m));
+                return 0;
+            }
+            permit = self.open_batches.acquire() => permit.ok(),
         };
-        let mut opened = Some(permit);
         // Each run is tried merged with other partitions' first, until one such try fails.
         let mut merge = true;
         let steps: Vec<Step> = messages.into_iter().map(|m| self.open(m)).collect();
@@ -149,51 +152,47 @@ impl Pipeline {
         let mut done = 0;
         while done < steps.len() {
             let run: Vec<Arc<Prepared>> = steps[done..].iter().map_while(Step::ready).cloned().collect();
-            if !run.is_empty() {
-                if merge {
-                    // First, one try merged with whatever other partitions are writing now.
-                    let merged = tokio::select! {
-                        biased;
-                        _ = abandon.cancelled() => return self.abandoned_from(&steps, done),
-                        merged = self.group.write(&attempt, run.clone()) => merged,
-                    };
-                    if let Some(handled) = merged {
-                        self.finish_handled(&run, handled);
-                        done += run.len();
-                        continue;
-                    }
-                }
-                // From here on the batch may wait (retries, refusals): let another partition open.
-                opened.take();
-                merge = false;
-                let run: Vec<&Prepared> = run.iter().map(|p| &**p).collect();
-                if run.len() >= 2 {
-                    // The first refusal names a message; the messages before it are written again
-                    // without it, until a prefix commits. The refused message then takes the
-                    // single-message path below.
-                    let mut end = run.len();
-                    while end > 0 {
-                        match attempt.retry(RetryStep::Database, &run[0].message, || attempt.write(&run[..end])).await {
-                            Err(_) => return self.abandoned_from(&steps, done),
-                            Ok(BatchWrite::Committed(handled)) => {
-                                self.finish_handled(&run[..end], handled);
-                                done += end;
-                                break;
-                            }
-                            Ok(BatchWrite::Refused(index, _)) => end = index.min(end - 1),
-                        }
-                    }
-                    if end == run.len() {
-                        continue;
-                    }
+            if !run.is_empty() && merge {
+                // First, one try merged with whatever other partitions are writing now.
+                let merged = tokio::select! {
+                    biased;
+                    _ = abandon.cancelled() => return self.abandoned_from(&steps, done),
+                    merged = self.group.write(&attempt, run.clone()) => merged,
+                };
+                if let Some(handled) = merged {
+                    self.finish_handled(&run, handled);
+                    done += run.len();
+                    continue;
                 }
             }
-            // The single-message path: a rejection, a skip, or the message a refusal named. It may
-            // wait (a dead letter's retries): let another partition open. After a rejection or a
-            // skip the batch's next run is still merged. (It went down the lone path instead: with
-            // one message in 50 dead-lettered, a transaction of its own per rejection,
-            // bench/README.md, 19.)
+            // From here on the batch may wait (retries, dead letters): let another partition open.
+            // After a rejection or a skip its next run is still merged; after a failed merged
+            // write its runs go alone. (A rejection used to send the rest of its batch down the
+            // lone path too: with one message in 50 dead-lettered, a transaction of its own per
+            // rejection, bench/README.md, 19.)
             opened.take();
+            merge &= run.is_empty();
+            let run: Vec<&Prepared> = run.iter().map(|p| &**p).collect();
+            if run.len() >= 2 {
+                // The first refusal names a message; the messages before it are written again
+                // without it, until a prefix commits. The refused message then takes the
+                // single-message path below.
+                let mut end = run.len();
+                while end > 0 {
+                    match attempt.retry(RetryStep::Database, &run[0].message, || attempt.write(&run[..end])).await {
+                        Err(_) => return self.abandoned_from(&steps, done),
+                        Ok(BatchWrite::Committed(handled)) => {
+                            self.finish_handled(&run[..end], handled);
+                            done += end;
+                            break;
+                        }
+                        Ok(BatchWrite::Refused(index, _)) => end = index.min(end - 1),
+                    }
+                }
+                if end == run.len() {
+                    continue;
+                }
+            }
             let outcome = attempt.process(&steps[done]).instrument(message_span(&steps[done])).await;
             if outcome == Outcome::Abandoned {
                 return self.abandoned_from(&steps, done);
@@ -202,16 +201,6 @@ impl Pipeline {
             done += 1;
         }
         done
-    }
-
-    /// A place among the batches opened at once ([`Pipeline::MAX_OPEN_BATCHES`]); `None` when
-    /// `abandon` fired first.
-    async fn place_to_open(&self, abandon: &CancellationToken) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        tokio::select! {
-            biased;
-            _ = abandon.cancelled() => None,
-            permit = self.open_batches.acquire() => Some(permit.expect("the open batches' semaphore is never closed")),
-        }
     }
 
     fn finish_handled<P: std::ops::Deref<Target = Prepared>>(&self, run: &[P], handled: Vec<Handled>) {
