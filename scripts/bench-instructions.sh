@@ -2,10 +2,10 @@
 # CPU instructions per message while the service drains a backlog: runs the benchmark's
 # end-to-end step with the service under `valgrind --tool=callgrind`, then prints instructions
 # per message, in all and by the part of the service that ran them. CPU seconds on this shared
-# 2-core machine move by 10% from run to run, more than most single changes do; instruction
-# counts move by well under 1% (timing still decides a few things, such as how many partitions a
-# merged write gathers). So a change is measured here in one run each, and `make bench` gives the
-# seconds. Arguments go to the benchmark (default: 20,000 messages, no steady phase; callgrind
+# 2-core machine move by 10% from run to run, more than most single changes do; the service's
+# own parts move by under 1% here (timing still decides a few things, such as how many partitions
+# a merged write gathers), librdkafka's threads by up to 15% (how its fetches and produce batches
+# fall). So a change is judged by the part it touches, and `make bench` gives the seconds. Arguments go to the benchmark (default: 20,000 messages, no steady phase; callgrind
 # makes the service ~50x slower).
 # Output: ${CARGO_TARGET_DIR:-target}/instructions/{callgrind.out,by-part.txt,summary.json}; the
 # last line printed is the figure to quote.
@@ -31,14 +31,24 @@ def part(pattern):
     # The largest inclusive count of a function matching `pattern`: its outermost frame.
     return max((v for k, v in inclusive.items() if re.search(pattern, k)), default=0)
 # Inclusive counts of the functions each part runs under. The indented parts are inside the one
-# above them; SHA-256 is inside opening and transactions.
+# above them; binding parameters and SHA-256 are inside several of them.
 parts = [
     ("partition workers (opening, transactions, dead letters)", r"event_router::consumer::partition_worker::\{\{closure\}\}$"),
     ("  opening (JSON, schema, identity, stream event)", r"event_router::pipeline::open::<impl event_router::pipeline::Pipeline>::open$"),
+    ("    identity check (with its cache key's SHA-256)", r"IdentityCache::check$"),
+    ("    payload JSON parse", r"^serde_json::de::from_trait"),
+    ("    schema check", r"Validators::check_payload"),
+    ("    stream event", r"event_router::stream::enriched_event$"),
     ("  transactions (inbox, handlers, events, outbox)", r"event_router::pipeline::write::Attempt::write_once::\{\{closure\}\}$"),
+    ("    inbox fingerprints (SHA-256 nearly all)", r"^event_router::message::fingerprints$"),
+    ("    handlers", r"ErasedHandler>::call::\{\{closure\}\}$"),
+    ("    catalog stream records", r"^event_router::events::stream::render$"),
+    ("    events' dedup keys (SHA-256)", r"events::record::dedup_key$"),
+    ("    outbox row", r"^event_router::outbox::pack$"),
     ("consumer loop (copying messages out, dispatch)", r"event_router::consumer::run::\{\{closure\}\}$"),
     ("outbox relay", r"event_router::outbox::Relay::run::\{\{closure\}\}$"),
     ("librdkafka's broker threads (fetch, produce)", r"^rd_kafka_broker_thread_main$"),
+    ("binding statements' parameters (every statement, inside the parts above)", r"^sqlx_core::query::Query<DB,<DB as sqlx_core::database::Database>::Arguments>::bind$"),
     ("SHA-256 (fingerprints, identity cache, dedup keys)", r"^sha2::sha256::compress256$"),
     ("/metrics render (the benchmark polls it)", r"Metrics::render$"),
 ]

@@ -22,7 +22,7 @@ drain_under_valgrind() {
   # shutdown, and the report) afterwards.
   cat >"$out/service.sh" <<WRAPPER
 #!/usr/bin/env bash
-valgrind ${tool_options//@OUT@/$out} "$target_dir/release/event-router" "\$@" &
+valgrind ${tool_options//@OUT@/\"$out\"} "$target_dir/release/event-router" "\$@" &
 echo \$! >"$out/valgrind.pid"
 wait
 WRAPPER
