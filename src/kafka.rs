@@ -62,7 +62,12 @@ pub(crate) fn consumer_config(kafka: &KafkaConfig) -> ClientConfig {
         .set("queued.max.messages.kbytes", "16384")
         // A fetch returns as soon as data is there, or after this long when there is none
         // (librdkafka's 500 ms default puts up to half a second on a quiet partition's latency).
-        .set("fetch.wait.max.ms", "10");
+        .set("fetch.wait.max.ms", "10")
+        // What one fetch may bring on top of that queue (librdkafka's default is 50 MB, per
+        // broker connection). Its response buffers live until the last of their messages is
+        // copied out, so this adds to peak memory directly; a record larger than this is still
+        // fetched, alone (bench/README.md, 21.).
+        .set("fetch.max.bytes", "4194304");
     config
 }
 
