@@ -34,6 +34,12 @@ impl GroupCommit {
     const WRITERS: usize = 2;
     /// The most messages a writer takes into one transaction (it takes at least one run).
     const MAX_MESSAGES: usize = 512;
+    /// The most bytes of messages (as received) a writer takes into one transaction (it takes at
+    /// least one run). A transaction's statements are about that size again (the outbox row
+    /// holds a stream event per message), and each database connection keeps a buffer as large
+    /// as the largest statement it ever sent; unbounded, large messages would make every
+    /// connection hold megabytes for good (bench/README.md, 21.).
+    const MAX_BYTES: usize = 256 * 1024;
 
     pub(super) fn new() -> Self {
         GroupCommit { queue: Default::default(), writers: tokio::sync::Semaphore::new(Self::WRITERS) }
@@ -63,16 +69,19 @@ impl GroupCommit {
         }
     }
 
-    /// Takes queued runs, oldest first, up to [`GroupCommit::MAX_MESSAGES`].
+    /// Takes queued runs, oldest first, up to [`GroupCommit::MAX_MESSAGES`] and
+    /// [`GroupCommit::MAX_BYTES`].
     fn take(&self) -> Vec<GroupRequest> {
         let mut queue = self.queue.lock().expect("group commit queue");
         let mut taken: Vec<GroupRequest> = Vec::new();
-        let mut messages = 0;
+        let (mut messages, mut bytes) = (0, 0);
         while let Some(next) = queue.front() {
-            if !taken.is_empty() && messages + next.run.len() > Self::MAX_MESSAGES {
+            let next_bytes: usize = next.run.iter().map(|p| p.message.size()).sum();
+            if !taken.is_empty() && (messages + next.run.len() > Self::MAX_MESSAGES || bytes + next_bytes > Self::MAX_BYTES) {
                 break;
             }
             messages += next.run.len();
+            bytes += next_bytes;
             taken.extend(queue.pop_front());
         }
         taken

@@ -189,6 +189,47 @@ async fn partitions_ready_at_the_same_time_share_a_transaction() {
     app.stop().await;
 }
 
+/// A merged write stops taking runs at a size: every database connection keeps a buffer as
+/// large as the largest statement it sent, so large messages merged without a bound would leave
+/// each connection holding megabytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merged_write_stops_at_its_size() {
+    const TODOS: u32 = 160;
+    // Messages of a little over 4 KiB, about 40 a partition: each partition's backlog is one run
+    // of about 180 KiB, and two runs are more than the 256 KiB a merged write takes.
+    let description = "d".repeat(4096);
+    let backlog: Vec<_> = (0..TODOS)
+        .map(|n| {
+            let mut todo = testkit::todo(n);
+            todo["description"] = json!(description);
+            ("todo-created", message(&format!("key-{n}"), &todo, &format!("large-{n}")))
+        })
+        .collect();
+    // As above: the first writes wait on the lock, and the other partitions' runs queue up.
+    let db = std::sync::Arc::new(testkit::TestDb::create().await);
+    let mut lock = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE todos IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
+    let app = testkit::spawn_app_after_backlog_on(db.clone(), &backlog, &[("BATCH_LINGER_MS", "1500")]).await;
+    testkit::eventually(WAIT, "all messages read", || async {
+        app.metric("event_router_messages_consumed_total", &[("topic", &app.topic("todo-created"))]).await == TODOS as f64
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    lock.commit().await.unwrap();
+
+    testkit::eventually(WAIT, "every todo stored", || async { db.count("todos").await == TODOS as i64 }).await;
+    let bytes_per_transaction: Vec<i64> =
+        sqlx::query_scalar("SELECT sum(length(description))::int8 FROM todos GROUP BY xmin::text::bigint ORDER BY 1 DESC")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        bytes_per_transaction[0] <= 256 * 1024,
+        "no transaction wrote more than 256 KiB of descriptions (per transaction: {bytes_per_transaction:?})"
+    );
+    app.stop().await;
+}
+
 /// A rejection in a batch is dead-lettered in place, and the rest of the batch is still written
 /// merged with other partitions' runs. (It used to take the lone path: with one message in 50
 /// invalid, most transactions of a drain held a single partition's remainder.)
