@@ -158,27 +158,33 @@ async fn a_linger_gathers_a_trickle_into_one_transaction() {
     app.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn partitions_ready_at_the_same_time_share_a_transaction() {
-    let backlog: Vec<_> =
-        (0..40u32).map(|n| ("todo-created", message(&format!("key-{n}"), &testkit::todo(n), &format!("g-{n}")))).collect();
-    // The todos table is locked while the service starts: the first writes wait inside their
-    // transactions, and the runs of the other partitions queue up behind them. The linger makes
-    // each partition's first batch take its whole backlog: without it, a worker scheduled before
-    // the consumer had handed over the rest of its partition started with a shorter batch, and
-    // the rest was not counted as consumed until the lock was gone (a flaky wait on 2 cores).
+/// Starts the service on a backlog of todos while the todos table is locked, so that the first
+/// writes wait inside their transactions and the runs of the other partitions queue up behind
+/// them; once every message is read, lets the writes go, and returns when every todo is stored.
+/// The linger makes each partition's first batch take its whole backlog: without it, a worker
+/// scheduled before the consumer had handed over the rest of its partition started with a shorter
+/// batch, and the rest was not counted as consumed until the lock was gone (a flaky wait on 2
+/// cores).
+async fn todos_written_after_a_queue_forms(backlog: &[(&str, Outgoing)]) -> (std::sync::Arc<testkit::TestDb>, TestApp) {
     let db = std::sync::Arc::new(testkit::TestDb::create().await);
     let mut lock = db.pool.begin().await.unwrap();
     sqlx::query("LOCK TABLE todos IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    let app = testkit::spawn_app_after_backlog_on(db.clone(), &backlog, &[("BATCH_LINGER_MS", "1500")]).await;
+    let app = testkit::spawn_app_after_backlog_on(db.clone(), backlog, &[("BATCH_LINGER_MS", "1500")]).await;
     testkit::eventually(WAIT, "all messages read", || async {
-        app.metric("event_router_messages_consumed_total", &[("topic", &app.topic("todo-created"))]).await == 40.0
+        app.metric("event_router_messages_consumed_total", &[("topic", &app.topic("todo-created"))]).await == backlog.len() as f64
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     lock.commit().await.unwrap();
+    testkit::eventually(WAIT, "every todo stored", || async { db.count("todos").await == backlog.len() as i64 }).await;
+    (db, app)
+}
 
-    testkit::eventually(WAIT, "40 todos stored", || async { db.count("todos").await == 40 }).await;
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_ready_at_the_same_time_share_a_transaction() {
+    let backlog: Vec<_> =
+        (0..40u32).map(|n| ("todo-created", message(&format!("key-{n}"), &testkit::todo(n), &format!("g-{n}")))).collect();
+    let (db, app) = todos_written_after_a_queue_forms(&backlog).await;
     let partitions_per_transaction = partitions_per_transaction(&db, "TRUE").await;
     assert!(
         partitions_per_transaction[0] > 1,
@@ -205,19 +211,7 @@ async fn a_merged_write_stops_at_its_size() {
             ("todo-created", message(&format!("key-{n}"), &todo, &format!("large-{n}")))
         })
         .collect();
-    // As above: the first writes wait on the lock, and the other partitions' runs queue up.
-    let db = std::sync::Arc::new(testkit::TestDb::create().await);
-    let mut lock = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE todos IN EXCLUSIVE MODE").execute(&mut *lock).await.unwrap();
-    let app = testkit::spawn_app_after_backlog_on(db.clone(), &backlog, &[("BATCH_LINGER_MS", "1500")]).await;
-    testkit::eventually(WAIT, "all messages read", || async {
-        app.metric("event_router_messages_consumed_total", &[("topic", &app.topic("todo-created"))]).await == TODOS as f64
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    lock.commit().await.unwrap();
-
-    testkit::eventually(WAIT, "every todo stored", || async { db.count("todos").await == TODOS as i64 }).await;
+    let (db, app) = todos_written_after_a_queue_forms(&backlog).await;
     let bytes_per_transaction: Vec<i64> =
         sqlx::query_scalar("SELECT sum(length(description))::int8 FROM todos GROUP BY xmin::text::bigint ORDER BY 1 DESC")
             .fetch_all(&db.pool)
