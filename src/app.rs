@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rdkafka::consumer::Consumer;
 use rdkafka::error::KafkaError;
 use tokio::net::TcpListener;
 use tokio::task::JoinError;
@@ -302,7 +301,7 @@ impl Application {
             relaying.await.map_err(RunError::panicked("the outbox relay"))?;
         }
         if consumed.is_ok() {
-            self.consumer.unsubscribe();
+            consumer::close(self.consumer, CONSUMER_CLOSE_DEADLINE).await;
         } else {
             // A consumer that died of a fatal error can hang in librdkafka's teardown; the
             // process is about to exit, so it is left as it is rather than destroyed.
@@ -324,6 +323,9 @@ impl Application {
         Ok(())
     }
 }
+
+/// How long a graceful shutdown waits for the Kafka consumer to leave its group and close.
+const CONSUMER_CLOSE_DEADLINE: Duration = Duration::from_secs(10);
 
 /// How often the outbox backlog gauges are refreshed.
 const OUTBOX_SAMPLE_INTERVAL: Duration = Duration::from_secs(5);

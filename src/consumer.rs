@@ -619,22 +619,45 @@ async fn partition_worker(
 /// How long the final commit may wait for the broker.
 const COMMIT_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Commits stored offsets, waiting at most `deadline`. librdkafka's synchronous commit waits
-/// without a bound when no coordinator answers, so it runs on its own thread and shutdown goes on
-/// without it after the deadline (uncommitted messages are redelivered; the inbox makes that a
-/// no-op). Nothing new to commit is not an error.
-pub(crate) async fn commit_stored(consumer: Arc<RouterConsumer>, deadline: Duration) {
+/// Runs `work` on a thread of its own and waits for it at most `deadline`; `None` when the
+/// deadline passed (or the thread died). For librdkafka calls that can wait without a bound:
+/// they must neither hold up shutdown nor block a runtime thread.
+async fn within_deadline<T: Send + 'static>(deadline: Duration, work: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     let (done, result) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let _ = done.send(consumer.commit_consumer_state(CommitMode::Sync));
+        let _ = done.send(work());
     });
-    match tokio::time::timeout(deadline, result).await {
-        Ok(Ok(Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset)))) => {}
-        Ok(Ok(Err(error))) => tracing::warn!(%error, "final offset commit failed; the last messages may be redelivered"),
-        Ok(Err(_)) => tracing::warn!("final offset commit thread ended without a result"),
-        Err(_) => {
+    tokio::time::timeout(deadline, result).await.ok()?.ok()
+}
+
+/// Commits stored offsets, waiting at most `deadline`. librdkafka's synchronous commit waits
+/// without a bound when no coordinator answers, so shutdown goes on without it after the
+/// deadline (uncommitted messages are redelivered; the inbox makes that a no-op). Nothing new to
+/// commit is not an error.
+pub(crate) async fn commit_stored(consumer: Arc<RouterConsumer>, deadline: Duration) {
+    match within_deadline(deadline, move || consumer.commit_consumer_state(CommitMode::Sync)).await {
+        Some(Ok(()) | Err(KafkaError::ConsumerCommit(RDKafkaErrorCode::NoOffset))) => {}
+        Some(Err(error)) => tracing::warn!(%error, "final offset commit failed; the last messages may be redelivered"),
+        None => {
             tracing::warn!(deadline_s = deadline.as_secs(), "final offset commit timed out; the last messages may be redelivered")
         }
+    }
+}
+
+/// Leaves the group and destroys the consumer (when this is its last handle), waiting at most
+/// `deadline`. Destroying it closes it, and the close can wait without a bound: rdkafka's
+/// rebalance handling asks the group for its rebalance protocol with no timeout, and a closing
+/// group may never answer (librdkafka issue 4041, rust-rdkafka issue 509). A clean-clone CI run
+/// hung there, in a runtime thread, at the end of a test's graceful stop. Offsets are committed
+/// before this; after the deadline shutdown goes on without the close.
+pub(crate) async fn close(consumer: Arc<RouterConsumer>, deadline: Duration) {
+    let closed = within_deadline(deadline, move || {
+        consumer.unsubscribe();
+        drop(consumer);
+    })
+    .await;
+    if closed.is_none() {
+        tracing::warn!(deadline_s = deadline.as_secs(), "closing the Kafka consumer timed out; shutting down without it");
     }
 }
 
