@@ -5,8 +5,9 @@
 # 2-core machine move by 10% from run to run, more than most single changes do; the service's
 # own parts move by under 1% here (timing still decides a few things, such as how many partitions
 # a merged write gathers), librdkafka's threads by up to 15% (how its fetches and produce batches
-# fall). So a change is judged by the part it touches, and `make bench` gives the seconds. Arguments go to the benchmark (default: 20,000 messages, no steady phase; callgrind
-# makes the service ~50x slower).
+# fall). So a change is judged by the part it touches, and `make bench` gives the seconds.
+# Arguments go to the benchmark (default: 20,000 messages, no steady phase; callgrind makes the
+# service ~50x slower).
 # Output: ${CARGO_TARGET_DIR:-target}/instructions/{callgrind.out,by-part.txt,summary.json}; the
 # last line printed is the figure to quote.
 set -euo pipefail
