@@ -11,7 +11,11 @@ drain_under_valgrind() {
   shift 2
   command -v valgrind >/dev/null || apt_install valgrind
   scripts/ensure-postgres.sh
-  cargo build --release -p event-router --bin event-router -p bench --bin event-router-bench
+  # SERVICE_BUILD_FLAGS: cargo flags for the service's binary alone (bench-allocations.sh builds
+  # it without jemalloc, whose allocations DHAT cannot see).
+  cargo build --release -p bench --bin event-router-bench
+  # shellcheck disable=SC2086
+  cargo build --release -p event-router --bin event-router ${SERVICE_BUILD_FLAGS:-}
   local target_dir
   target_dir=$(realpath -m "${CARGO_TARGET_DIR:-target}")
   out=$target_dir/$name
