@@ -17,10 +17,9 @@ use tokio_util::sync::CancellationToken;
 
 /// jemalloc, not glibc's malloc. In a call-graph profile of the service's drain, glibc's
 /// `malloc`, `free` and their helpers (`unlink_chunk`, `malloc_consolidate`) were a quarter of
-/// its samples: messages are allocated on the consumer's thread and freed on whichever runtime
-/// thread finished them. With jemalloc the same drain costs about a fifth less CPU per message,
-/// at a similar peak RSS (bench/README.md, section 22). Operators can tune it through
-/// `_RJEM_MALLOC_CONF`.
+/// its samples. With jemalloc the same drain costs about a fifth less CPU per message, at a
+/// similar peak RSS (bench/README.md, section 22). Operators can tune it through
+/// `_RJEM_MALLOC_CONF` (a malformed value is reported on stderr and ignored).
 #[cfg(feature = "jemalloc")]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
