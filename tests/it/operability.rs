@@ -372,3 +372,33 @@ async fn a_consumer_that_dies_fails_readiness_and_ends_the_service_with_an_error
     let error = format!("{:#}", ended.expect_err("the service ends with an error"));
     assert!(error.contains("fatal"), "{error}");
 }
+
+/// The allocator's settings come from the environment (`_RJEM_MALLOC_CONF`, read by jemalloc
+/// before `main`), outside the service's own configuration checks: whatever an operator puts
+/// there, the binary reports what it could not use and runs on.
+#[cfg(feature = "jemalloc")]
+#[test]
+fn a_malformed_allocator_setting_is_reported_and_the_binary_runs_on() {
+    use std::ffi::OsStr;
+    use std::os::unix::ffi::OsStrExt;
+
+    let huge = "x".repeat(100_000);
+    let settings: [&OsStr; 4] = [
+        OsStr::from_bytes(b"\xff\xfegarbage:1"),
+        OsStr::new("narenas:1,narenas:2,narenas:99999999999,dirty_decay_ms:abc"),
+        OsStr::new("unknown_option:1,,:"),
+        OsStr::new(&huge),
+    ];
+    for setting in settings {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_event-router"))
+            .arg("--version")
+            .env("_RJEM_MALLOC_CONF", setting)
+            .output()
+            .unwrap();
+        let shown = String::from_utf8_lossy(&setting.as_bytes()[..setting.len().min(60)]).into_owned();
+        assert!(output.status.success(), "{shown}: {:?}", output.status);
+        assert_eq!(String::from_utf8_lossy(&output.stdout), format!("event-router {}\n", env!("CARGO_PKG_VERSION")), "{shown}");
+        // jemalloc read the setting (so this is the allocator in use) and said what it ignored.
+        assert!(String::from_utf8_lossy(&output.stderr).contains("<jemalloc>:"), "{shown}: {:?}", output.stderr);
+    }
+}
