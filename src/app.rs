@@ -140,8 +140,9 @@ impl Application {
             .map_err(StartError::Consumer)?;
         consumer::subscribe(&consumer, &topics, config.topics.pattern.as_deref()).map_err(StartError::Subscribe)?;
         let relay = if config.topics.stream_enabled {
-            let stream_publisher = Publisher::with_timeout(&config.stream_kafka, config.stream_publish_timeout)
-                .map_err(StartError::StreamProducer)?;
+            let stream_publisher =
+                Publisher::with_timeout_and_linger(&config.stream_kafka, config.stream_publish_timeout, config.stream_linger)
+                    .map_err(StartError::StreamProducer)?;
             tracing::info!(topic = %config.topics.stream(), "event stream enabled");
             Some(Relay::new(pool.clone(), stream_publisher, telemetry.clone(), pipeline.backoff, pipeline.relay_wake()))
         } else {

@@ -100,13 +100,17 @@ pub(crate) fn is_permanent(error: &KafkaError) -> bool {
     )
 }
 
+/// How long a partition's records wait to be sent together, unless a publisher says otherwise:
+/// librdkafka's default, for the dead letters and producers that wait on each send.
+const PRODUCER_LINGER: Duration = Duration::from_millis(5);
+
 /// Producer settings: idempotent, acknowledged by all in-sync replicas.
 pub(crate) fn producer_config(kafka: &KafkaConfig) -> ClientConfig {
     let mut config = client_config(kafka);
     config
         .set("enable.idempotence", "true")
         .set("acks", "all")
-        .set("linger.ms", "5")
+        .set("linger.ms", PRODUCER_LINGER.as_millis().to_string())
         .set("message.timeout.ms", "30000")
         .set("message.max.bytes", MAX_RECORD_BYTES.to_string());
     config
@@ -157,8 +161,14 @@ impl Publisher {
 
     /// A publisher whose sends fail after `timeout` without an acknowledgement.
     pub fn with_timeout(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, KafkaError> {
+        Self::with_timeout_and_linger(kafka, timeout, PRODUCER_LINGER)
+    }
+
+    /// Like [`Publisher::with_timeout`], with each partition's records waiting up to `linger` to be
+    /// sent together (the outbox relay's publisher, which sends whole batches at once).
+    pub fn with_timeout_and_linger(kafka: &KafkaConfig, timeout: Duration, linger: Duration) -> Result<Self, KafkaError> {
         let mut config = producer_config(kafka);
-        config.set("message.timeout.ms", timeout.as_millis().to_string());
+        config.set("message.timeout.ms", timeout.as_millis().to_string()).set("linger.ms", linger.as_millis().to_string());
         Ok(Publisher { producer: config.create_with_context(ProducerLogs)? })
     }
 

@@ -38,10 +38,13 @@ use crate::telemetry::Telemetry;
 /// Advisory lock key that makes one relay active at a time ("outbox" in ASCII).
 const RELAY_LOCK: i64 = 0x6f7574626f78;
 /// Events published per batch: whole rows are read until they hold at least this many (every row
-/// holds at least one, so that is also the most rows a batch reads).
-const BATCH: i64 = 500;
+/// holds at least one, so that is also the most rows a batch reads). A batch waits for all its
+/// acknowledgements before the next is read, so this sets how far the relay keeps up with a
+/// draining backlog: at 500 it fell behind, published the rest after the drain, and cost more CPU
+/// a message than at 2,000 (bench/README.md, section 23).
+const BATCH: i64 = 2000;
 /// Bytes of events read per batch, by the same rule (a row larger than this is read alone): with
-/// large messages, 500 events could be half a gigabyte.
+/// large messages, 2,000 events could be gigabytes.
 const BATCH_BYTES: i64 = 16 * 1024 * 1024;
 /// How often an idle relay looks for rows written by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(500);
