@@ -40,11 +40,12 @@ const RELAY_LOCK: i64 = 0x6f7574626f78;
 /// Events published per batch: whole rows are read until they hold at least this many (every row
 /// holds at least one, so that is also the most rows a batch reads). A batch waits for all its
 /// acknowledgements before the next is read, so this sets how far the relay keeps up with a
-/// draining backlog: at 500 it fell behind, published the rest after the drain, and cost more CPU
-/// a message than at 2,000 (bench/README.md, section 23).
-const BATCH: i64 = 2000;
+/// draining backlog: at 500 it fell further behind and cost more CPU a message; at 2,000 it kept
+/// up but held enough more memory to lift a million-message drain's peak over 150 MB
+/// (bench/README.md, section 23).
+const BATCH: i64 = 1000;
 /// Bytes of events read per batch, by the same rule (a row larger than this is read alone): with
-/// large messages, 2,000 events could be gigabytes.
+/// large messages, 1,000 events could be a gigabyte.
 const BATCH_BYTES: i64 = 16 * 1024 * 1024;
 /// How often an idle relay looks for rows written by other instances.
 const IDLE_POLL: Duration = Duration::from_millis(500);
