@@ -22,7 +22,7 @@ use crate::config::Config;
 use crate::consumer::{self, ConsumerError, ConsumerEvents, RouterConsumer};
 use crate::error::ErrorChain;
 use crate::http::{self, HttpState};
-use crate::kafka::{self, Publisher};
+use crate::kafka;
 use crate::outbox::Relay;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::router::Router;
@@ -141,7 +141,7 @@ impl Application {
         consumer::subscribe(&consumer, &topics, config.topics.pattern.as_deref()).map_err(StartError::Subscribe)?;
         let relay = if config.topics.stream_enabled {
             let stream_publisher =
-                Publisher::with_timeout_and_linger(&config.stream_kafka, config.stream_publish_timeout, config.stream_linger)
+                kafka::BatchPublisher::new(&config.stream_kafka, config.stream_publish_timeout, config.stream_linger)
                     .map_err(StartError::StreamProducer)?;
             tracing::info!(topic = %config.topics.stream(), "event stream enabled");
             Some(Relay::new(pool.clone(), stream_publisher, telemetry.clone(), pipeline.backoff, pipeline.relay_wake()))

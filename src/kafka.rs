@@ -1,18 +1,21 @@
-//! librdkafka client settings and the one way the service writes to Kafka.
+//! librdkafka client settings and the two ways the service writes to Kafka.
 //!
 //! All clients (consumer, stream and dead-letter producers, the producer CLI) get their
 //! connection and security settings from [`client_config`], so SASL/TLS is configured once.
-//! [`Publisher::publish`] waits for the broker's delivery report: a message counts as sent only
-//! when the broker has acknowledged it.
+//! A record counts as sent only when the broker has acknowledged it: [`Publisher::publish`]
+//! waits for one record's delivery report, [`BatchPublisher::publish_all`] (the outbox relay's)
+//! for a whole batch's.
 
+use std::sync::Mutex;
 use std::time::Duration;
 
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
-use rdkafka::error::KafkaError;
-use rdkafka::message::{Header as KafkaHeader, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header as KafkaHeader, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, FutureProducer, FutureRecord, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
+use tokio::sync::Notify;
 
 use crate::config::KafkaConfig;
 use crate::message::HeaderRef;
@@ -100,8 +103,8 @@ pub(crate) fn is_permanent(error: &KafkaError) -> bool {
     )
 }
 
-/// How long a partition's records wait to be sent together, unless a publisher says otherwise:
-/// librdkafka's default, for the dead letters and producers that wait on each send.
+/// How long a partition's records wait to be sent together: librdkafka's default, for the dead
+/// letters and producers that wait on each send ([`BatchPublisher`] takes its own).
 const PRODUCER_LINGER: Duration = Duration::from_millis(5);
 
 /// Producer settings: idempotent, acknowledged by all in-sync replicas.
@@ -161,14 +164,8 @@ impl Publisher {
 
     /// A publisher whose sends fail after `timeout` without an acknowledgement.
     pub fn with_timeout(kafka: &KafkaConfig, timeout: Duration) -> Result<Self, KafkaError> {
-        Self::with_timeout_and_linger(kafka, timeout, PRODUCER_LINGER)
-    }
-
-    /// Like [`Publisher::with_timeout`], with each partition's records waiting up to `linger` to be
-    /// sent together (the outbox relay's publisher, which sends whole batches at once).
-    pub fn with_timeout_and_linger(kafka: &KafkaConfig, timeout: Duration, linger: Duration) -> Result<Self, KafkaError> {
         let mut config = producer_config(kafka);
-        config.set("message.timeout.ms", timeout.as_millis().to_string()).set("linger.ms", linger.as_millis().to_string());
+        config.set("message.timeout.ms", timeout.as_millis().to_string());
         Ok(Publisher { producer: config.create_with_context(ProducerLogs)? })
     }
 
@@ -214,5 +211,141 @@ impl Publisher {
     /// Waits up to `timeout` for queued messages to be delivered.
     pub(crate) fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
         self.producer.flush(Timeout::After(timeout))
+    }
+}
+
+/// One record of a batch for [`BatchPublisher::publish_all`].
+pub struct Record<'a> {
+    pub topic: &'a str,
+    pub key: Option<&'a [u8]>,
+    pub payload: &'a [u8],
+    pub headers: &'a [HeaderRef<'a>],
+}
+
+/// A producer for whole batches (the outbox relay's): every record is queued at once, then the
+/// batch waits for all their delivery reports, each matched to its record by its place in the
+/// batch. [`Publisher`] gives each record a future of its own (a channel, and a wake-up of the
+/// waiting task per report), which cost the relay more than queueing the records
+/// (bench/README.md, section 24).
+pub struct BatchPublisher {
+    producer: ThreadedProducer<BatchAcks>,
+    /// One batch at a time: reports are told apart by the batch's generation.
+    sending: tokio::sync::Mutex<()>,
+}
+
+/// The delivery reports of the batch being sent.
+#[derive(Default)]
+struct BatchAcks {
+    batch: Mutex<Acks>,
+    settled: Notify,
+}
+
+#[derive(Default)]
+struct Acks {
+    /// Reports of an earlier generation belong to a batch whose sender stopped waiting for
+    /// them (a shutdown deadline); they are dropped.
+    generation: u32,
+    results: Vec<Option<Result<Delivery, KafkaError>>>,
+    outstanding: usize,
+}
+
+// A record's opaque is its batch's generation in the upper 32 bits and its index in the lower.
+const _: () = assert!(usize::BITS >= 64, "the batch publisher packs two u32s into a usize");
+
+impl BatchAcks {
+    fn settle(&self, generation: u32, index: usize, result: Result<Delivery, KafkaError>) {
+        let mut acks = self.batch.lock().expect("batch acks lock");
+        if acks.generation != generation {
+            return;
+        }
+        if let Some(slot @ None) = acks.results.get_mut(index) {
+            *slot = Some(result);
+            acks.outstanding -= 1;
+            if acks.outstanding == 0 {
+                self.settled.notify_one();
+            }
+        }
+    }
+}
+
+impl ClientContext for BatchAcks {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        log_librdkafka(level, fac, log_message);
+    }
+}
+
+impl ProducerContext for BatchAcks {
+    type DeliveryOpaque = usize;
+
+    fn delivery(&self, report: &DeliveryResult<'_>, opaque: usize) {
+        let result = match report {
+            Ok(message) => Ok(Delivery { partition: message.partition(), offset: message.offset() }),
+            Err((error, _)) => Err(error.clone()),
+        };
+        self.settle((opaque >> 32) as u32, opaque & 0xffff_ffff, result);
+    }
+}
+
+impl BatchPublisher {
+    /// A batch publisher whose sends fail after `timeout` without an acknowledgement, each
+    /// partition's records waiting up to `linger` to be sent together.
+    pub fn new(kafka: &KafkaConfig, timeout: Duration, linger: Duration) -> Result<Self, KafkaError> {
+        let mut config = producer_config(kafka);
+        config.set("message.timeout.ms", timeout.as_millis().to_string()).set("linger.ms", linger.as_millis().to_string());
+        Ok(BatchPublisher { producer: config.create_with_context(BatchAcks::default())?, sending: Default::default() })
+    }
+
+    /// Sends every record and waits until each is acknowledged or failed (within the timeout
+    /// the publisher was made with); the results come back in the records' order. librdkafka
+    /// keeps the records' order per partition (the producer is idempotent).
+    pub async fn publish_all(&self, records: &[Record<'_>]) -> Vec<Result<Delivery, KafkaError>> {
+        let _one_batch = self.sending.lock().await;
+        let acks = self.producer.context();
+        let generation = {
+            let mut batch = acks.batch.lock().expect("batch acks lock");
+            batch.generation = batch.generation.wrapping_add(1);
+            batch.results.clear();
+            batch.results.resize_with(records.len(), || None);
+            batch.outstanding = records.len();
+            batch.generation
+        };
+        for (index, record) in records.iter().enumerate() {
+            let mut headers = OwnedHeaders::new_with_capacity(record.headers.len());
+            for header in record.headers {
+                headers = headers.insert(KafkaHeader { key: header.key, value: header.value });
+            }
+            let opaque = ((generation as usize) << 32) | index;
+            let mut queued = BaseRecord::with_opaque_to(record.topic, opaque).payload(record.payload).headers(headers);
+            if let Some(key) = record.key {
+                queued = queued.key(key);
+            }
+            loop {
+                match self.producer.send(queued) {
+                    Ok(()) => break,
+                    // librdkafka's queue is full: wait for deliveries to make room.
+                    Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                        queued = back;
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    Err((error, _)) => {
+                        acks.settle(generation, index, Err(error));
+                        break;
+                    }
+                }
+            }
+        }
+        loop {
+            let settled = acks.settled.notified();
+            {
+                let mut batch = acks.batch.lock().expect("batch acks lock");
+                if batch.outstanding == 0 {
+                    return std::mem::take(&mut batch.results)
+                        .into_iter()
+                        .map(|result| result.expect("every record of a settled batch has its result"))
+                        .collect();
+                }
+            }
+            settled.await;
+        }
     }
 }

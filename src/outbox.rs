@@ -22,14 +22,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::future::join_all;
 use serde::{Deserialize, Serialize};
 use sqlx::types::Json;
 use sqlx::PgPool;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::kafka::Publisher;
+use crate::kafka::{BatchPublisher, Record};
 use crate::message::HeaderRef;
 use crate::retry::Backoff;
 use crate::store::Tx;
@@ -146,7 +145,7 @@ enum RelayError {
 /// Publishes outbox rows to the stream.
 pub(crate) struct Relay {
     pool: PgPool,
-    publisher: Publisher,
+    publisher: BatchPublisher,
     telemetry: Arc<Telemetry>,
     /// Woken by the pipeline after each commit that wrote an outbox row.
     pub wake: Arc<Notify>,
@@ -163,7 +162,7 @@ struct BatchResult {
 impl Relay {
     pub(crate) fn new(
         pool: PgPool,
-        publisher: Publisher,
+        publisher: BatchPublisher,
         telemetry: Arc<Telemetry>,
         backoff: Backoff,
         wake: Arc<Notify>,
@@ -248,10 +247,12 @@ impl Relay {
         // All sends are queued at once (librdkafka batches them and, being idempotent, keeps their
         // order per partition); then the rows whose events were all acknowledged, up to the first
         // that was not, are deleted. A row with a failure is sent again whole.
-        let results = join_all(
-            events.iter().flatten().map(|event| self.publisher.publish(event.topic, event.key, event.payload, &event.headers)),
-        )
-        .await;
+        let records: Vec<Record<'_>> = events
+            .iter()
+            .flatten()
+            .map(|event| Record { topic: event.topic, key: event.key, payload: event.payload, headers: &event.headers })
+            .collect();
+        let results = self.publisher.publish_all(&records).await;
         let mut results = results.into_iter();
         let mut delivered = Vec::with_capacity(rows.len());
         let (mut published, mut total) = (0, 0);

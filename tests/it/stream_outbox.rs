@@ -175,3 +175,40 @@ async fn an_event_refused_for_good_is_parked_and_the_stream_goes_on() {
     assert_eq!(app.metric("event_router_stream_undeliverable_total", &[]).await, parked.len() as f64);
     app.stop().await;
 }
+
+/// The relay's publisher queues a whole batch and matches each delivery report to its record by
+/// the record's place in the batch and the batch's generation: results come back in order, a
+/// record refused when queued fails alone, and the late report of a batch given up on (a
+/// shutdown deadline) is not taken for a record of the next batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_batch_publisher_matches_each_report_to_its_record_even_after_a_batch_was_given_up() {
+    use event_router::kafka::{BatchPublisher, Record, MAX_RECORD_BYTES};
+    use event_router::message::HeaderRef;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let cluster = DevBroker::start(1).unwrap();
+    cluster.create_topic("batches", 2).unwrap();
+    let config = testkit::test_config(cluster.bootstrap_servers(), "postgres://unused", "unused", &[]);
+    let publisher = BatchPublisher::new(&config.kafka, Duration::from_secs(10), Duration::from_millis(5)).unwrap();
+    let headers = [HeaderRef { key: "x-rh-insights-request-id", value: Some(b"r") }];
+    let huge = vec![b'x'; MAX_RECORD_BYTES + 1];
+    let record = |payload: &'static [u8]| Record { topic: "batches", key: Some(b"k"), payload, headers: &headers };
+
+    let results = publisher.publish_all(&[record(b"1"), Record { payload: &huge, ..record(b"") }, record(b"2")]).await;
+    let refused = results[1].as_ref().expect_err("a record over message.max.bytes is refused");
+    assert_eq!(refused.rdkafka_error_code(), Some(RDKafkaErrorCode::MessageSizeTooLarge), "{refused}");
+    let (first, third) = (results[0].as_ref().unwrap(), results[2].as_ref().unwrap());
+    assert_eq!((third.partition, third.offset), (first.partition, first.offset + 1), "one key, in order");
+
+    // Given up on while the broker is down; delivered once it is back, ahead of the next batch's
+    // records (same key, same partition), so its report comes first.
+    cluster.broker_down(1).unwrap();
+    let given_up = tokio::time::timeout(Duration::from_millis(300), publisher.publish_all(&[record(b"late")])).await;
+    assert!(given_up.is_err(), "the broker is down: nothing is acknowledged");
+    cluster.broker_up(1).unwrap();
+    let results = tokio::time::timeout(WAIT, publisher.publish_all(&[record(b"3"), record(b"4")])).await.unwrap();
+    // Had the late report been taken for the first record, that result would be the late
+    // record's offset (or its timeout), two before the second's.
+    let offsets: Vec<i64> = results.iter().map(|r| r.as_ref().expect("delivered").offset).collect();
+    assert!(offsets[0] > third.offset && offsets[1] == offsets[0] + 1, "{offsets:?} after {}", third.offset);
+}
