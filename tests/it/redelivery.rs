@@ -212,3 +212,46 @@ async fn fingerprints_count_headers_and_rows_of_older_releases_still_match() {
     .await;
     second.stop().await;
 }
+
+/// The inbox read stays a primary-key range scan per partition once the table has statistics
+/// (autovacuum's `ANALYZE`), in the generic plan a prepared statement switches to as in a custom
+/// one. The plain join it replaced was planned as a hash join over the whole inbox there, a cost
+/// that grew with the table; a fresh table (every other test, the benchmark) never showed it.
+#[tokio::test]
+async fn the_inbox_read_scans_only_the_batch_ranges_of_an_analyzed_inbox() {
+    let db = testkit::TestDb::create().await;
+    sqlx::query(
+        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)
+         SELECT 't', p, o, sha256(o::text::bytea), 'r', 'o' FROM generate_series(0, 3) AS p, generate_series(0, 15000) AS o",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE processed_messages").execute(&db.pool).await.unwrap();
+    let mut session = db.pool.acquire().await.unwrap();
+    sqlx::query(&format!("PREPARE inbox_ranges AS {}", event_router::store::INBOX_RANGES)).execute(&mut *session).await.unwrap();
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        sqlx::query(&format!("SET plan_cache_mode = {mode}")).execute(&mut *session).await.unwrap();
+        let plan: Vec<String> =
+            sqlx::query_scalar("EXPLAIN EXECUTE inbox_ranges('{t,t}', '{0,1}', '{14990,15001}', '{15010,15050}')")
+                .fetch_all(&mut *session)
+                .await
+                .unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan") && !plan.contains("Hash"), "{mode}:\n{plan}");
+        assert!(plan.contains("Index Scan using processed_messages_pkey"), "{mode}:\n{plan}");
+    }
+    let rows: Vec<(String, i32, i64, Vec<u8>)> = sqlx::query_as(event_router::store::INBOX_RANGES)
+        .bind(["t", "t"])
+        .bind([0, 1])
+        .bind([14990i64, 15001])
+        .bind([15010i64, 15050])
+        .fetch_all(&mut *session)
+        .await
+        .unwrap();
+    let found: Vec<(i32, i64)> = rows.iter().map(|(_, p, o, _)| (*p, *o)).collect();
+    let expected: Vec<(i32, i64)> = (14990..=15000).map(|o| (0, o)).collect();
+    assert_eq!(found, expected, "partition 0's rows in its range; none yet past partition 1's last offset");
+    drop(session);
+    db.drop_database().await;
+}
