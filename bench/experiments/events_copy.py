@@ -9,26 +9,17 @@ PostgreSQL at DATABASE_ADMIN_URL (default postgres://postgres@127.0.0.1:5432/pos
 each statement's calls, rows, total ms and µs a row: execution time on the server, which for
 COPY includes receiving the data.
 """
-import datetime, glob, json, os, random, struct, sys, uuid
+import datetime, json, os, random, struct, sys, uuid
 
 import psycopg
 from psycopg.types.json import Jsonb
 
-ADMIN = os.environ.get("DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+import scratch_db
+
 DB = "events_copy_experiment"
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 200
 BATCH = int(sys.argv[2]) if len(sys.argv) > 2 else 232  # the service's rows per events INSERT
 
-with psycopg.connect(ADMIN, autocommit=True) as admin:
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {DB}")
-url = psycopg.conninfo.make_conninfo(ADMIN, dbname=DB)
-here = os.path.dirname(os.path.abspath(__file__))
-with psycopg.connect(url, autocommit=True) as setup:
-    for path in sorted(glob.glob(os.path.join(here, "..", "..", "migrations", "*.sql"))):
-        setup.execute(open(path).read())
-    setup.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    setup.execute("SELECT pg_stat_statements_reset()")
 
 COLUMNS = ("name, severity, message, event_time, cluster_id, host_id, infra_env_id, properties, org_id, "
            "request_id, source_topic, source_partition, source_offset, count, first_seen, last_seen, dedup_key")
@@ -78,7 +69,7 @@ def binary(kind, value):
     return bytes(value)
 
 
-with psycopg.connect(url) as conn, conn.cursor() as cur:
+with scratch_db.migrated(DB) as url, psycopg.connect(url) as conn, conn.cursor() as cur:
     for round_ in range(ROUNDS):
         for mode in (("insert", "copy") if round_ % 2 == 0 else ("copy", "insert")):
             batch = rows(BATCH)
@@ -106,5 +97,3 @@ with psycopg.connect(url) as conn, conn.cursor() as cur:
     print("statement | calls | rows | total ms | µs a row")
     for row in cur.fetchall():
         print(" | ".join(str(x) for x in row))
-with psycopg.connect(ADMIN, autocommit=True) as admin:
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")

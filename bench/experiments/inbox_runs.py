@@ -13,33 +13,25 @@ bench`), spread over PARTITIONS partitions (default 4). Needs pg_stat_statements
 postgres://postgres@127.0.0.1:5432/postgres). Prints µs a message for each variant's
 statements.
 """
-import glob, hashlib, os, sys, uuid
+import hashlib, os, sys, uuid
 
 import psycopg
 
-ADMIN = os.environ.get("DATABASE_ADMIN_URL", "postgres://postgres@127.0.0.1:5432/postgres")
+import scratch_db
+
 DB = "inbox_runs_experiment"
 ROUNDS = int(sys.argv[1]) if len(sys.argv) > 1 else 300
 MESSAGES = int(sys.argv[2]) if len(sys.argv) > 2 else 193
 PARTITIONS = int(sys.argv[3]) if len(sys.argv) > 3 else 4
 TOPIC = "platform.events.host-status"
-
-with psycopg.connect(ADMIN, autocommit=True) as admin:
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
-    admin.execute(f"CREATE DATABASE {DB}")
-url = psycopg.conninfo.make_conninfo(ADMIN, dbname=DB)
-here = os.path.dirname(os.path.abspath(__file__))
-with psycopg.connect(url, autocommit=True) as setup:
-    for path in sorted(glob.glob(os.path.join(here, "..", "..", "migrations", "*.sql"))):
-        setup.execute(open(path).read())
-    # The candidate's table: one row per partition and transaction.
-    setup.execute("""CREATE TABLE inbox_runs (
+# The candidate's table: one row per partition and transaction.
+RUNS_TABLE = (
+    """CREATE TABLE inbox_runs (
         topic text NOT NULL, kafka_partition int4 NOT NULL, first_offset int8 NOT NULL, last_offset int8 NOT NULL,
-        entries bytea NOT NULL, processed_at timestamptz NOT NULL DEFAULT now())""")
-    setup.execute("CREATE INDEX inbox_runs_range ON inbox_runs (topic, kafka_partition, last_offset)")
-    setup.execute("CREATE INDEX inbox_runs_processed_at ON inbox_runs USING brin (processed_at)")
-    setup.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
-    setup.execute("SELECT pg_stat_statements_reset()")
+        entries bytea NOT NULL, processed_at timestamptz NOT NULL DEFAULT now())""",
+    "CREATE INDEX inbox_runs_range ON inbox_runs (topic, kafka_partition, last_offset)",
+    "CREATE INDEX inbox_runs_processed_at ON inbox_runs USING brin (processed_at)",
+)
 
 next_offset = {("rows", p): 0 for p in range(PARTITIONS)} | {("runs", p): 0 for p in range(PARTITIONS)}
 
@@ -55,7 +47,7 @@ def batch(variant):
     return out
 
 
-with psycopg.connect(url) as conn, conn.cursor() as cur:
+with scratch_db.migrated(DB, *RUNS_TABLE) as url, psycopg.connect(url) as conn, conn.cursor() as cur:
     for round_ in range(ROUNDS):
         for variant in (("rows", "runs") if round_ % 2 == 0 else ("runs", "rows")):
             messages = batch(variant)
@@ -121,5 +113,3 @@ with psycopg.connect(url) as conn, conn.cursor() as cur:
         print(f"{variant} | {query} | {calls} calls | {ms} ms")
     for variant, ms in sorted(totals.items()):
         print(f"{variant}: {ms * 1000 / (ROUNDS * MESSAGES):.2f} µs a message")
-with psycopg.connect(ADMIN, autocommit=True) as admin:
-    admin.execute(f"DROP DATABASE IF EXISTS {DB} WITH (FORCE)")
