@@ -7,7 +7,8 @@
 //! 2. Ceiling "consume only": a bare rdkafka consumer drains the backlog and does nothing else.
 //! 3. Ceiling "database only": the rows the service would write (table rows, inbox, outbox, and
 //!    the catalog events its handlers emit) are written with COPY, PostgreSQL's bulk path,
-//!    without Kafka. The events rows are those step 4 wrote, copied out of its database.
+//!    without Kafka. The events rows are those step 4 wrote, copied out of its database. Each
+//!    part is written three times into a fresh database and the fastest counts.
 //! 4. "Service insert path": the service's pipeline processes the same messages from memory
 //!    (validation, handler, inbox, outbox; batches of `--batch` as a worker with a backlog takes them),
 //!    one task per partition, without a Kafka consumer.
@@ -48,6 +49,10 @@ use tokio_util::sync::CancellationToken;
 /// The report's steps that its ratios are computed from.
 const CONSUME_ONLY: &str = "ceiling: consume only (rdkafka)";
 const COPY: &str = "ceiling: database only (COPY)";
+/// How many times the COPY ceiling is measured; the fastest counts. One measurement moved by
+/// 40% between runs an hour apart on this shared machine (30,710 against 43,178 messages/s for
+/// the same rows), and a slow ceiling flatters the end-to-end ratio (bench/README.md, 24.).
+const CEILING_ATTEMPTS: usize = 3;
 const PYTHON: &str = "comparison: Python consumer";
 const PYTHON_FAIR: &str = "comparison: Python consumer with identity cache (fair peer)";
 const END_TO_END: &str = "end to end (service)";
@@ -221,26 +226,34 @@ async fn main() -> anyhow::Result<()> {
         report.add(CONSUME_ONLY, args.messages, elapsed, json!({}));
 
         // 3. Ceiling: database only, COPY: the rows built here, then (after step 4) the events.
-        let db = TestDb::create().await;
-        let tables = copy_rows(&db, &built, &base, args.batch).await?;
-        // Each step's database goes when the step is done: autovacuum working through a million
-        // rows of an earlier step had landed in the steady phase's latency.
-        db.drop_database().await;
+        //    The fastest of CEILING_ATTEMPTS, each into a fresh database.
+        let mut tables = Duration::MAX;
+        for _ in 0..CEILING_ATTEMPTS {
+            let db = TestDb::create().await;
+            tables = tables.min(copy_rows(&db, &built, &base, args.batch).await?);
+            // Each step's database goes when the step is done: autovacuum working through a
+            // million rows of an earlier step had landed in the steady phase's latency.
+            db.drop_database().await;
+        }
 
         // 4. The service's insert path, without Kafka.
         let db = TestDb::create().await;
         let insert_path = service_insert_path(&db, &broker, &built, args.batch).await?;
         let events = copy_out_events(&db).await?;
         db.drop_database().await;
-        let db = TestDb::create().await;
-        let (events_elapsed, events_rows) = copy_in_events(&db, &events).await?;
-        db.drop_database().await;
+        let (mut events_elapsed, mut events_rows) = (Duration::MAX, 0);
+        for _ in 0..CEILING_ATTEMPTS {
+            let db = TestDb::create().await;
+            let (elapsed, rows) = copy_in_events(&db, &events).await?;
+            (events_elapsed, events_rows) = (events_elapsed.min(elapsed), rows);
+            db.drop_database().await;
+        }
         report.add(
             COPY,
             valid,
             tables + events_elapsed,
             json!({
-                "events_rows": events_rows, "events_seconds": events_elapsed.as_secs_f64(),
+                "events_rows": events_rows, "events_seconds": events_elapsed.as_secs_f64(), "attempts": CEILING_ATTEMPTS,
                 "without_events_per_second": valid as f64 / tables.as_secs_f64(),
             }),
         );
