@@ -2,7 +2,7 @@
 //! made of, all measured in the same run on the same machine (a shared, noisy machine makes
 //! figures from different runs incomparable; ratios within one run are what count).
 //!
-//! 1. Preload N messages (the sample topics, about 2% invalid) over P partitions of the embedded
+//! 1. Preload N messages (the sample topics, one in `--invalid-every` invalid: 2% by default) over P partitions of the embedded
 //!    broker, hosted by this process.
 //! 2. Ceiling "consume only": a bare rdkafka consumer drains the backlog and does nothing else.
 //! 3. Ceiling "database only": the rows the service would write (table rows, inbox, outbox, and
@@ -86,6 +86,10 @@ struct Args {
     /// Extra bytes of text in each todo description (payload size).
     #[arg(long, default_value_t = 0)]
     payload_padding: usize,
+    /// Every this many messages one fails its schema and is dead-lettered (50: 2%; 2: a flood
+    /// of bad input, half of it).
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    invalid_every: u64,
     /// Service instances sharing the backlog.
     #[arg(long, default_value_t = 1)]
     instances: usize,
@@ -137,17 +141,17 @@ struct Args {
 }
 
 /// Message `n`: topic key, outgoing message, and whether the service must accept it.
-fn message(n: u64, padding: usize) -> (&'static str, Outgoing, bool) {
+fn message(n: u64, args: &Args) -> (&'static str, Outgoing, bool) {
     let identity = IdentityHeader::Document(samples::user_identity("bench"));
     let key = Some(format!("key-{}", n % 4099));
-    if n % 50 == 49 {
+    if n % args.invalid_every == args.invalid_every - 1 {
         let invalid = json!({"id": n, "title": "missing its description"});
         return ("todo-created", Outgoing { key, ..Outgoing::json(&invalid, identity) }, false);
     }
     let topic = TOPICS[(n % 3) as usize];
     let mut payload = SAMPLES[(n % 3) as usize].payload(n);
-    if topic == "todo-created" && padding > 0 {
-        let description = format!("{} {}", payload["description"].as_str().unwrap_or_default(), "x".repeat(padding));
+    if topic == "todo-created" && args.payload_padding > 0 {
+        let description = format!("{} {}", payload["description"].as_str().unwrap_or_default(), "x".repeat(args.payload_padding));
         payload["description"] = Value::String(description.chars().take(4096).collect());
     }
     (topic, Outgoing { key, ..Outgoing::json(&payload, identity) }, true)
@@ -178,7 +182,7 @@ async fn main() -> anyhow::Result<()> {
     let producer = EventProducer::new(&base.kafka, &base.topics)?;
     let built: Vec<RawMessage> = (0..args.messages)
         .map(|n| {
-            let (topic, outgoing, _) = message(n, args.payload_padding);
+            let (topic, outgoing, _) = message(n, &args);
             producer.build(topic, &outgoing)
         })
         .collect();
@@ -217,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
         started.elapsed(),
         json!({"mean_payload_bytes": mean_payload, "output_partitions": output_partitions}),
     );
-    let invalid = (0..args.messages).filter(|n| !message(*n, 0).2).count() as u64;
+    let invalid = (0..args.messages).filter(|n| !message(*n, &args).2).count() as u64;
     let valid = args.messages - invalid;
 
     if !args.end_to_end_only {
@@ -724,7 +728,7 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
                     let due = Duration::from_secs_f64(i as f64 / args.steady_rate as f64);
                     tokio::time::sleep_until((started + due).into()).await;
                     let n = 10_000_000 + i * 50; // valid messages only (n % 50 == 0)
-                    let (topic, outgoing, _) = message(n, args.payload_padding);
+                    let (topic, outgoing, _) = message(n, args);
                     producer.send_raw(&producer.build(topic, &outgoing)).await.expect("broker accepts");
                 }
             })
@@ -894,6 +898,7 @@ impl Report {
         let document = json!({
             "when": stamp,
             "messages": args.messages, "partitions": args.partitions, "payload_padding": args.payload_padding, "instances": args.instances,
+            "invalid_every": args.invalid_every,
             "steps": rows,
             "batch": args.batch,
             "ratio_end_to_end_to_lower_ceiling": ratio,
@@ -903,8 +908,8 @@ impl Report {
         });
         std::fs::write(out.join(format!("{stamp}.json")), serde_json::to_string_pretty(&document)?)?;
         let mut md = format!(
-            "# Benchmark {stamp}\n\n{} messages, {} partitions, payload padding {}, {} instance(s), batches of up to {}\n\n| step | messages | seconds | per second | details |\n|---|---:|---:|---:|---|\n",
-            args.messages, args.partitions, args.payload_padding, args.instances, args.batch
+            "# Benchmark {stamp}\n\n{} messages (1 in {} invalid), {} partitions, payload padding {}, {} instance(s), batches of up to {}\n\n| step | messages | seconds | per second | details |\n|---|---:|---:|---:|---|\n",
+            args.messages, args.invalid_every, args.partitions, args.payload_padding, args.instances, args.batch
         );
         for (name, n, elapsed, extra) in &self.rows {
             md.push_str(&format!(
