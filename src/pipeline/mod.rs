@@ -11,13 +11,16 @@
 //! of messages that pass is written in one transaction (set-based inbox and outbox rows, one
 //! handler call for the run), merged with the runs other partitions have ready at the same time
 //! (`GroupCommit`), because a commit, and then a round trip, per message is what limits
-//! throughput. Anything unusual (a rejection, a handler's refusal, a retry) takes the
-//! single-message path, whose transaction is the same write over a batch of one, so the batch
-//! path never has to know about dead letters or retries.
+//! throughput. The messages the checks rejected are dead-lettered together meanwhile, so they
+//! neither split the runs nor make the partition wait on a producer round trip each. A
+//! handler's refusal or a retry takes the single-message path, whose transaction is the same
+//! write over a batch of one, so the batch path never has to know about dead letters or
+//! retries.
 //!
 //! The rooms: `open` (checks, context, stream event), `write` (the transaction over one or more
 //! messages, and the single-message path with its retries), `group_commit` (runs of several
-//! partitions merged into one transaction), `dead_letter` (publish the copy, record the row).
+//! partitions merged into one transaction), `dead_letter` (publish the copies, record the
+//! rows).
 
 mod dead_letter;
 mod group_commit;
@@ -41,6 +44,7 @@ use crate::router::{MissingHandler, Router};
 use crate::telemetry::{HandlingTime, KnownTopic, RetryStep, Telemetry};
 
 use crate::retry::Backoff;
+use dead_letter::Rejected;
 use group_commit::GroupCommit;
 use open::{Prepared, Step};
 use write::{Attempt, BatchWrite, Handled};
@@ -127,17 +131,18 @@ impl Pipeline {
     /// there do not hold up the rest.
     const MAX_OPEN_BATCHES: usize = 32;
 
-    /// Processes the messages of one partition, in order, each to a final outcome. Runs of
-    /// messages that pass their checks are written in one transaction each; anything else (a
-    /// rejection, a handler's refusal, a lone message) takes the single-message path, with its
-    /// retries and dead letters. Returns how many messages, from the first, are finished: fewer
-    /// than all only when `abandon` fired (the shutdown or revoke deadline passed), and then the
-    /// rest must not have their offsets stored.
+    /// Processes the messages of one partition, each to a final outcome. Runs of messages that
+    /// pass their checks are written in one transaction each, in order; a handler's refusal or a
+    /// lone message takes the single-message path, with its retries and dead letters. Messages
+    /// rejected by their checks are dead-lettered together, while the rest is written. Returns
+    /// how many messages, from the first, are finished: fewer than all only when `abandon` fired
+    /// (the shutdown or revoke deadline passed), and then the rest must not have their offsets
+    /// stored.
     pub async fn process_batch(&self, messages: Vec<RawMessage>, abandon: &CancellationToken) -> usize {
         for message in &messages {
             self.telemetry.message_consumed(message);
         }
-        let mut opened = tokio::select! {
+        let opened = tokio::select! {
             biased;
             _ = abandon.cancelled() => {
                 messages.iter().for_each(|m| self.telemetry.message_abandoned(m));
@@ -145,19 +150,72 @@ impl Pipeline {
             }
             permit = self.open_batches.acquire() => permit.ok(),
         };
+        let steps: Vec<Step> = messages.into_iter().map(|m| self.open(m)).collect();
+        let (rejected, others): (Vec<usize>, Vec<usize>) =
+            (0..steps.len()).partition(|&i| matches!(steps[i], Step::Reject { .. }));
+        let attempt = Attempt { pipeline: self, abandon };
+        let (dead_lettered, written) = tokio::join!(
+            self.dead_letter_rejected(&attempt, &steps, &rejected),
+            self.write_in_order(&attempt, &steps, &others, opened)
+        );
+        // The offsets may advance up to the first message not finished.
+        let unfinished: Vec<usize> = rejected
+            .iter()
+            .zip(&dead_lettered)
+            .filter(|(_, outcome)| **outcome == Outcome::Abandoned)
+            .map(|(&i, _)| i)
+            .chain(others[written..].iter().copied())
+            .collect();
+        for &i in &unfinished {
+            self.telemetry.message_abandoned(steps[i].message());
+        }
+        unfinished.into_iter().min().unwrap_or(steps.len())
+    }
+
+    /// Dead-letters the messages of `steps` at `rejected` (all rejections) together; their
+    /// outcomes, in that order.
+    async fn dead_letter_rejected(&self, attempt: &Attempt<'_>, steps: &[Step], rejected: &[usize]) -> Vec<Outcome> {
+        let letters: Vec<Rejected> = rejected
+            .iter()
+            .filter_map(|&i| match &steps[i] {
+                Step::Reject { message, rejection, request_id } => {
+                    Some(Rejected { message, rejection, request_id: request_id.as_deref(), org_id: None })
+                }
+                _ => None,
+            })
+            .collect();
+        let Some(first) = letters.first() else { return Vec::new() };
+        let span = tracing::info_span!("dead_letters", topic = %first.message.topic, partition = first.message.partition);
+        let outcomes = attempt.dead_letter_all(&letters).instrument(span).await;
+        for (letter, outcome) in letters.iter().zip(&outcomes) {
+            if *outcome != Outcome::Abandoned {
+                self.telemetry.message_finished(&letter.message.topic, *outcome);
+            }
+        }
+        outcomes
+    }
+
+    /// Writes the messages of `steps` at `order`, in that order; how many of them, from the
+    /// first, are finished. `opened` is the batch's place among the opened batches, given up
+    /// when the batch takes the single-message path, which may wait on retries.
+    async fn write_in_order(
+        &self,
+        attempt: &Attempt<'_>,
+        steps: &[Step],
+        order: &[usize],
+        mut opened: Option<tokio::sync::SemaphorePermit<'_>>,
+    ) -> usize {
         // Each run is tried merged with other partitions' first, until one such try fails.
         let mut merge = true;
-        let steps: Vec<Step> = messages.into_iter().map(|m| self.open(m)).collect();
-        let attempt = Attempt { pipeline: self, abandon };
         let mut done = 0;
-        while done < steps.len() {
-            let run: Vec<Arc<Prepared>> = steps[done..].iter().map_while(Step::ready).cloned().collect();
+        while done < order.len() {
+            let run: Vec<Arc<Prepared>> = order[done..].iter().map_while(|&i| steps[i].ready()).cloned().collect();
             if !run.is_empty() && merge {
                 // First, one try merged with whatever other partitions are writing now.
                 let merged = tokio::select! {
                     biased;
-                    _ = abandon.cancelled() => return self.abandoned_from(&steps, done),
-                    merged = self.group.write(&attempt, run.clone()) => merged,
+                    _ = attempt.abandon.cancelled() => return done,
+                    merged = self.group.write(attempt, run.clone()) => merged,
                 };
                 if let Some(handled) = merged {
                     self.finish_handled(&run, handled);
@@ -165,11 +223,8 @@ impl Pipeline {
                     continue;
                 }
             }
-            // From here on the batch may wait (retries, dead letters): let another partition open.
-            // After a rejection or a skip its next run is still merged; after a failed merged
-            // write its runs go alone. (A rejection used to send the rest of its batch down the
-            // lone path too: with one message in 50 dead-lettered, a transaction of its own per
-            // rejection, bench/README.md, 19.)
+            // From here on the batch may wait (retries): let another partition open. After a
+            // skip its next run is still merged; after a failed merged write its runs go alone.
             opened.take();
             merge &= run.is_empty();
             let run: Vec<&Prepared> = run.iter().map(|p| &**p).collect();
@@ -180,7 +235,7 @@ impl Pipeline {
                 let mut end = run.len();
                 while end > 0 {
                     match attempt.retry(RetryStep::Database, &run[0].message, || attempt.write(&run[..end])).await {
-                        Err(_) => return self.abandoned_from(&steps, done),
+                        Err(_) => return done,
                         Ok(BatchWrite::Committed(handled)) => {
                             self.finish_handled(&run[..end], handled);
                             done += end;
@@ -193,11 +248,12 @@ impl Pipeline {
                     continue;
                 }
             }
-            let outcome = attempt.process(&steps[done]).instrument(message_span(&steps[done])).await;
+            let step = &steps[order[done]];
+            let outcome = attempt.process(step).instrument(message_span(step)).await;
             if outcome == Outcome::Abandoned {
-                return self.abandoned_from(&steps, done);
+                return done;
             }
-            self.telemetry.message_finished(&steps[done].message().topic, outcome);
+            self.telemetry.message_finished(&step.message().topic, outcome);
             done += 1;
         }
         done
@@ -227,14 +283,6 @@ impl Pipeline {
                 Outcome::Duplicate
             }
         }
-    }
-
-    /// Counts the messages from `done` on as abandoned; returns `done`.
-    fn abandoned_from(&self, steps: &[Step], done: usize) -> usize {
-        for step in &steps[done..] {
-            self.telemetry.message_abandoned(step.message());
-        }
-        done
     }
 }
 

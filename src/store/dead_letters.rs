@@ -77,34 +77,63 @@ pub(crate) async fn mark_replayed(pool: &PgPool, key: &InboxKey) -> Result<(), s
     Ok(())
 }
 
-/// Records a dead letter; recording the same one twice keeps the first row.
-pub async fn record(pool: &PgPool, letter: &DeadLetter<'_>) -> Result<(), sqlx::Error> {
-    let message = letter.message;
-    let timestamp = message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
+/// Which of the records $1 to $5 (topic, partition, offset, fingerprint, legacy fingerprint,
+/// one array element each) have a row, by their ordinals: one probe of the unique key per
+/// record, written in the form of the inbox's range read (bench/README.md, 24).
+pub const RECORDED: &str = "SELECT k.n FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::bytea[])
+                               WITH ORDINALITY AS k(topic, kafka_partition, kafka_offset, fingerprint, legacy, n)
+     CROSS JOIN LATERAL (SELECT 1 FROM dead_letters AS d
+                          WHERE d.topic = k.topic AND d.kafka_partition = k.kafka_partition
+                            AND d.kafka_offset = k.kafka_offset AND d.fingerprint IN (k.fingerprint, k.legacy)
+                          LIMIT 1) AS d";
+
+/// Whether each of `keys` was dead-lettered before at its coordinates, in the order given.
+pub(crate) async fn recorded(pool: &PgPool, keys: &[InboxKey]) -> Result<Vec<bool>, sqlx::Error> {
+    let found: Vec<i64> = sqlx::query_scalar(RECORDED)
+        .bind(keys.iter().map(|k| k.topic.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.partition).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.offset).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| &k.fingerprint[..]).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| &k.legacy_fingerprint[..]).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+    let mut recorded = vec![false; keys.len()];
+    for n in found {
+        if let Some(slot) = usize::try_from(n - 1).ok().and_then(|i| recorded.get_mut(i)) {
+            *slot = true;
+        }
+    }
+    Ok(recorded)
+}
+
+/// Records dead letters in one statement; recording the same one twice keeps the first row.
+pub async fn record_all(pool: &PgPool, letters: &[DeadLetter<'_>]) -> Result<(), sqlx::Error> {
     sqlx::query(
         "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, fingerprint, message_key, payload,
                                    original_timestamp, stage, reason, error_class, message, attempts, consumer_group,
                                    request_id, org_id, dlq_partition, dlq_offset)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+         SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::bytea[], $6::bytea[],
+                              $7::timestamptz[], $8::text[], $9::text[], $10::text[], $11::text[], $12::int4[],
+                              $13::text[], $14::text[], $15::text[], $16::int4[], $17::int8[])
          ON CONFLICT (topic, kafka_partition, kafka_offset, fingerprint) DO NOTHING",
     )
-    .bind(&message.topic)
-    .bind(message.partition)
-    .bind(message.offset)
-    .bind(&letter.fingerprint[..])
-    .bind(message.key.as_deref())
-    .bind(message.payload.as_deref())
-    .bind(timestamp)
-    .bind(letter.rejection.stage().as_str())
-    .bind(letter.rejection.reason.code())
-    .bind(letter.rejection.class.as_str())
-    .bind(&letter.rejection.message)
-    .bind(letter.rejection.attempts as i32)
-    .bind(letter.consumer_group)
-    .bind(letter.request_id)
-    .bind(letter.org_id)
-    .bind(letter.dead_letter_partition)
-    .bind(letter.dead_letter_offset)
+    .bind(letters.iter().map(|l| l.message.topic.as_str()).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.message.partition).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.message.offset).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| &l.fingerprint[..]).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.message.key.as_deref()).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.message.payload.as_deref()).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single())).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.rejection.stage().as_str()).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.rejection.reason.code()).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.rejection.class.as_str()).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.rejection.message.as_str()).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.rejection.attempts as i32).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.consumer_group).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.request_id).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.org_id).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.dead_letter_partition).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| l.dead_letter_offset).collect::<Vec<_>>())
     .execute(pool)
     .await?;
     Ok(())

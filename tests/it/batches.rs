@@ -224,7 +224,7 @@ async fn a_merged_write_stops_at_its_size() {
     app.stop().await;
 }
 
-/// A rejection in a batch is dead-lettered in place, and the rest of the batch is still written
+/// A rejection in a batch is dead-lettered alongside, and the rest of the batch is still written
 /// merged with other partitions' runs. (It used to take the lone path: with one message in 50
 /// invalid, most transactions of a drain held a single partition's remainder.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,3 +254,110 @@ async fn the_dead_letter_lookup_keeps_to_the_unique_key_when_planned_on_an_empty
         plan.join("\n")
     );
 }
+
+/// Rejections and valid messages alternating on one partition: `pairs` of each, the rejection
+/// first (todos `0..pairs` are valid, `1000..` miss their description).
+fn alternating(pairs: u32) -> Vec<(&'static str, Outgoing)> {
+    let on_one_partition = |payload: &Value| Outgoing { key: Some("one-key".into()), ..Outgoing::json(payload, user()) };
+    (0..pairs)
+        .flat_map(|n| {
+            [
+                ("todo-created", on_one_partition(&json!({"id": 1000 + n, "title": "no description"}))),
+                ("todo-created", on_one_partition(&testkit::todo(n))),
+            ]
+        })
+        .collect()
+}
+
+/// A partition's rejections are dead-lettered together, not one producer round trip and two
+/// statements each while the partition waits: their rows come from one statement (they share its
+/// `now()`), their copies keep the partition's order, and the valid messages between them are
+/// all written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitions_rejections_are_dead_lettered_together_and_in_order() {
+    const PAIRS: u32 = 20;
+    let app = testkit::spawn_app_after_backlog(&alternating(PAIRS), &[]).await;
+    let copies = app.read_topic(&app.topic("dlq"), PAIRS as usize, WAIT).await;
+    let offsets: Vec<i64> =
+        copies.iter().map(|c| header(c, dead_letter::ORIGINAL_OFFSET).expect("original offset").parse().unwrap()).collect();
+    assert_eq!(offsets, (0..PAIRS as i64).map(|n| 2 * n).collect::<Vec<_>>(), "each rejection once, in the partition's order");
+    testkit::eventually(WAIT, "every row written", || async {
+        app.db.count("dead_letters").await == PAIRS as i64 && app.db.count("todos").await == PAIRS as i64
+    })
+    .await;
+    let statements: i64 =
+        sqlx::query_scalar("SELECT count(DISTINCT dead_lettered_at) FROM dead_letters").fetch_one(&app.db.pool).await.unwrap();
+    // One batch, or two should the consumer's fetch have split the backlog; one by one was 20.
+    assert!(statements <= 2, "the {PAIRS} rows came from {statements} statements");
+    app.stop().await;
+}
+
+/// Should the database refuse one dead letter's row for good, it is the only row missing: the
+/// batch's other rows are recorded, every copy is in the topic, and the partition goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_dead_letter_row_leaves_the_rest_of_its_batch_recorded() {
+    let db = std::sync::Arc::new(testkit::TestDb::create().await);
+    sqlx::raw_sql(
+        "CREATE FUNCTION refuse_offset_4() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+           IF NEW.kafka_offset = 4 THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22023'; END IF;
+           RETURN NEW;
+         END $$;
+         CREATE TRIGGER refuse BEFORE INSERT ON dead_letters FOR EACH ROW EXECUTE FUNCTION refuse_offset_4();",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    const PAIRS: u32 = 5;
+    let app = testkit::spawn_app_after_backlog_on(db.clone(), &alternating(PAIRS), &[]).await;
+    let copies = app.read_topic(&app.topic("dlq"), PAIRS as usize, WAIT).await;
+    assert_eq!(copies.len(), PAIRS as usize, "every rejection has its copy, the refused row's too");
+    let topic = app.topic("todo-created");
+    testkit::eventually(WAIT, "every message finished", || async {
+        db.count("todos").await == PAIRS as i64
+            && app.metric("event_router_messages_processed_total", &[("topic", &topic), ("outcome", "dead_lettered")]).await
+                == PAIRS as f64
+    })
+    .await;
+    let recorded: Vec<i64> =
+        sqlx::query_scalar("SELECT kafka_offset FROM dead_letters ORDER BY kafka_offset").fetch_all(&db.pool).await.unwrap();
+    assert_eq!(recorded, vec![0, 2, 6, 8], "only the refused row is missing");
+    app.stop().await;
+}
+
+/// The batch's lookup of which rejections were dead-lettered before is one unique-key probe per
+/// message once the table has statistics, in a generic plan and a custom one alike (the inbox's
+/// read was not), and finds a row by its current or its legacy fingerprint.
+#[tokio::test]
+async fn the_batch_lookup_of_dead_letters_probes_the_unique_key_of_an_analyzed_table() {
+    let db = testkit::TestDb::create().await;
+    sqlx::query(
+        "INSERT INTO dead_letters (topic, kafka_partition, kafka_offset, fingerprint, stage, reason, error_class, message,
+                                   attempts, consumer_group, dlq_partition, dlq_offset)
+         SELECT 't', p, o, sha256(o::text::bytea), 'schema', 'schema_violation', 'invalid_input', 'm', 1, 'g', 0, o
+           FROM generate_series(0, 3) AS p, generate_series(0, 5000) AS o",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE dead_letters").execute(&db.pool).await.unwrap();
+    let mut session = db.pool.acquire().await.unwrap();
+    sqlx::query(&format!("PREPARE recorded AS {}", event_router::store::dead_letters::RECORDED))
+        .execute(&mut *session)
+        .await
+        .unwrap();
+    let keys = "'{t,t,t,t}', '{0,1,2,3}', '{10,20,30,6000}', \
+                ARRAY[sha256('10'), '\\x00', '\\x00', sha256('6000')], ARRAY['\\x01', sha256('20'), '\\x01', '\\x01']::bytea[]";
+    for mode in ["force_generic_plan", "force_custom_plan"] {
+        sqlx::query(&format!("SET plan_cache_mode = {mode}")).execute(&mut *session).await.unwrap();
+        let plan: Vec<String> =
+            sqlx::query_scalar(&format!("EXPLAIN EXECUTE recorded({keys})")).fetch_all(&mut *session).await.unwrap();
+        let plan = plan.join("\n");
+        assert!(!plan.contains("Seq Scan") && !plan.contains("Hash"), "{mode}:\n{plan}");
+        assert!(plan.contains("kafka_offset = k.kafka_offset"), "{mode}:\n{plan}");
+        let found: Vec<i64> = sqlx::query_scalar(&format!("EXECUTE recorded({keys})")).fetch_all(&mut *session).await.unwrap();
+        assert_eq!(found, vec![1, 2], "{mode}: the first by its fingerprint, the second by its legacy one, the others not");
+    }
+    drop(session);
+    db.drop_database().await;
+}
