@@ -69,31 +69,36 @@ def binary(kind, value):
     return bytes(value)
 
 
-with scratch_db.migrated(DB) as url, psycopg.connect(url) as conn, conn.cursor() as cur:
-    for round_ in range(ROUNDS):
-        for mode in (("insert", "copy") if round_ % 2 == 0 else ("copy", "insert")):
-            batch = rows(BATCH)
-            if mode == "insert":
-                cur.execute(INSERT, [list(column) for column in zip(*batch)], binary=True)
-                cur.fetchall()
-            else:
-                cur.execute("SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, %s)", (BATCH,))
-                ids = [row[0] for row in cur.fetchall()]
-                data = bytearray(b"PGCOPY\n\xff\r\n\0" + bytes(8))
-                for id_, row in zip(ids, batch):
-                    data += struct.pack(">h", 18)
-                    for value in [struct.pack(">q", id_)] + [binary(k, v) for k, v in zip(TYPES, row)]:
-                        data += struct.pack(">i", -1) if value is None else struct.pack(">i", len(value)) + value
-                data += struct.pack(">h", -1)
-                with cur.copy(f"COPY events (id, {COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
-                    copy.write(bytes(data))
-            conn.commit()
-    cur.execute("""SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 50), calls, rows, round(total_exec_time::numeric, 1),
-                          round((total_exec_time * 1000 / nullif(rows, 0))::numeric, 2)
-                     FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s)
-                      AND (query LIKE 'INSERT INTO events%%' OR query LIKE 'COPY events%%' OR query LIKE '%%nextval%%')
-                    ORDER BY total_exec_time DESC""", (DB,))
-    print(f"{ROUNDS} rounds of {BATCH} rows each way")
-    print("statement | calls | rows | total ms | µs a row")
-    for row in cur.fetchall():
-        print(" | ".join(str(x) for x in row))
+def main():
+    with scratch_db.migrated(DB) as url, psycopg.connect(url) as conn, conn.cursor() as cur:
+        for round_ in range(ROUNDS):
+            for mode in (("insert", "copy") if round_ % 2 == 0 else ("copy", "insert")):
+                batch = rows(BATCH)
+                if mode == "insert":
+                    cur.execute(INSERT, [list(column) for column in zip(*batch)], binary=True)
+                    cur.fetchall()
+                else:
+                    cur.execute("SELECT nextval(pg_get_serial_sequence('events', 'id')) FROM generate_series(1, %s)", (BATCH,))
+                    ids = [row[0] for row in cur.fetchall()]
+                    data = bytearray(b"PGCOPY\n\xff\r\n\0" + bytes(8))
+                    for id_, row in zip(ids, batch):
+                        data += struct.pack(">h", 18)
+                        for value in [struct.pack(">q", id_)] + [binary(k, v) for k, v in zip(TYPES, row)]:
+                            data += struct.pack(">i", -1) if value is None else struct.pack(">i", len(value)) + value
+                    data += struct.pack(">h", -1)
+                    with cur.copy(f"COPY events (id, {COLUMNS}) FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.write(bytes(data))
+                conn.commit()
+        cur.execute("""SELECT left(regexp_replace(query, '\\s+', ' ', 'g'), 50), calls, rows, round(total_exec_time::numeric, 1),
+                              round((total_exec_time * 1000 / nullif(rows, 0))::numeric, 2)
+                         FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database WHERE datname = %s)
+                          AND (query LIKE 'INSERT INTO events%%' OR query LIKE 'COPY events%%' OR query LIKE '%%nextval%%')
+                        ORDER BY total_exec_time DESC""", (DB,))
+        print(f"{ROUNDS} rounds of {BATCH} rows each way")
+        print("statement | calls | rows | total ms | µs a row")
+        for row in cur.fetchall():
+            print(" | ".join(str(x) for x in row))
+
+
+if __name__ == "__main__":
+    main()
