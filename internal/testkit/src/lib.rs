@@ -380,6 +380,24 @@ fn reader(brokers: &str, topic: &str) -> StreamConsumer {
     consumer
 }
 
+/// How many of `topic`'s oldest records the broker no longer has (the sum of its partitions' low
+/// watermarks). The embedded broker keeps about 5 MiB a partition and drops the oldest beyond
+/// that, so a test that reads a large topic back checks this first: a record it dropped is a
+/// limit of the test's broker, not a record the service lost.
+pub async fn records_dropped_by_broker(brokers: &str, topic: &str) -> i64 {
+    let (brokers, topic) = (brokers.to_owned(), topic.to_owned());
+    tokio::task::spawn_blocking(move || {
+        let consumer: rdkafka::consumer::BaseConsumer =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("watermark consumer");
+        let timeout = Duration::from_secs(10);
+        let metadata = consumer.fetch_metadata(Some(&topic), timeout).expect("topic metadata");
+        let partitions: Vec<i32> = metadata.topics().iter().flat_map(|t| t.partitions().iter().map(|p| p.id())).collect();
+        partitions.into_iter().map(|p| consumer.fetch_watermarks(&topic, p, timeout).expect("watermarks").0).sum()
+    })
+    .await
+    .expect("watermark task")
+}
+
 /// Reads `count` messages from `topic` (from the beginning) or fails after `timeout`.
 pub async fn read_topic(brokers: &str, topic: &str, count: usize, timeout: Duration) -> Vec<RawMessage> {
     read_topic_where(brokers, topic, count, timeout, |_| true).await
