@@ -64,7 +64,7 @@ impl Attempt<'_> {
             .collect();
         let topic = self.pipeline.topics.dead_letter();
         // Every send is queued on the first poll, in order, so the copies keep their partition's
-        // order; each is retried on its own.
+        // order; each is retried on its own, so a copy whose send failed comes after the others.
         let published = join_all(fresh.iter().zip(&copies).map(|(&i, copy)| {
             let headers = header_refs(&copy.headers);
             let topic = &topic;
