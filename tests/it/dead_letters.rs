@@ -361,3 +361,46 @@ async fn the_batch_lookup_of_dead_letters_probes_the_unique_key_of_an_analyzed_t
     drop(session);
     db.drop_database().await;
 }
+
+/// Hostile records that reach the dead letters' one insert together, on one partition: values
+/// near the record limit, NUL bytes, bytes that are not UTF-8, and the same record twice. Each
+/// gets its row with its full value, the valid message behind them is handled, and the service
+/// stays ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_rejections_dead_lettered_together_keep_their_full_values() {
+    let on_one_partition = |value: Vec<u8>| Outgoing {
+        key: Some("one-key".into()),
+        value,
+        identity: user(),
+        request_id: None,
+        extra_headers: Vec::new(),
+    };
+    let values: Vec<Vec<u8>> = vec![
+        vec![b' '; 999_000],
+        b"{\"id\": 1, \"title\": \"a\0b\", \"description\": \"NUL\"}".to_vec(),
+        vec![0xff, 0xfe, 0x00, 0xc3, 0x28],
+        vec![0xff, 0xfe, 0x00, 0xc3, 0x28],
+        vec![b'{'; 999_000],
+        b"\0\0\0\0".to_vec(),
+    ];
+    let mut backlog: Vec<(&str, Outgoing)> = values.iter().map(|v| ("todo-created", on_one_partition(v.clone()))).collect();
+    backlog.push(("todo-created", Outgoing { key: Some("one-key".into()), ..Outgoing::json(&testkit::todo(7), user()) }));
+    let app = testkit::spawn_app_after_backlog(&backlog, &[]).await;
+
+    let copies = app.read_topic(&app.topic("dlq"), values.len(), WAIT).await;
+    assert_eq!(copies.len(), values.len());
+    testkit::eventually(WAIT, "the valid message behind them handled", || async { app.db.count("todos").await == 1 }).await;
+    let rows: Vec<(i64, Option<Vec<u8>>)> =
+        sqlx::query_as("SELECT kafka_offset, payload FROM dead_letters ORDER BY kafka_offset")
+            .fetch_all(&app.db.pool)
+            .await
+            .unwrap();
+    let offsets: Vec<i64> = rows.iter().map(|(offset, _)| *offset).collect();
+    assert_eq!(offsets, (0..values.len() as i64).collect::<Vec<_>>(), "a row each, the duplicate's too");
+    for ((offset, payload), value) in rows.iter().zip(&values) {
+        assert_eq!(payload.as_deref(), Some(value.as_slice()), "offset {offset}: the row keeps the full value");
+    }
+    let (status, body) = app.get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    app.stop().await;
+}

@@ -87,8 +87,8 @@ struct Args {
     #[arg(long, default_value_t = 0)]
     payload_padding: usize,
     /// Every this many messages one fails its schema and is dead-lettered (50: 2%; 2: a flood
-    /// of bad input, half of it).
-    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    /// of bad input, half of it). The steady phase sends valid messages only.
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(2..))]
     invalid_every: u64,
     /// Service instances sharing the backlog.
     #[arg(long, default_value_t = 1)]
@@ -142,19 +142,26 @@ struct Args {
 
 /// Message `n`: topic key, outgoing message, and whether the service must accept it.
 fn message(n: u64, args: &Args) -> (&'static str, Outgoing, bool) {
-    let identity = IdentityHeader::Document(samples::user_identity("bench"));
-    let key = Some(format!("key-{}", n % 4099));
     if n % args.invalid_every == args.invalid_every - 1 {
         let invalid = json!({"id": n, "title": "missing its description"});
-        return ("todo-created", Outgoing { key, ..Outgoing::json(&invalid, identity) }, false);
+        let outgoing = Outgoing::json(&invalid, IdentityHeader::Document(samples::user_identity("bench")));
+        return ("todo-created", Outgoing { key: Some(format!("key-{}", n % 4099)), ..outgoing }, false);
     }
+    let (topic, outgoing) = valid_message(n, args);
+    (topic, outgoing, true)
+}
+
+/// Message `n` as it is when valid: topic key and outgoing message.
+fn valid_message(n: u64, args: &Args) -> (&'static str, Outgoing) {
+    let identity = IdentityHeader::Document(samples::user_identity("bench"));
+    let key = Some(format!("key-{}", n % 4099));
     let topic = TOPICS[(n % 3) as usize];
     let mut payload = SAMPLES[(n % 3) as usize].payload(n);
     if topic == "todo-created" && args.payload_padding > 0 {
         let description = format!("{} {}", payload["description"].as_str().unwrap_or_default(), "x".repeat(args.payload_padding));
         payload["description"] = Value::String(description.chars().take(4096).collect());
     }
-    (topic, Outgoing { key, ..Outgoing::json(&payload, identity) }, true)
+    (topic, Outgoing { key, ..Outgoing::json(&payload, identity) })
 }
 
 fn config(brokers: &str, database_url: &str, group: &str) -> Config {
@@ -727,8 +734,9 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
                 async move {
                     let due = Duration::from_secs_f64(i as f64 / args.steady_rate as f64);
                     tokio::time::sleep_until((started + due).into()).await;
-                    let n = 10_000_000 + i * 50; // valid messages only (n % 50 == 0)
-                    let (topic, outgoing, _) = message(n, args);
+                    // Valid messages only, whatever --invalid-every is: the phase measures the
+                    // latency of handled messages.
+                    let (topic, outgoing) = valid_message(10_000_000 + i * 50, args);
                     producer.send_raw(&producer.build(topic, &outgoing)).await.expect("broker accepts");
                 }
             })
