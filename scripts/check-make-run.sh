@@ -143,7 +143,7 @@ run_case() {
   # Demo traffic end to end: the demo saw routed messages on the stream and rejections in the
   # dead-letter topic, and the service recorded both in the database.
   until grep -q '^← stream ' "$log" && grep -q '^← dlq ' "$log" &&
-    (($(count_rows processed_messages) > 0 && $(count_rows dead_letters) > 0)); do
+    (($(count_rows inbox_entries) > 0 && $(count_rows dead_letters) > 0)); do
     kill -0 "$make_pid" 2>/dev/null || fail "make run ended before demo traffic came through"
     ((SECONDS < deadline)) || fail "no demo traffic came through within $READY_WITHIN s"
     sleep 0.5
@@ -153,7 +153,7 @@ run_case() {
   local streamed rejected handled dead
   streamed=$(grep -c '^← stream ' "$log")
   rejected=$(grep -c '^← dlq ' "$log")
-  handled=$(count_rows processed_messages)
+  handled=$(count_rows inbox_entries)
   dead=$(count_rows dead_letters)
 
   processes="$(tree "$make_pid")"

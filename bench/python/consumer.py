@@ -7,8 +7,9 @@ from `identity.internal.org_id`; an org id and a known type unless the type is A
 the whole document valid against api/event/x-rh-identity.header.json), the
 `x-rh-insights-request-id` header (non-empty UTF-8, at most 256 bytes), and the value (at most
 1 MiB, JSON, valid against the topic's schema with formats asserted). A valid message becomes
-the row its handler writes (src/handlers/) plus its inbox row in `processed_messages`; an
-invalid one, or a progress report whose stage contradicts its progress (the handler's own rule),
+the row its handler writes (src/handlers/) plus its inbox row in `processed_messages` (the
+straightforward inbox, a row per message; the service keeps a run per partition and
+transaction since migration 0012, bench/README.md section 26); an invalid one, or a progress report whose stage contradicts its progress (the handler's own rule),
 is counted as rejected.
 
 Messages are written in batches: every --batch messages, when a batch is still not full after

@@ -1,15 +1,15 @@
 //! What happens to consumed messages, from raw bytes to a final outcome.
 //!
-//! open (envelope) → handle (inbox row, handler writes and the enriched event's outbox row in one
-//! transaction) → done; the outbox relay publishes the event. A rejection at any step
+//! open (envelope) → handle (inbox entry, handler writes and the enriched event's outbox row in
+//! one transaction) → done; the outbox relay publishes the event. A rejection at any step
 //! dead-letters the message. A transient failure (database or broker unavailable) is retried
 //! with exponential backoff and jitter while the partition waits: its offset cannot pass the
 //! message, and other partitions carry on. The pipeline only returns once the messages are
 //! finished (or abandoned at shutdown), which is when the consumer may store their offsets.
 //!
 //! A partition's messages go through [`Pipeline::process_batch`]. Each is checked once; the run
-//! of messages that pass is written in one transaction (set-based inbox and outbox rows, one
-//! handler call for the run), merged with the runs other partitions have ready at the same time
+//! of messages that pass is written in one transaction (an inbox run per partition, one outbox
+//! row, one handler call for the run), merged with the runs other partitions have ready at the same time
 //! (`GroupCommit`), because a commit, and then a round trip, per message is what limits
 //! throughput. The messages the checks rejected are dead-lettered together meanwhile, so they
 //! neither split the runs nor make the partition wait on a producer round trip each. A

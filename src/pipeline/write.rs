@@ -119,7 +119,7 @@ impl Attempt<'_> {
         }
     }
 
-    /// Writes `batch` in one transaction, in order: the inbox rows with one statement, then the
+    /// Writes `batch` in one transaction, in order: the inbox's entries (a few statements), then the
     /// handler once per run of one topic, then the outbox row holding the events, so a
     /// partition's backlog costs one commit and a few round trips per batch. The first refusal undoes the
     /// whole transaction and names the message. `Err` is a transient failure, to be retried.
@@ -130,9 +130,7 @@ impl Attempt<'_> {
         for p in batch {
             keys.push(self.inbox_key(&mut tx, &p.message).await?);
         }
-        let request_ids: Vec<&str> = batch.iter().map(|p| p.ctx.request_id.as_str()).collect();
-        let org_ids: Vec<Option<&str>> = batch.iter().map(|p| p.ctx.org_id()).collect();
-        let entries = store::record_all_in_inbox(&mut tx, &keys, &request_ids, &org_ids).await?;
+        let entries = store::record_all_in_inbox(&mut tx, &keys).await?;
         // Redeliveries have no new effects; the rest go to their handlers, one call per topic.
         let mut fresh: Vec<usize> = Vec::with_capacity(batch.len());
         // Said once the transaction commits: a merged write that fails is written again.

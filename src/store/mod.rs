@@ -1,10 +1,11 @@
 //! PostgreSQL: the connection pool, migrations, and the inbox that makes handling idempotent.
 //!
-//! A message's handler writes, and the inbox row that records the message as handled, commit in
-//! one transaction. A redelivered message (same topic, partition, offset) finds its inbox row and
-//! is skipped, so Kafka's at-least-once delivery yields exactly-once effects in the database.
+//! A message's handler writes, and the inbox entry that records the message as handled, commit in
+//! one transaction. A redelivered message (same topic, partition, offset and fingerprint) finds
+//! its entry and is skipped, so Kafka's at-least-once delivery yields exactly-once effects in the
+//! database.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::time::Duration;
 
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
@@ -73,7 +74,8 @@ pub enum InboxEntry {
     /// The same record was handled before: a redelivery, nothing to do.
     Redelivery,
     /// A different record was handled at these coordinates before: the topic was recreated and
-    /// offsets restarted. Handle it; the inbox row now describes the new record.
+    /// offsets restarted. Handle it; it is recorded again, and the newer entry is the one that
+    /// counts.
     OffsetReused,
 }
 
@@ -120,167 +122,197 @@ pub(crate) fn replay_of(message: &RawMessage, key: &InboxKey) -> Option<InboxKey
     Some(InboxKey { topic, partition, offset, ..key.clone() })
 }
 
-/// Records a message in the inbox, in the transaction that will carry its handler's writes.
-pub(crate) async fn record_in_inbox(
-    tx: &mut Tx,
-    key: &InboxKey,
-    request_id: &str,
-    org_id: Option<&str>,
-) -> Result<InboxEntry, sqlx::Error> {
-    // xmax = 0 tells a fresh insert from an update of a conflicting row; no row at all means the
-    // conflicting row has the same fingerprint.
-    let fresh: Option<bool> = sqlx::query_scalar(
-        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)
-         VALUES ($1, $2, $3, $4, $5, $6)
-         ON CONFLICT (topic, kafka_partition, kafka_offset) DO UPDATE
-            SET fingerprint = EXCLUDED.fingerprint, request_id = EXCLUDED.request_id,
-                org_id = EXCLUDED.org_id, processed_at = now()
-            WHERE processed_messages.fingerprint NOT IN (EXCLUDED.fingerprint, $7)
-         RETURNING xmax = 0",
-    )
-    .bind(&key.topic)
-    .bind(key.partition)
-    .bind(key.offset)
-    .bind(&key.fingerprint[..])
-    .bind(request_id)
-    .bind(org_id)
-    .bind(&key.legacy_fingerprint[..])
-    .fetch_optional(&mut **tx)
-    .await?;
-    Ok(match fresh {
-        Some(true) => InboxEntry::New,
-        Some(false) => InboxEntry::OffsetReused,
-        None => InboxEntry::Redelivery,
-    })
-}
+/// The widest run: its last offset is less than this many offsets past its first (the
+/// `inbox_runs_shape` constraint of migration 0012 says the same). A batch's messages of one
+/// partition further apart than this make two runs. The bound is what lets the read of a range
+/// stop: a run that starts at or before a range's end ends at most this far past it, so the read
+/// scans the runs ending in that window only, not every later run of the partition (which a
+/// consumer group reset to the earliest offset would otherwise pay for on every batch).
+pub const MAX_RUN_SPAN: i64 = 10_000;
 
 /// Records a batch of messages in the inbox, in the batch's transaction; the entries come back in
-/// the order of `keys`. Keys that repeat within the batch (two replays of one dead letter) are
-/// recorded one by one, as one statement cannot write a row twice.
+/// the order of `keys`.
 ///
-/// Not `INSERT … ON CONFLICT`: its speculative insertion made the inbox the database's costliest
-/// statement (bench/README.md). Instead one read finds what the inbox holds in each partition's
-/// offset range, the new rows are a plain insert, and reused offsets an update. Another instance
-/// that owned the partition a moment ago (a rebalance) may insert one of these rows in between;
-/// the insert then fails with a unique violation, the transaction is retried like any transient
-/// failure, and the read finds the row.
-pub async fn record_all_in_inbox(
-    tx: &mut Tx,
-    keys: &[InboxKey],
-    request_ids: &[&str],
-    org_ids: &[Option<&str>],
-) -> Result<Vec<InboxEntry>, sqlx::Error> {
-    let distinct: HashSet<(&str, i32, i64)> = keys.iter().map(|k| (k.topic.as_str(), k.partition, k.offset)).collect();
-    if distinct.len() < keys.len() {
-        let mut entries = Vec::with_capacity(keys.len());
-        for ((key, request_id), org_id) in keys.iter().zip(request_ids).zip(org_ids) {
-            entries.push(record_in_inbox(tx, key, request_id, *org_id).await?);
-        }
+/// The inbox keeps a run per partition and transaction (migration 0012): the offsets and
+/// fingerprints of the messages it recorded, packed. Three statements whatever the batch's size:
+/// 1. an advisory lock per partition, held until the transaction ends, so that two instances
+///    writing one partition at once (a rebalance) take turns; the second then reads what the
+///    first committed and finds its messages redelivered;
+/// 2. one read of what the inbox holds in each partition's offset range, from the runs and from
+///    the rows of earlier releases;
+/// 3. one insert of a run per partition, of the messages that were new or whose offset was reused.
+///
+/// A key that repeats within the batch (two replays of one dead letter) is a redelivery the
+/// second time: the batch's own entries count as known once decided.
+pub async fn record_all_in_inbox(tx: &mut Tx, keys: &[InboxKey]) -> Result<Vec<InboxEntry>, sqlx::Error> {
+    let mut entries = vec![InboxEntry::Redelivery; keys.len()];
+    if keys.is_empty() {
         return Ok(entries);
     }
-    // 1. What the inbox holds in each (topic, partition)'s offset range: one index range each.
-    let mut ranges: HashMap<(&str, i32), (i64, i64)> = HashMap::new();
-    for k in keys {
-        let range = ranges.entry((k.topic.as_str(), k.partition)).or_insert((k.offset, k.offset));
-        *range = (range.0.min(k.offset), range.1.max(k.offset));
-    }
-    let known: Vec<(String, i32, i64, Vec<u8>)> = sqlx::query_as(INBOX_RANGES)
-        .bind(ranges.keys().map(|(topic, _)| *topic).collect::<Vec<_>>())
-        .bind(ranges.keys().map(|(_, partition)| *partition).collect::<Vec<_>>())
-        .bind(ranges.values().map(|(low, _)| *low).collect::<Vec<_>>())
-        .bind(ranges.values().map(|(_, high)| *high).collect::<Vec<_>>())
+    let segments = Segment::of(keys);
+    // 1. Turns per partition, in one order for every instance so that two never wait on each other.
+    sqlx::query(LOCK_PARTITIONS)
+        .bind(segments.iter().map(|s| s.topic).collect::<Vec<_>>())
+        .bind(segments.iter().map(|s| s.partition).collect::<Vec<_>>())
+        .execute(&mut **tx)
+        .await?;
+    // 2. What the inbox holds at the batch's coordinates: the newest entry of each offset.
+    let mut known: HashMap<(&str, i32, i64), Option<[u8; 32]>> =
+        keys.iter().map(|k| ((k.topic.as_str(), k.partition, k.offset), None)).collect();
+    let mut runs: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(INBOX_RANGES)
+        .bind(segments.iter().map(|s| s.topic).collect::<Vec<_>>())
+        .bind(segments.iter().map(|s| s.partition).collect::<Vec<_>>())
+        .bind(segments.iter().map(|s| s.low).collect::<Vec<_>>())
+        .bind(segments.iter().map(|s| s.high).collect::<Vec<_>>())
+        .bind(segments.iter().map(|s| s.high.saturating_add(MAX_RUN_SPAN - 1)).collect::<Vec<_>>())
         .fetch_all(&mut **tx)
         .await?;
-    let known: HashMap<(&str, i32, i64), &[u8]> = known
-        .iter()
-        .map(|(topic, partition, offset, fingerprint)| ((topic.as_str(), *partition, *offset), &fingerprint[..]))
-        .collect();
-    let mut entries: Vec<InboxEntry> = keys
-        .iter()
-        .map(|k| match known.get(&(k.topic.as_str(), k.partition, k.offset)) {
-            None => InboxEntry::New,
-            Some(fingerprint) if k.matches(fingerprint) => InboxEntry::Redelivery,
-            Some(_) => InboxEntry::OffsetReused,
-        })
-        .collect();
-    // 2. New rows.
-    let new: Vec<usize> = (0..keys.len()).filter(|&i| entries[i] == InboxEntry::New).collect();
-    if !new.is_empty() {
-        inbox_rows(
-            "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)
-             SELECT topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id
-             FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[], $7::int4[])
-                  AS r(topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id, n)",
-            &new,
-            keys,
-            request_ids,
-            org_ids,
-        )
-        .fetch_all(&mut **tx)
-        .await?;
-    }
-    // 3. Reused offsets: the row now describes the new record. A row another instance rewrote in
-    //    the meantime is not returned, and its message counts as a redelivery.
-    let reused: Vec<usize> = (0..keys.len()).filter(|&i| entries[i] == InboxEntry::OffsetReused).collect();
-    if !reused.is_empty() {
-        let updated = inbox_rows(
-            "UPDATE processed_messages p
-             SET fingerprint = r.fingerprint, request_id = r.request_id, org_id = r.org_id, processed_at = now()
-             FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::bytea[], $5::text[], $6::text[], $7::int4[])
-                  AS r(topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id, n)
-             WHERE p.topic = r.topic AND p.kafka_partition = r.kafka_partition AND p.kafka_offset = r.kafka_offset
-               AND p.fingerprint <> r.fingerprint
-             RETURNING r.n",
-            &reused,
-            keys,
-            request_ids,
-            org_ids,
-        )
-        .fetch_all(&mut **tx)
-        .await?;
-        let updated: HashSet<usize> = updated.into_iter().map(|(n,)| n as usize).collect();
-        for i in reused {
-            if !updated.contains(&i) {
-                entries[i] = InboxEntry::Redelivery;
+    // Oldest first (an earlier release's row is run 0), so that a newer entry overwrites.
+    runs.sort_by_key(|(_, run, ..)| *run);
+    for (segment, _, offsets, fingerprints) in &runs {
+        let Some(segment) = usize::try_from(*segment - 1).ok().and_then(|s| segments.get(s)) else { continue };
+        for (offset, fingerprint) in offsets.chunks_exact(8).zip(fingerprints.chunks_exact(32)) {
+            let offset = i64::from_be_bytes(offset.try_into().expect("8 bytes"));
+            if let Some(slot) = known.get_mut(&(segment.topic, segment.partition, offset)) {
+                *slot = Some(fingerprint.try_into().expect("32 bytes"));
             }
         }
+    }
+    // 3. New runs, of the messages the inbox did not know as they are.
+    let mut new_runs = NewRuns::default();
+    for segment in &segments {
+        let mut written: Vec<usize> = Vec::new();
+        for &i in &segment.members {
+            let key = &keys[i];
+            let slot = known.get_mut(&(key.topic.as_str(), key.partition, key.offset)).expect("every key is known");
+            entries[i] = match slot {
+                None => InboxEntry::New,
+                Some(stored) if key.matches(stored) => InboxEntry::Redelivery,
+                Some(_) => InboxEntry::OffsetReused,
+            };
+            if entries[i] != InboxEntry::Redelivery {
+                *slot = Some(key.fingerprint);
+                written.push(i);
+            }
+        }
+        new_runs.push(segment, &written, keys);
+    }
+    if !new_runs.topics.is_empty() {
+        sqlx::query(
+            "INSERT INTO inbox_runs (topic, kafka_partition, first_offset, last_offset, offsets, fingerprints)
+             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
+        )
+        .bind(new_runs.topics)
+        .bind(new_runs.partitions)
+        .bind(new_runs.first_offsets)
+        .bind(new_runs.last_offsets)
+        .bind(new_runs.offsets)
+        .bind(new_runs.fingerprints)
+        .execute(&mut **tx)
+        .await?;
     }
     Ok(entries)
 }
 
-/// What the inbox holds in each of the ranges $1 to $4 (topic, partition, lowest and highest
-/// offset): one primary-key range scan per partition. Written as a lateral subquery with a
-/// `LIMIT` (never reached: a range holds at most one row per offset) because the plain join,
-/// once `ANALYZE` had given the table statistics, was planned as a hash join over the whole
-/// inbox: 15 ms a batch at 60,000 rows and growing with the table, against 0.1 ms flat
-/// (bench/README.md, section 24). A fresh table has no statistics, so the benchmark never saw
-/// it; a service that has run for a while would have.
-pub const INBOX_RANGES: &str = "SELECT r.topic, r.kafka_partition, p.kafka_offset, p.fingerprint
-     FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[]) AS r(topic, kafka_partition, low, high)
-     CROSS JOIN LATERAL (SELECT p.kafka_offset, p.fingerprint FROM processed_messages AS p
-                          WHERE p.topic = r.topic AND p.kafka_partition = r.kafka_partition
-                            AND p.kafka_offset BETWEEN r.low AND r.high
-                          ORDER BY p.kafka_offset LIMIT r.high - r.low + 1) AS p";
-
-/// `sql` with the inbox columns of `keys[i]`, for each `i` in `rows`, bound as arrays $1 to $6
-/// (topic, partition, offset, fingerprint, request id, org id) and `i` itself as $7, which a
-/// statement returns to say which rows it wrote.
-fn inbox_rows<'q>(
-    sql: &'q str,
-    rows: &[usize],
-    keys: &'q [InboxKey],
-    request_ids: &[&'q str],
-    org_ids: &[Option<&'q str>],
-) -> sqlx::query::QueryAs<'q, Postgres, (i32,), sqlx::postgres::PgArguments> {
-    sqlx::query_as(sql)
-        .bind(rows.iter().map(|&i| keys[i].topic.as_str()).collect::<Vec<_>>())
-        .bind(rows.iter().map(|&i| keys[i].partition).collect::<Vec<_>>())
-        .bind(rows.iter().map(|&i| keys[i].offset).collect::<Vec<_>>())
-        .bind(rows.iter().map(|&i| &keys[i].fingerprint[..]).collect::<Vec<_>>())
-        .bind(rows.iter().map(|&i| request_ids[i]).collect::<Vec<_>>())
-        .bind(rows.iter().map(|&i| org_ids[i]).collect::<Vec<_>>())
-        .bind(rows.iter().map(|&i| i as i32).collect::<Vec<_>>())
+/// Keys of one partition whose offsets lie within [`MAX_RUN_SPAN`] of the first: what one range
+/// read covers and one run records.
+struct Segment<'k> {
+    topic: &'k str,
+    partition: i32,
+    low: i64,
+    high: i64,
+    /// Indexes into the keys, by offset (a repeated key in the batch's order).
+    members: Vec<usize>,
 }
+
+impl<'k> Segment<'k> {
+    fn of(keys: &'k [InboxKey]) -> Vec<Segment<'k>> {
+        let mut order: Vec<usize> = (0..keys.len()).collect();
+        order.sort_by(|&a, &b| {
+            let (a, b) = (&keys[a], &keys[b]);
+            (a.topic.as_str(), a.partition, a.offset).cmp(&(b.topic.as_str(), b.partition, b.offset))
+        });
+        let mut segments: Vec<Segment<'k>> = Vec::new();
+        for i in order {
+            let key = &keys[i];
+            match segments.last_mut() {
+                Some(s)
+                    if s.topic == key.topic
+                        && s.partition == key.partition
+                        && key.offset.checked_sub(s.low).is_some_and(|span| span < MAX_RUN_SPAN) =>
+                {
+                    s.high = key.offset;
+                    s.members.push(i);
+                }
+                _ => segments.push(Segment {
+                    topic: &key.topic,
+                    partition: key.partition,
+                    low: key.offset,
+                    high: key.offset,
+                    members: vec![i],
+                }),
+            }
+        }
+        segments
+    }
+}
+
+/// The columns of the runs to insert, bound as arrays.
+#[derive(Default)]
+struct NewRuns<'k> {
+    topics: Vec<&'k str>,
+    partitions: Vec<i32>,
+    first_offsets: Vec<i64>,
+    last_offsets: Vec<i64>,
+    offsets: Vec<Vec<u8>>,
+    fingerprints: Vec<Vec<u8>>,
+}
+
+impl<'k> NewRuns<'k> {
+    /// A run of `segment`'s messages `written` (indexes into `keys`, by offset), if any.
+    fn push(&mut self, segment: &Segment<'k>, written: &[usize], keys: &[InboxKey]) {
+        let (Some(&first), Some(&last)) = (written.first(), written.last()) else { return };
+        self.topics.push(segment.topic);
+        self.partitions.push(segment.partition);
+        self.first_offsets.push(keys[first].offset);
+        self.last_offsets.push(keys[last].offset);
+        self.offsets.push(written.iter().flat_map(|&i| keys[i].offset.to_be_bytes()).collect());
+        self.fingerprints.push(written.iter().flat_map(|&i| keys[i].fingerprint).collect());
+    }
+}
+
+/// Takes a transaction-scoped advisory lock for each partition of $1 and $2 (topics, partitions),
+/// one after the other in the order of their keys, which every instance shares, so that two
+/// transactions locking overlapping partitions cannot each wait for the other. The keys are of
+/// the two-`int4` kind, a space apart from the `bigint` keys the events and the relay lock; two
+/// topics whose names hash alike only take turns.
+pub const LOCK_PARTITIONS: &str = "SELECT count(pg_advisory_xact_lock(t, p))
+     FROM (SELECT DISTINCT hashtext(topic) AS t, kafka_partition AS p
+           FROM UNNEST($1::text[], $2::int4[]) AS r(topic, kafka_partition) ORDER BY t, p) AS locks";
+
+/// What the inbox holds in each of the ranges $1 to $4 (topic, partition, lowest and highest
+/// offset; $5 the highest a run overlapping the range can end at, [`MAX_RUN_SPAN`] − 1 past its
+/// highest offset): the runs that overlap it, and the rows of earlier
+/// releases in it as runs of one (run id 0, the offset as 8 big-endian bytes). Each row comes
+/// with its range's position in the arrays (from 1) and its run's id.
+///
+/// One index range per partition and table, found with a lateral subquery: the plain join, once
+/// `ANALYZE` had given the table statistics, was planned as a hash join over the whole inbox (15
+/// ms a batch at 60,000 rows and growing with the table, against 0.1 ms flat; bench/README.md,
+/// section 24); a test `EXPLAIN`s this one over analysed tables. A run that starts at or before
+/// the range's end ends less than [`MAX_RUN_SPAN`] past it, which is $5's bound on the runs'
+/// index range.
+pub const INBOX_RANGES: &str = "SELECT r.n, x.id, x.offsets, x.fingerprints
+     FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::int8[]) WITH ORDINALITY AS r(topic, kafka_partition, low, high, bound, n)
+     CROSS JOIN LATERAL (
+         SELECT 0::int8 AS id, int8send(p.kafka_offset) AS offsets, p.fingerprint AS fingerprints
+         FROM processed_messages AS p
+         WHERE p.topic = r.topic AND p.kafka_partition = r.kafka_partition AND p.kafka_offset BETWEEN r.low AND r.high
+         UNION ALL
+         SELECT x.id, x.offsets, x.fingerprints
+         FROM inbox_runs AS x
+         WHERE x.topic = r.topic AND x.kafka_partition = r.kafka_partition
+           AND x.last_offset BETWEEN r.low AND r.bound AND x.first_offset <= r.high) AS x";
 
 /// Whether a value itself was refused (SQLSTATE class 22, data exception: a NUL in text, a
 /// number out of range, bad encoding): retrying the same statement can never succeed. Unlike

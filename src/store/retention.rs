@@ -1,8 +1,10 @@
-//! Pruning: the inbox (`processed_messages`) and `dead_letters` would otherwise grow without bound.
+//! Pruning: the inbox (`inbox_runs`, and `processed_messages` of earlier releases) and
+//! `dead_letters` would otherwise grow without bound.
 //!
-//! An inbox row is only needed while a redelivery of its offset is possible: after a crash or a
-//! rebalance, Kafka redelivers from the last committed offset, which is always a message still
-//! in the topic. So a row older than the topic's retention can never match again and may go.
+//! An inbox row (a run of one partition's messages, recorded in one transaction) is only needed
+//! while a redelivery of its offsets is possible: after a crash or a rebalance, Kafka redelivers
+//! from the last committed offset, which is always a message still in the topic. So a row older
+//! than the topic's retention can never match again and may go.
 //! `INBOX_RETENTION_HOURS` must therefore stay above the consumed topics' retention (the default,
 //! 14 days, is twice Kafka's default 7 days); a shorter one could let a redelivered message be
 //! handled twice. A dead letter's row is what `replay --from table` chooses from; it also keeps a
@@ -56,6 +58,10 @@ const PRUNE_INBOX: &str = "DELETE FROM processed_messages WHERE ctid = ANY(ARRAY
         SELECT ctid FROM processed_messages
         WHERE processed_at < now() - make_interval(secs => $1)
         LIMIT $2))";
+const PRUNE_INBOX_RUNS: &str = "DELETE FROM inbox_runs WHERE ctid = ANY(ARRAY(
+        SELECT ctid FROM inbox_runs
+        WHERE processed_at < now() - make_interval(secs => $1)
+        LIMIT $2))";
 const PRUNE_DEAD_LETTERS: &str = "DELETE FROM dead_letters WHERE ctid = ANY(ARRAY(
         SELECT ctid FROM dead_letters
         WHERE dead_lettered_at < now() - make_interval(secs => $1)
@@ -71,7 +77,8 @@ const PRUNE_EVENTS: &str = "DELETE FROM events WHERE ctid = ANY(ARRAY(
 /// Deletes the rows past their retention.
 pub async fn prune(pool: &PgPool, retention: &Retention) -> Result<Pruned, sqlx::Error> {
     Ok(Pruned {
-        inbox: delete_older(pool, PRUNE_INBOX, retention.inbox).await?,
+        inbox: delete_older(pool, PRUNE_INBOX, retention.inbox).await?
+            + delete_older(pool, PRUNE_INBOX_RUNS, retention.inbox).await?,
         dead_letters: delete_older(pool, PRUNE_DEAD_LETTERS, retention.dead_letters).await?,
         events: delete_older(pool, PRUNE_EVENTS, retention.events).await?,
     })

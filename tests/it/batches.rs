@@ -29,11 +29,11 @@ fn progress(stage: &str, percent: i64) -> Value {
     payload
 }
 
-/// How many partitions each transaction wrote inbox rows of (those matching `condition`), most
+/// How many partitions each transaction wrote inbox runs of (those matching `condition`), most
 /// first: rows written by one transaction share its xmin.
 async fn partitions_per_transaction(db: &testkit::TestDb, condition: &str) -> Vec<i64> {
     sqlx::query_scalar(&format!(
-        "SELECT count(DISTINCT kafka_partition) FROM processed_messages WHERE {condition}
+        "SELECT count(DISTINCT kafka_partition) FROM inbox_runs WHERE {condition}
           GROUP BY xmin::text::bigint ORDER BY 1 DESC"
     ))
     .fetch_all(&db.pool)
@@ -69,7 +69,7 @@ async fn backlog_has_one_by_one_effects(batch_max: &str) -> TestApp {
 
     let dead = app.read_topic(&app.topic("dlq"), 1, WAIT).await;
     assert_eq!(header(&dead[0], dead_letter::REASON).as_deref(), Some("stage_progress_mismatch"));
-    testkit::eventually(WAIT, "13 messages handled", || async { db.count("processed_messages").await == 13 }).await;
+    testkit::eventually(WAIT, "13 messages handled", || async { db.inbox_entries().await == 13 }).await;
 
     let statuses: Vec<(String, String)> =
         sqlx::query_as("SELECT status, request_id FROM host_statuses ORDER BY updated_at").fetch_all(&db.pool).await.unwrap();
@@ -264,9 +264,10 @@ async fn the_run_after_a_rejection_is_still_merged_with_other_partitions() {
 
     testkit::eventually(WAIT, "every todo stored", || async { db.count("todos").await == 2 * KEYS as i64 }).await;
     let used: Vec<i64> =
-        sqlx::query_scalar("SELECT count(DISTINCT kafka_partition) FROM processed_messages").fetch_all(&db.pool).await.unwrap();
+        sqlx::query_scalar("SELECT count(DISTINCT kafka_partition) FROM inbox_entries").fetch_all(&db.pool).await.unwrap();
     assert!(used[0] > 1, "the keys spread over several partitions ({used:?})");
-    let partitions_per_transaction = partitions_per_transaction(&db, "request_id LIKE 'after-%'").await;
+    let partitions_per_transaction =
+        partitions_per_transaction(&db, "xmin::text IN (SELECT xmin::text FROM todos WHERE request_id LIKE 'after-%')").await;
     assert!(
         partitions_per_transaction[0] > 1,
         "a transaction held the runs after the rejections of several partitions ({partitions_per_transaction:?})"

@@ -324,7 +324,7 @@ async fn hosts_spread_over_two_instances_get_each_of_their_events_once() {
         }
     }
     let db = first.db.clone();
-    eventually(Duration::from_secs(60), "every report processed", || async { db.count("processed_messages").await == 60 }).await;
+    eventually(Duration::from_secs(60), "every report processed", || async { db.inbox_entries().await == 60 }).await;
     let per_host: Vec<(String, Vec<String>, i64)> = sqlx::query_as(
         "SELECT host_id::text, array_agg(name ORDER BY id), sum(count) FROM events GROUP BY host_id ORDER BY host_id",
     )

@@ -51,7 +51,7 @@ async fn assert_exact(app: &TestApp, count: u64) {
     let invalid = (0..count).filter(|n| n % 10 == 9).count() as i64;
     let valid = count as i64 - invalid;
     eventually(WAIT, "everything processed", || async {
-        app.db.count("processed_messages").await == valid && app.db.count("dead_letters").await == invalid
+        app.db.inbox_entries().await == valid && app.db.count("dead_letters").await == invalid
     })
     .await;
     let per_topic = |t: u64| (0..count).filter(|n| n % 10 != 9 && n % 3 == t).count() as i64;

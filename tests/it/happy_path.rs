@@ -117,7 +117,7 @@ pub async fn lands_in_its_table_and_in_the_stream(app: TestApp) {
             .unwrap();
     assert_eq!((stage.as_str(), pct as i64), ("installing", progress["progress"].as_i64().unwrap()));
     assert_eq!(hosts, progress["hosts"]);
-    assert_eq!(app.db.count("processed_messages").await, 3);
+    assert_eq!(app.db.inbox_entries().await, 3);
     app.stop().await;
 }
 

@@ -93,7 +93,7 @@ async fn peak_rss_draining(budget: usize) -> (u64, usize) {
     let pid = service.id().unwrap();
     let deadline = Instant::now() + Duration::from_secs(240);
     loop {
-        let handled: i64 = sqlx::query_scalar("SELECT count(*) FROM processed_messages").fetch_one(&db.pool).await.unwrap_or(0);
+        let handled: i64 = sqlx::query_scalar(testkit::COUNT_INBOX_ENTRIES).fetch_one(&db.pool).await.unwrap_or(0);
         let dead: i64 = sqlx::query_scalar("SELECT count(*) FROM dead_letters").fetch_one(&db.pool).await.unwrap_or(0);
         if handled == LARGE_VALID as i64 && dead == LARGE_INVALID as i64 {
             break;

@@ -67,7 +67,7 @@ async fn replaying_fixed_dead_letters_applies_them_once() {
     })
     .await;
     assert_eq!(app.db.count("todos").await, 3);
-    assert_eq!(app.db.count("processed_messages").await, 3);
+    assert_eq!(app.db.inbox_entries().await, 3);
     assert_eq!(app.db.count("dead_letters").await, 4, "nothing was dead-lettered again");
     app.stop().await;
 }

@@ -30,6 +30,20 @@ async fn insert_inbox(db: &TestDb, topic: &str, offsets: std::ops::Range<i64>, a
     .await;
 }
 
+/// Inbox runs, one for each offset in `offsets` of `topic`, recorded `age_hours` ago.
+async fn insert_runs(db: &TestDb, topic: &str, offsets: std::ops::Range<i64>, age_hours: i64) {
+    insert_rows(
+        db,
+        "INSERT INTO inbox_runs (topic, kafka_partition, first_offset, last_offset, offsets, fingerprints, processed_at)
+         SELECT $1, 0, o, o, int8send(o), sha256(int8send(o)), now() - make_interval(hours => $4)
+         FROM generate_series($2::int8, $3::int8 - 1) AS o",
+        topic,
+        offsets,
+        age_hours,
+    )
+    .await;
+}
+
 /// Runs `sql` with `topic` as $1, the offsets' range as $2..$3 and the age in hours as $4.
 async fn insert_rows(db: &TestDb, sql: &str, topic: &str, offsets: std::ops::Range<i64>, age_hours: i64) {
     sqlx::query(sql)
@@ -69,9 +83,13 @@ async fn topics_left(db: &TestDb, table: &str) -> Vec<(String, i64)> {
 #[tokio::test]
 async fn prune_deletes_exactly_the_rows_past_their_retention() {
     let db = TestDb::create().await;
-    // More old inbox rows than one batch deletes, so the loop runs twice.
+    // More old inbox rows than one batch deletes, so the loop runs twice, in an earlier release's
+    // table and in the runs alike.
     let old_inbox = BATCH_ROWS + 5;
     insert_inbox(&db, "old", 0..old_inbox, 15 * 24).await;
+    let old_runs = BATCH_ROWS + 2;
+    insert_runs(&db, "old", 0..old_runs, 15 * 24).await;
+    insert_runs(&db, "young", 0..3, 13 * 24).await;
     insert_inbox(&db, "just-old", 0..3, 14 * 24 + 1).await;
     insert_inbox(&db, "young", 0..4, 14 * 24 - 1).await;
     insert_inbox(&db, "new", 0..5, 0).await;
@@ -82,8 +100,9 @@ async fn prune_deletes_exactly_the_rows_past_their_retention() {
 
     let pruned = retention::prune(&db.pool, &retention(INBOX_RETENTION)).await.unwrap();
 
-    assert_eq!(pruned, Pruned { inbox: old_inbox as u64 + 3, dead_letters: 7, events: 0 });
+    assert_eq!(pruned, Pruned { inbox: (old_inbox + 3 + old_runs) as u64, dead_letters: 7, events: 0 });
     assert_eq!(topics_left(&db, "processed_messages").await, [("new".to_string(), 5), ("young".to_string(), 4)]);
+    assert_eq!(topics_left(&db, "inbox_runs").await, [("young".to_string(), 3)]);
     assert_eq!(topics_left(&db, "dead_letters").await, [("new".to_string(), 3), ("young".to_string(), 2)]);
 
     // Nothing more is old enough.
@@ -92,8 +111,9 @@ async fn prune_deletes_exactly_the_rows_past_their_retention() {
 
     // A shorter retention reaches younger rows; each table has its own.
     let pruned = retention::prune(&db.pool, &retention(2 * HOUR)).await.unwrap();
-    assert_eq!(pruned, Pruned { inbox: 4, dead_letters: 0, events: 0 });
+    assert_eq!(pruned, Pruned { inbox: 4 + 3, dead_letters: 0, events: 0 });
     assert_eq!(topics_left(&db, "processed_messages").await, [("new".to_string(), 5)]);
+    assert_eq!(topics_left(&db, "inbox_runs").await, []);
     db.drop_database().await;
 }
 
@@ -107,19 +127,19 @@ async fn the_retention_task_prunes_until_stopped() {
     let stop = CancellationToken::new();
     let task = tokio::spawn(retention::run(db.pool.clone(), retention(INBOX_RETENTION), Duration::from_millis(50), stop.clone()));
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while db.count("processed_messages").await != 1 || db.count("dead_letters").await != 0 {
+    while db.inbox_entries().await != 1 || db.count("dead_letters").await != 0 {
         assert!(tokio::time::Instant::now() < deadline, "the retention task did not prune within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Rows that age past the retention later are pruned by a later round.
     insert_inbox(&db, "later", 0..2, 15 * 24).await;
-    while db.count("processed_messages").await != 1 {
+    while db.inbox_entries().await != 1 {
         assert!(tokio::time::Instant::now() < deadline, "the retention task did not prune again within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     stop.cancel();
     tokio::time::timeout(Duration::from_secs(5), task).await.expect("the retention task stops").unwrap();
-    assert_eq!(db.count("processed_messages").await, 1);
+    assert_eq!(db.inbox_entries().await, 1);
     db.drop_database().await;
 }
 

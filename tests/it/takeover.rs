@@ -136,7 +136,7 @@ async fn settle(instances: &[&Instance], all: &BTreeSet<Slot>, logs: &Path) -> V
 /// The highest offset handled (in the inbox) per partition.
 async fn handled_up_to(db: &TestDb) -> BTreeMap<Slot, i64> {
     let rows: Vec<(String, i32, i64)> =
-        sqlx::query_as("SELECT topic, kafka_partition, max(kafka_offset) FROM processed_messages GROUP BY 1, 2")
+        sqlx::query_as("SELECT topic, kafka_partition, max(kafka_offset) FROM inbox_entries GROUP BY 1, 2")
             .fetch_all(&db.pool)
             .await
             .unwrap();
@@ -239,7 +239,7 @@ async fn a_sigkilled_instances_partitions_are_taken_over_within_the_session_time
     let sent_to = producing.await.unwrap();
 
     eventually(WAIT, "every message handled and every event relayed", || async {
-        db.count("processed_messages").await == MESSAGES as i64 && db.count("outbox").await == 0
+        db.inbox_entries().await == MESSAGES as i64 && db.count("outbox").await == 0
     })
     .await;
 
@@ -249,7 +249,7 @@ async fn a_sigkilled_instances_partitions_are_taken_over_within_the_session_time
         *sent_per_slot.entry(slot.clone()).or_default() += 1;
     }
     let handled_per_slot: BTreeMap<Slot, i64> =
-        sqlx::query_as::<_, (String, i32, i64)>("SELECT topic, kafka_partition, count(*) FROM processed_messages GROUP BY 1, 2")
+        sqlx::query_as::<_, (String, i32, i64)>("SELECT topic, kafka_partition, count(*) FROM inbox_entries GROUP BY 1, 2")
             .fetch_all(&db.pool)
             .await
             .unwrap()
@@ -257,9 +257,7 @@ async fn a_sigkilled_instances_partitions_are_taken_over_within_the_session_time
             .map(|(topic, partition, count)| ((topic, partition), count))
             .collect();
     assert_eq!(handled_per_slot, sent_per_slot, "every partition's messages handled once");
-    let distinct: i64 =
-        sqlx::query_scalar("SELECT count(DISTINCT request_id) FROM processed_messages").fetch_one(&db.pool).await.unwrap();
-    assert_eq!(distinct, MESSAGES as i64);
+    assert_eq!(db.distinct_inbox_offsets().await, MESSAGES as i64, "no offset recorded twice");
     assert_eq!(db.count("todos").await, (MESSAGES / 2) as i64);
     assert_eq!(db.count("cluster_install_progress").await, (MESSAGES / 2) as i64, "append-only: no second row");
     assert_eq!(db.count("dead_letters").await, 0, "a redelivered todo would be refused as a taken id");

@@ -242,7 +242,7 @@ fn part_of(query: &str) -> &'static str {
         "outbox write"
     } else if has(&["from outbox"]) {
         "outbox backlog gauge"
-    } else if has(&["processed_messages"]) {
+    } else if has(&["processed_messages", "inbox_runs", "hashtext("]) {
         "inbox"
     } else if has(&["dead_letters"]) {
         "dead letters"
@@ -455,6 +455,8 @@ mod tests {
     #[test]
     fn statements_by_part() {
         assert_eq!(part_of("INSERT INTO processed_messages (topic) SELECT $1"), "inbox");
+        assert_eq!(part_of(event_router::store::LOCK_PARTITIONS), "inbox");
+        assert_eq!(part_of(event_router::store::INBOX_RANGES), "inbox");
         assert_eq!(part_of("INSERT INTO outbox (events, event_count) VALUES ($1, $2)"), "outbox write");
         assert_eq!(part_of("DELETE FROM outbox WHERE id = ANY($1)"), "outbox relay (lock, read, delete)");
         assert_eq!(part_of("INSERT INTO todos (id) SELECT * FROM UNNEST($1::int4[])"), "handlers: tables");

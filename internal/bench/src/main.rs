@@ -346,7 +346,8 @@ async fn consume_only(base: &Config, total: u64) -> anyhow::Result<Duration> {
 }
 
 /// Writes, with COPY, the rows the service would write for the valid messages: each table row,
-/// its inbox row, and an outbox row per `batch` events (the service writes one per transaction),
+/// an inbox run and an outbox row per `batch` messages (the service writes a run per partition
+/// and an outbox row per transaction, and a partition's batch holds at most `batch` messages),
 /// packed by the service's own code with the headers it propagates.
 // One benchmark step, read top to bottom: the rows, then the timed COPY.
 #[allow(clippy::too_many_lines)]
@@ -373,14 +374,15 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
             "host_statuses (host_id, cluster_id, status, status_info, validations, updated_at, org_id, request_id)",
         ),
         ("cluster_install_progress", "cluster_install_progress (cluster_id, stage, progress, hosts, org_id, request_id)"),
-        ("processed_messages", "processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id, org_id)"),
+        ("inbox_runs", "inbox_runs (topic, kafka_partition, first_offset, last_offset, offsets, fingerprints)"),
         ("outbox", "outbox (events, event_count)"),
     ];
     for (table, _) in columns.iter().filter(|(table, _)| *table != "outbox") {
         tables.insert(table, String::new());
     }
-    // Inbox coordinates: one sequence per topic (partition 0) keeps the primary key unique.
-    let mut offsets: HashMap<String, i64> = HashMap::new();
+    // The inbox: each topic's fingerprints, in order; a message's offset (partition 0) is its
+    // position.
+    let mut inbox: HashMap<String, Vec<[u8; 32]>> = HashMap::new();
     let stream_topic = base.topics.stream();
     let validators = Validators::compile(&base.topics)?;
     let mut events: Vec<(&RawMessage, Vec<u8>, String)> = Vec::new();
@@ -428,21 +430,25 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
         };
         let Some((table, fields)) = row else { continue };
         tables.get_mut(table).expect("a table of the ceiling").push_str(&csv(&fields));
-        let offset = offsets.entry(message.topic.clone()).or_insert(0);
-        let partition = 0;
-        tables.get_mut("processed_messages").expect("the inbox table").push_str(&csv(&[
-            message.topic.clone(),
-            partition.to_string(),
-            offset.to_string(),
-            hex(&message.fingerprints().current),
-            request_id.clone(),
-            "bench".into(),
-        ]));
+        inbox.entry(message.topic.clone()).or_default().push(message.fingerprints().current);
         let checked = event_router::envelope::open(message, &validators).result.map_err(|r| anyhow::anyhow!("{r:?}"))?;
         let event = event_router::stream::enriched_event(&checked, message, chrono::Utc::now())
             .map_err(|size| anyhow::anyhow!("a {size}-byte stream event"))?;
         events.push((message, event, request_id));
-        *offset += 1;
+    }
+    let size = batch.max(1);
+    for (topic, fingerprints) in &inbox {
+        for (n, run) in fingerprints.chunks(size).enumerate() {
+            let offsets = (n * size) as i64..(n * size + run.len()) as i64;
+            tables.get_mut("inbox_runs").expect("the inbox table").push_str(&csv(&[
+                topic.clone(),
+                "0".into(),
+                offsets.start.to_string(),
+                (offsets.end - 1).to_string(),
+                hex(&offsets.flat_map(i64::to_be_bytes).collect::<Vec<u8>>()),
+                hex(&run.concat()),
+            ]));
+        }
     }
     // The outbox in COPY's binary format (its values are bytes; hex in CSV would double them):
     // signature, flags, header extension; per row a field count, then each field's length and
@@ -579,7 +585,7 @@ async fn python_consumer(
     let stdout = String::from_utf8_lossy(&output.stdout);
     let result: Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
         .with_context(|| format!("the Python consumer printed no result: {stdout}"))?;
-    let inserted = db.count("processed_messages").await as u64;
+    let inserted = db.inbox_entries().await as u64;
     ensure!(inserted == valid, "the Python consumer recorded {inserted} of {valid} valid messages");
     let seconds = result["seconds"].as_f64().context("no seconds in the Python consumer's result")?;
     let cpu_us = result["cpu_seconds"].as_f64().map(|cpu| cpu * 1e6 / args.messages as f64);
@@ -713,7 +719,7 @@ async fn end_to_end(args: &Args, broker: &DevBroker, db: &TestDb, valid: u64, in
         cost.print("drain and outbox relay catch-up");
         catch_up_cost = Some(cost);
     }
-    let (processed, dead) = (db.count("processed_messages").await as u64, db.count("dead_letters").await as u64);
+    let (processed, dead) = (db.inbox_entries().await as u64, db.count("dead_letters").await as u64);
     ensure!(
         processed == valid && dead == invalid,
         "rows do not match the messages: processed {processed} of {valid}, dead letters {dead} of {invalid}"

@@ -69,7 +69,25 @@ impl TestDb {
     pub async fn count(&self, table: &str) -> i64 {
         sqlx::query_scalar(&format!("SELECT count(*) FROM {table}")).fetch_one(&self.pool).await.expect("count rows")
     }
+
+    /// How many entries the inbox holds (see [`COUNT_INBOX_ENTRIES`]).
+    pub async fn inbox_entries(&self) -> i64 {
+        sqlx::query_scalar(COUNT_INBOX_ENTRIES).fetch_one(&self.pool).await.expect("count inbox entries")
+    }
+
+    /// How many distinct (topic, partition, offset) the inbox holds.
+    pub async fn distinct_inbox_offsets(&self) -> i64 {
+        sqlx::query_scalar("SELECT count(*) FROM (SELECT DISTINCT topic, kafka_partition, kafka_offset FROM inbox_entries) AS o")
+            .fetch_one(&self.pool)
+            .await
+            .expect("count inbox offsets")
+    }
 }
+
+/// How many entries the inbox holds: one per message recorded (an offset recorded twice counts
+/// twice). Sums the runs' lengths rather than expanding them, as tests poll it.
+pub const COUNT_INBOX_ENTRIES: &str =
+    "SELECT (SELECT count(*) FROM processed_messages) + (SELECT coalesce(sum(length(offsets) / 8), 0) FROM inbox_runs)";
 
 /// The broker a test runs against: the embedded one (librdkafka's mock cluster, with fault
 /// injection) or tansu, a second, independent Kafka implementation run as its own process.
