@@ -140,7 +140,9 @@ pub const MAX_RUN_SPAN: i64 = 10_000;
 ///    first committed and finds its messages redelivered;
 /// 2. one read of what the inbox holds in each partition's offset range, from the runs and from
 ///    the rows of earlier releases;
-/// 3. one insert of a run per partition, of the messages that were new or whose offset was reused.
+/// 3. one insert of a run per partition, of the messages that were new or whose offset was reused,
+///    timed when it is written (not when the transaction began, which may be before it waited
+///    for the lock), so that a newer run of an offset never looks older to the retention.
 ///
 /// A key that repeats within the batch (two replays of one dead letter) is a redelivery the
 /// second time: the batch's own entries count as known once decided.
@@ -199,8 +201,8 @@ pub async fn record_all_in_inbox(tx: &mut Tx, keys: &[InboxKey]) -> Result<Vec<I
     }
     if !new_runs.topics.is_empty() {
         sqlx::query(
-            "INSERT INTO inbox_runs (topic, kafka_partition, first_offset, last_offset, offsets, fingerprints)
-             SELECT * FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
+            "INSERT INTO inbox_runs (topic, kafka_partition, first_offset, last_offset, offsets, fingerprints, processed_at)
+             SELECT *, clock_timestamp() FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::bytea[], $6::bytea[])",
         )
         .bind(new_runs.topics)
         .bind(new_runs.partitions)
@@ -292,9 +294,11 @@ pub const LOCK_PARTITIONS: &str = "SELECT count(pg_advisory_xact_lock(t, p))
 
 /// What the inbox holds in each of the ranges $1 to $4 (topic, partition, lowest and highest
 /// offset; $5 the highest a run overlapping the range can end at, [`MAX_RUN_SPAN`] − 1 past its
-/// highest offset): the runs that overlap it, and the rows of earlier
-/// releases in it as runs of one (run id 0, the offset as 8 big-endian bytes). Each row comes
-/// with its range's position in the arrays (from 1) and its run's id.
+/// highest offset): the runs that overlap it, and the rows of earlier releases in it as runs of
+/// one (run id 0, the offset as 8 big-endian bytes; the empty fingerprint of a row older than
+/// migration 0002 as the digest of nothing, which no record's fingerprint is, so that such a row
+/// still tells a reused offset). Each row comes with its range's position in the arrays (from 1)
+/// and its run's id.
 ///
 /// One index range per partition and table, found with a lateral subquery: the plain join, once
 /// `ANALYZE` had given the table statistics, was planned as a hash join over the whole inbox (15
@@ -305,7 +309,8 @@ pub const LOCK_PARTITIONS: &str = "SELECT count(pg_advisory_xact_lock(t, p))
 pub const INBOX_RANGES: &str = "SELECT r.n, x.id, x.offsets, x.fingerprints
      FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], $5::int8[]) WITH ORDINALITY AS r(topic, kafka_partition, low, high, bound, n)
      CROSS JOIN LATERAL (
-         SELECT 0::int8 AS id, int8send(p.kafka_offset) AS offsets, p.fingerprint AS fingerprints
+         SELECT 0::int8 AS id, int8send(p.kafka_offset) AS offsets,
+                CASE WHEN length(p.fingerprint) = 32 THEN p.fingerprint ELSE sha256(''::bytea) END AS fingerprints
          FROM processed_messages AS p
          WHERE p.topic = r.topic AND p.kafka_partition = r.kafka_partition AND p.kafka_offset BETWEEN r.low AND r.high
          UNION ALL

@@ -42,6 +42,8 @@ pub struct Retention {
 /// Rows deleted by one [`prune`].
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pruned {
+    /// Rows, not messages: a run of this release's inbox and a row of an earlier release's count
+    /// one each.
     pub inbox: u64,
     pub dead_letters: u64,
     pub events: u64,

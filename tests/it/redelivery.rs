@@ -188,6 +188,19 @@ async fn a_batch_is_decided_in_order_and_split_into_runs_of_bounded_span() {
     // A key as an earlier release fingerprinted it matches.
     let legacy = InboxKey { fingerprint: [0; 32], legacy_fingerprint: [1; 32], ..key(6, 0) };
     assert_eq!(record(vec![legacy]).await, [InboxEntry::Redelivery]);
+    // Rows an earlier release wrote, a row per message: one with a fingerprint, one from before
+    // fingerprints (empty). Each is known, and a newer run of its offset wins over it.
+    sqlx::query(
+        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id)
+         VALUES ('t', 0, 20, $1, 'r'), ('t', 0, 21, ''::bytea, 'r')",
+    )
+    .bind(&[3u8; 32][..])
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(record(vec![key(20, 3), key(21, 3)]).await, [InboxEntry::Redelivery, InboxEntry::OffsetReused]);
+    assert_eq!(record(vec![key(20, 4)]).await, [InboxEntry::OffsetReused]);
+    assert_eq!(record(vec![key(20, 4), key(21, 3)]).await, [InboxEntry::Redelivery; 2], "the runs win");
     // Offsets at the ends of their range (a replay header names any it likes) neither overflow
     // the span nor the read's bound.
     let ends = vec![key(i64::MIN, 1), key(0, 1), key(i64::MAX, 1)];
@@ -206,11 +219,23 @@ async fn fingerprints_count_headers_and_rows_of_older_releases_still_match() {
     let identity = || IdentityHeader::Document(samples::user_identity("7"));
     app.send("todo-created", &Outgoing { key: Some("k".into()), ..Outgoing::json(&testkit::todo(1), identity()) }).await;
     eventually(WAIT, "handled", || async { app.db.count("todos").await == 1 }).await;
-    // Rewrite the row as an older release stored it: without the headers in the digest.
+    // Replace the entry with the row an older release stored: a row per message, in
+    // `processed_messages`, its fingerprint without the headers in the digest.
     let sent = app.read_topic(&app.topic("todo-created"), 1, WAIT).await.remove(0);
     let legacy = sent.fingerprints().legacy;
     assert_ne!(legacy, sent.fingerprints().current);
-    sqlx::query("UPDATE inbox_runs SET fingerprints = $1").bind(&legacy[..]).execute(&app.db.pool).await.unwrap();
+    sqlx::query("DELETE FROM inbox_runs").execute(&app.db.pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id)
+         VALUES ($1, $2, $3, $4, 'an older release')",
+    )
+    .bind(&sent.topic)
+    .bind(sent.partition)
+    .bind(sent.offset)
+    .bind(&legacy[..])
+    .execute(&app.db.pool)
+    .await
+    .unwrap();
 
     let again = app.spawn_sibling("event-router-redelivery").await;
     eventually(WAIT, "the redelivery is a duplicate", || async {
@@ -225,11 +250,22 @@ async fn fingerprints_count_headers_and_rows_of_older_releases_still_match() {
     let db = app.db.clone();
     app.stop().await;
 
-    // A row as this release stores it (a legacy row cannot tell records apart by headers), then
-    // a new, empty broker (offsets start at 0 again) and a record with the same key, value and
-    // timestamp as the first, but another identity header.
+    // An entry as this release stores it (a legacy row cannot tell records apart by headers),
+    // then a new, empty broker (offsets start at 0 again) and a record with the same key, value
+    // and timestamp as the first, but another identity header.
     let current = sent.fingerprints().current;
-    sqlx::query("UPDATE inbox_runs SET fingerprints = $1").bind(&current[..]).execute(&db.pool).await.unwrap();
+    sqlx::query("DELETE FROM processed_messages").execute(&db.pool).await.unwrap();
+    sqlx::query(
+        "INSERT INTO inbox_runs (topic, kafka_partition, first_offset, last_offset, offsets, fingerprints)
+         VALUES ($1, $2, $3, $3, int8send($3), $4)",
+    )
+    .bind(&sent.topic)
+    .bind(sent.partition)
+    .bind(sent.offset)
+    .bind(&current[..])
+    .execute(&db.pool)
+    .await
+    .unwrap();
     let config = testkit::test_config("127.0.0.1:1", &db.url, "probe", &[]);
     let second = testkit::TestApp::spawn(testkit::start_broker(&config), db.clone(), "event-router-test", &[]).await;
     let producer = second.producer();

@@ -90,6 +90,16 @@ async fn prune_deletes_exactly_the_rows_past_their_retention() {
     let old_runs = BATCH_ROWS + 2;
     insert_runs(&db, "old", 0..old_runs, 15 * 24).await;
     insert_runs(&db, "young", 0..3, 13 * 24).await;
+    // A run of several messages is one row, deleted whole.
+    sqlx::query(
+        "INSERT INTO inbox_runs (topic, kafka_partition, first_offset, last_offset, offsets, fingerprints, processed_at)
+         SELECT 'old', 1, 0, 2, string_agg(int8send(o), '' ORDER BY o), string_agg(sha256(int8send(o)), '' ORDER BY o),
+                now() - interval '15 days'
+         FROM generate_series(0, 2) AS o",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     insert_inbox(&db, "just-old", 0..3, 14 * 24 + 1).await;
     insert_inbox(&db, "young", 0..4, 14 * 24 - 1).await;
     insert_inbox(&db, "new", 0..5, 0).await;
@@ -100,7 +110,7 @@ async fn prune_deletes_exactly_the_rows_past_their_retention() {
 
     let pruned = retention::prune(&db.pool, &retention(INBOX_RETENTION)).await.unwrap();
 
-    assert_eq!(pruned, Pruned { inbox: (old_inbox + 3 + old_runs) as u64, dead_letters: 7, events: 0 });
+    assert_eq!(pruned, Pruned { inbox: (old_inbox + 3 + old_runs + 1) as u64, dead_letters: 7, events: 0 });
     assert_eq!(topics_left(&db, "processed_messages").await, [("new".to_string(), 5), ("young".to_string(), 4)]);
     assert_eq!(topics_left(&db, "inbox_runs").await, [("young".to_string(), 3)]);
     assert_eq!(topics_left(&db, "dead_letters").await, [("new".to_string(), 3), ("young".to_string(), 2)]);
