@@ -9,8 +9,8 @@
 //!
 //! A partition's messages go through [`Pipeline::process_batch`]. Each is checked once; the run
 //! of messages that pass is written in one transaction (an inbox run per partition, one outbox
-//! row, one handler call for the run), merged with the runs other partitions have ready at the same time
-//! (`GroupCommit`), because a commit, and then a round trip, per message is what limits
+//! row, one handler call for the run), merged with the runs other partitions have ready at the
+//! same time (`GroupCommit`), because a commit, and then a round trip, per message is what limits
 //! throughput. The messages the checks rejected are dead-lettered together meanwhile, so they
 //! neither split the runs nor make the partition wait on a producer round trip each. A
 //! handler's refusal or a retry takes the single-message path, whose transaction is the same

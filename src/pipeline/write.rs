@@ -119,10 +119,11 @@ impl Attempt<'_> {
         }
     }
 
-    /// Writes `batch` in one transaction, in order: the inbox's entries (a few statements), then the
-    /// handler once per run of one topic, then the outbox row holding the events, so a
-    /// partition's backlog costs one commit and a few round trips per batch. The first refusal undoes the
-    /// whole transaction and names the message. `Err` is a transient failure, to be retried.
+    /// Writes `batch` in one transaction, in order: the inbox's entries (three statements), then
+    /// the handler once per run of one topic, then the outbox row holding the events, so a
+    /// partition's backlog costs one commit and a few round trips per batch. The first refusal
+    /// undoes the whole transaction and names the message. `Err` is a transient failure, to be
+    /// retried.
     async fn write_once(&self, batch: &[&Prepared]) -> Result<BatchWrite, WriteError> {
         let opened = Instant::now();
         let mut tx = self.pipeline.pool.begin().await?;

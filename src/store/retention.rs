@@ -55,26 +55,26 @@ impl Pruned {
     }
 }
 
-// The table and column names are constants here, never input.
-const PRUNE_INBOX: &str = "DELETE FROM processed_messages WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM processed_messages
-        WHERE processed_at < now() - make_interval(secs => $1)
-        LIMIT $2))";
-const PRUNE_INBOX_RUNS: &str = "DELETE FROM inbox_runs WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM inbox_runs
-        WHERE processed_at < now() - make_interval(secs => $1)
-        LIMIT $2))";
-const PRUNE_DEAD_LETTERS: &str = "DELETE FROM dead_letters WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM dead_letters
-        WHERE dead_lettered_at < now() - make_interval(secs => $1)
-        LIMIT $2))";
+/// A batch delete of `$table`'s rows whose `$age` is more than $1 seconds ago (and that meet
+/// `$also`, if given), at most $2 rows. The table and column names are literals here, never input.
+macro_rules! prune_older {
+    ($table:literal, $age:literal $(, $also:literal)?) => {
+        concat!(
+            "DELETE FROM ", $table, " WHERE ctid = ANY(ARRAY(SELECT ctid FROM ", $table,
+            " WHERE ", $age, " < now() - make_interval(secs => $1)", $(" AND ", $also,)? " LIMIT $2))"
+        )
+    };
+}
 
+const PRUNE_INBOX: &str = prune_older!("processed_messages", "processed_at");
+const PRUNE_INBOX_RUNS: &str = prune_older!("inbox_runs", "processed_at");
+const PRUNE_DEAD_LETTERS: &str = prune_older!("dead_letters", "dead_lettered_at");
 // An event stays while any writer has yet to pass it.
-const PRUNE_EVENTS: &str = "DELETE FROM events WHERE ctid = ANY(ARRAY(
-        SELECT ctid FROM events
-        WHERE last_seen < now() - make_interval(secs => $1)
-          AND NOT EXISTS (SELECT 1 FROM writer_progress AS w WHERE (events.tx_id, events.id) > (w.tx_id, w.event_id))
-        LIMIT $2))";
+const PRUNE_EVENTS: &str = prune_older!(
+    "events",
+    "last_seen",
+    "NOT EXISTS (SELECT 1 FROM writer_progress AS w WHERE (events.tx_id, events.id) > (w.tx_id, w.event_id))"
+);
 
 /// Deletes the rows past their retention.
 pub async fn prune(pool: &PgPool, retention: &Retention) -> Result<Pruned, sqlx::Error> {
