@@ -39,7 +39,7 @@ use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Batching;
-use crate::message::{HeaderLimits, RawMessage};
+use crate::message::{Bytes, HeaderLimits, RawMessage};
 use crate::pipeline::Pipeline;
 use crate::telemetry::{RebalanceKind, Telemetry};
 
@@ -67,7 +67,7 @@ impl ByteBudget {
     /// What `message` is charged; a message larger than the whole budget is charged all of it
     /// (it then goes through alone).
     pub fn cost(&self, message: &RawMessage) -> u32 {
-        let value = message.payload.as_ref().map_or(0, Vec::len);
+        let value = message.payload.as_ref().map_or(0, Bytes::len);
         let cost = message.size().saturating_add(value.saturating_mul(Self::OPENED_FACTOR)).max(1);
         cost.min(self.total).min(u32::MAX as usize) as u32
     }
@@ -426,8 +426,12 @@ fn feed_starved(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batchi
 fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, message: Charged) {
     let slot = (message.message.topic.clone(), message.message.partition);
     let mut running = consumer.context().workers.running.lock().expect("workers lock");
-    let worker =
-        running.entry(slot.clone()).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone(), batching, slot.clone()));
+    // Looked up before `entry`, which takes its key by value: a copy of the topic name for every
+    // message, when a worker is started once per assignment.
+    if !running.contains_key(&slot) {
+        running.insert(slot.clone(), spawn_worker(consumer.clone(), pipeline.clone(), batching, slot.clone()));
+    }
+    let worker = running.get_mut(&slot).expect("the partition's worker was just found or started");
     if let Some(held_back) = &worker.held_back {
         // Behind the messages already waiting; the forwarding task hands them over in order.
         let _ = held_back.send(message);

@@ -46,7 +46,7 @@ pub fn copy<'a>(message: &'a RawMessage, rejection: &Rejection, group_id: &str) 
     }
     let mut omitted = vec!["value"];
     let with_omitted = |mut headers: Vec<Header>, omitted: &[&str]| {
-        headers.push(Header { key: OMITTED.into(), value: Some(omitted.join(",").into_bytes()) });
+        headers.push(Header { key: OMITTED.into(), value: Some(omitted.join(",").into()) });
         headers
     };
     let headers = with_omitted(full.clone(), &omitted);
@@ -74,7 +74,7 @@ pub fn copy<'a>(message: &'a RawMessage, rejection: &Rejection, group_id: &str) 
 pub(crate) fn dead_letter_headers(message: &RawMessage, rejection: &Rejection, group_id: &str) -> Vec<Header> {
     let mut headers: Vec<Header> =
         message.headers.iter().filter(|h| !h.key.to_ascii_lowercase().starts_with("x-dlq-")).cloned().collect();
-    let mut add = |key: &str, value: String| headers.push(Header { key: key.into(), value: Some(value.into_bytes()) });
+    let mut add = |key: &str, value: String| headers.push(Header { key: key.into(), value: Some(value.into()) });
     add(ORIGINAL_TOPIC, message.topic.clone());
     add(ORIGINAL_PARTITION, message.partition.to_string());
     add(ORIGINAL_OFFSET, message.offset.to_string());
@@ -94,6 +94,7 @@ pub(crate) fn dead_letter_headers(message: &RawMessage, rejection: &Rejection, g
 mod tests {
     use super::*;
     use crate::envelope::Reason;
+    use crate::message::Bytes;
 
     #[test]
     fn keeps_original_headers_and_replaces_old_dead_letter_headers() {
@@ -104,15 +105,16 @@ mod tests {
             key: None,
             payload: None,
             headers: vec![
-                Header { key: "x-rh-insights-request-id".into(), value: Some(b"r".to_vec()) },
-                Header { key: "X-DLQ-Reason".into(), value: Some(b"old".to_vec()) },
+                Header { key: "x-rh-insights-request-id".into(), value: Some(Bytes::from_static(b"r")) },
+                Header { key: "X-DLQ-Reason".into(), value: Some(Bytes::from_static(b"old")) },
             ],
             timestamp_ms: Some(1_700_000_000_000),
             header_problem: None,
         };
         let headers = dead_letter_headers(&message, &Rejection::new(Reason::PayloadNotJson, "bad"), "g");
-        let get =
-            |k: &str| headers.iter().find(|h| h.key == k).and_then(|h| h.value.clone()).map(|v| String::from_utf8(v).unwrap());
+        let get = |k: &str| {
+            headers.iter().find(|h| h.key == k).and_then(|h| h.value.clone()).map(|v| String::from_utf8(v.to_vec()).unwrap())
+        };
         assert_eq!(get("x-rh-insights-request-id").as_deref(), Some("r"));
         assert_eq!(get(REASON).as_deref(), Some("payload_not_json"));
         assert_eq!(get(STAGE).as_deref(), Some("payload"));
@@ -126,11 +128,11 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             offset: 1,
-            key: Some(vec![b'k'; key]),
-            payload: Some(vec![b'v'; value]),
+            key: Some(Bytes::from(vec![b'k'; key])),
+            payload: Some(Bytes::from(vec![b'v'; value])),
             headers: (0..headers)
-                .map(|i| Header { key: format!("h{i}"), value: Some(vec![b'x'; 1000]) })
-                .chain([Header { key: "x-rh-insights-request-id".into(), value: Some(b"req".to_vec()) }])
+                .map(|i| Header { key: format!("h{i}").into(), value: Some(Bytes::from(vec![b'x'; 1000])) })
+                .chain([Header { key: "x-rh-insights-request-id".into(), value: Some(Bytes::from_static(b"req")) }])
                 .collect(),
             timestamp_ms: None,
             header_problem: None,
@@ -141,7 +143,7 @@ mod tests {
     fn a_copy_always_fits_in_a_record_and_says_what_it_left_out() {
         let rejection = Rejection::new(Reason::PayloadTooLarge, "big");
         let omitted = |copy: &Copy| {
-            copy.headers.iter().find(|h| h.key == OMITTED).map(|h| String::from_utf8(h.value.clone().unwrap()).unwrap())
+            copy.headers.iter().find(|h| h.key == OMITTED).map(|h| String::from_utf8(h.value.clone().unwrap().to_vec()).unwrap())
         };
         let cases = [
             (message_of(10, 1000, 2), None, true),

@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::dead_letter;
 use crate::kafka::{self, Publisher};
-use crate::message::{header_refs, Header, RawMessage};
+use crate::message::{header_refs, Bytes, Header, RawMessage};
 use crate::store::dead_letters::{self, Recorded};
 use crate::store::{self, InboxKey, StoreError};
 
@@ -153,8 +153,8 @@ impl Copy {
     /// Puts back the key and value the copy left out, as the `dead_letters` row kept them; the
     /// original's fingerprint is then the real one again.
     fn complete(&mut self, key: Option<Vec<u8>>, value: Option<Vec<u8>>) {
-        self.message.key = key;
-        self.message.payload = value;
+        self.message.key = key.map(Bytes::from);
+        self.message.payload = value.map(Bytes::from);
         let fingerprints = crate::message::fingerprints(
             self.message.key.as_deref(),
             self.message.payload.as_deref(),
@@ -183,7 +183,7 @@ impl Copy {
             .collect();
         let original = &self.original;
         let value = format!("{}/{}/{}", original.topic, original.partition, original.offset);
-        headers.push(Header { key: REPLAY_OF.into(), value: Some(value.into_bytes()) });
+        headers.push(Header { key: REPLAY_OF.into(), value: Some(value.into()) });
         headers
     }
 }

@@ -11,7 +11,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::envelope::{Checked, IDENTITY_HEADER, REQUEST_ID_HEADER};
-use crate::message::{HeaderRef, RawMessage};
+use crate::message::{Bytes, HeaderRef, RawMessage};
 
 /// The value `metadata.kind` has on an enriched routed message.
 pub const KIND: &str = "message";
@@ -100,7 +100,7 @@ fn render(checked: &Checked, source: &RawMessage, received_at: DateTime<Utc>, wi
     };
     // Room for the payload and the metadata up front: grown from serde_json's default instead,
     // a typical event was reallocated three times.
-    let mut bytes = Vec::with_capacity(source.payload.as_ref().map_or(0, Vec::len) + METADATA_BYTES);
+    let mut bytes = Vec::with_capacity(source.payload.as_ref().map_or(0, Bytes::len) + METADATA_BYTES);
     serde_json::to_writer(&mut bytes, &event).expect("a JSON value and strings always serialize");
     bytes
 }
@@ -138,11 +138,11 @@ mod tests {
             topic: "t".into(),
             partition: 0,
             offset: 0,
-            key: Some(b"key".to_vec()),
+            key: Some(Bytes::from_static(b"key")),
             payload: None,
             headers: vec![
-                Header { key: "X-Rh-Identity".into(), value: Some(vec![b'i'; 300]) },
-                Header { key: "other".into(), value: Some(vec![b'o'; 50]) },
+                Header { key: "X-Rh-Identity".into(), value: Some(Bytes::from(vec![b'i'; 300])) },
+                Header { key: "other".into(), value: Some(Bytes::from(vec![b'o'; 50])) },
             ],
             timestamp_ms: None,
             header_problem: None,

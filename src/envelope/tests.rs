@@ -1,6 +1,6 @@
 use super::*;
 use crate::config::Config;
-use crate::message::{Header, HeaderProblem};
+use crate::message::{Bytes, Header, HeaderProblem};
 use serde_json::json;
 
 fn validators() -> Validators {
@@ -13,9 +13,9 @@ fn message(key: &str, payload: &[u8], headers: &[(&str, &[u8])]) -> RawMessage {
         topic: format!("platform.event-router.{key}"),
         partition: 0,
         offset: 0,
-        key: Some(b"k".to_vec()),
-        payload: Some(payload.to_vec()),
-        headers: headers.iter().map(|(k, v)| Header { key: k.to_string(), value: Some(v.to_vec()) }).collect(),
+        key: Some(Bytes::from_static(b"k")),
+        payload: Some(Bytes::from(payload.to_vec())),
+        headers: headers.iter().map(|(k, v)| Header { key: (*k).into(), value: Some(Bytes::from(v.to_vec())) }).collect(),
         timestamp_ms: None,
         header_problem: None,
     }
@@ -192,7 +192,7 @@ fn with_headers(headers: Vec<Header>) -> RawMessage {
 }
 
 fn header(key: &str, value: &[u8]) -> Header {
-    Header { key: key.into(), value: Some(value.to_vec()) }
+    Header { key: key.into(), value: Some(Bytes::from(value.to_vec())) }
 }
 
 fn identity_header() -> Vec<u8> {
@@ -262,7 +262,7 @@ fn header_problems_found_while_reading_are_rejections() {
 fn deeply_nested_json_is_refused_as_not_json_without_overflowing_the_stack() {
     let nested = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
     let msg = RawMessage {
-        payload: Some(nested.into_bytes()),
+        payload: Some(Bytes::from(nested.into_bytes())),
         ..with_headers(vec![header(IDENTITY_HEADER, &identity_header()), header(REQUEST_ID_HEADER, b"r")])
     };
     let rejection = open(&msg, &validators()).result.unwrap_err();
@@ -313,7 +313,7 @@ mod properties {
             proptest::collection::vec(any::<u8>(), 0..64)
                 .prop_map(|bytes| Some(base64::Engine::encode(&base64::engine::general_purpose::STANDARD, bytes).into_bytes())),
         ];
-        (names, values).prop_map(|(key, value)| Header { key, value })
+        (names, values).prop_map(|(key, value)| Header { key: key.into(), value: value.map(Bytes::from) })
     }
 
     fn arbitrary_payload() -> impl Strategy<Value = Option<Vec<u8>>> {
@@ -334,7 +334,7 @@ mod properties {
             key in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..32)),
             topic in prop_oneof![Just("todo-created"), Just("host-status-changed"), Just("cluster-install-progressed"), Just("nope")],
         ) {
-            let msg = RawMessage { headers, payload, key, ..message(topic, b"", &[]) };
+            let msg = RawMessage { headers, payload: payload.map(Bytes::from), key: key.map(Bytes::from), ..message(topic, b"", &[]) };
             match open(&msg, &VALIDATORS).result {
                 Ok(checked) => prop_assert!(!checked.request_id.chars().any(char::is_control)),
                 Err(rejection) => prop_assert!(!rejection.message.chars().any(char::is_control)),

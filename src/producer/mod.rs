@@ -37,7 +37,7 @@ use crate::config::{KafkaConfig, TopicConfig};
 use crate::envelope::validate::SchemaError;
 use crate::envelope::{self, identity::encode_identity, Rejection, Validators, IDENTITY_HEADER, REQUEST_ID_HEADER};
 use crate::kafka::{Delivery, Publisher};
-use crate::message::{header_refs, Header, RawMessage};
+use crate::message::{header_refs, Bytes, Header, RawMessage};
 
 /// The identity to put in `x-rh-identity`.
 #[derive(Debug, Clone)]
@@ -212,9 +212,13 @@ impl EventProducer {
         }
         let spooled = spool::SpooledMessage {
             topic: message.topic.clone(),
-            key: message.key.clone(),
-            value: message.payload.clone().unwrap_or_default(),
-            headers: message.headers.iter().map(|h| (h.key.clone(), h.value.clone().map(serde_bytes::ByteBuf::from))).collect(),
+            key: message.key.as_deref().map(<[u8]>::to_vec),
+            value: message.payload.as_deref().map(<[u8]>::to_vec).unwrap_or_default(),
+            headers: message
+                .headers
+                .iter()
+                .map(|h| (h.key.to_string(), h.value.as_deref().map(serde_bytes::ByteBuf::from)))
+                .collect(),
             spooled_at_ms: chrono::Utc::now().timestamp_millis(),
         };
         state.lock().append(&spooled)?;
@@ -311,24 +315,29 @@ impl EventProducer {
         let mut headers = Vec::new();
         match &outgoing.identity {
             IdentityHeader::Document(document) => {
-                headers.push(Header { key: IDENTITY_HEADER.into(), value: Some(encode_identity(document).into_bytes()) })
+                headers.push(Header { key: IDENTITY_HEADER.into(), value: Some(encode_identity(document).into()) })
             }
             IdentityHeader::Encoded(encoded) => {
-                headers.push(Header { key: IDENTITY_HEADER.into(), value: Some(encoded.clone().into_bytes()) })
+                headers.push(Header { key: IDENTITY_HEADER.into(), value: Some(encoded.clone().into()) })
             }
             IdentityHeader::Absent => {}
         }
         let request_id = outgoing.request_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
-        headers.push(Header { key: REQUEST_ID_HEADER.into(), value: Some(request_id.into_bytes()) });
+        headers.push(Header { key: REQUEST_ID_HEADER.into(), value: Some(request_id.into()) });
         // A second identity or request id among them is the caller's to answer for: `check`
         // refuses it as the service would (`identity_duplicate`, `request_id_duplicate`).
-        headers.extend(outgoing.extra_headers.iter().map(|(key, value)| Header { key: key.clone(), value: Some(value.clone()) }));
+        headers.extend(
+            outgoing
+                .extra_headers
+                .iter()
+                .map(|(key, value)| Header { key: key.as_str().into(), value: Some(Bytes::copy_from_slice(value)) }),
+        );
         RawMessage {
             topic: self.topics.name(topic_key),
             partition: -1,
             offset: -1,
-            key: outgoing.key.clone().map(String::into_bytes),
-            payload: Some(outgoing.value.clone()),
+            key: outgoing.key.clone().map(Bytes::from),
+            payload: Some(Bytes::copy_from_slice(&outgoing.value)),
             headers,
             timestamp_ms: None,
             header_problem: None,

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use event_router::dead_letter;
 use event_router::envelope::REQUEST_ID_HEADER;
-use event_router::message::Header;
+use event_router::message::{Bytes, Header};
 use event_router::producer::{IdentityHeader, Outgoing};
 use serde_json::{json, Value};
 use testkit::{header, spawn_app_with};
@@ -103,7 +103,7 @@ async fn each_invalid_kind_is_dead_lettered_with_its_reason_and_valid_traffic_fl
         if case.drop_request_id {
             message.headers.retain(|h| !h.key.eq_ignore_ascii_case(REQUEST_ID_HEADER));
         }
-        message.headers.push(Header { key: "x-original-extra".into(), value: Some(b"kept".to_vec()) });
+        message.headers.push(Header { key: "x-original-extra".into(), value: Some(Bytes::from_static(b"kept")) });
         producer.send_raw(&message).await.unwrap();
         sent_by_name.insert(case.name, message);
     }

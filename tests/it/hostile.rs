@@ -356,3 +356,42 @@ async fn a_handler_panic_dead_letters_the_message_and_the_partition_goes_on() {
     assert_eq!(status, 200, "{body}");
     app.stop().await;
 }
+
+/// The consumer copies a record out of librdkafka into one buffer and slices it: each field must
+/// come back byte for byte, in order, with a null header value told from an empty one, a repeated
+/// name kept twice, and a name that is not UTF-8 marked (and shown with U+FFFD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_record_is_copied_out_byte_for_byte() {
+    let app = spawn_app().await;
+    let producer = producer(&app);
+    let full = Record {
+        topic_key: "todo-created",
+        key: b"k\xff\0".to_vec(),
+        value: b"{\"a\":1}\0\xfe".to_vec(),
+        headers: vec![
+            (b"x-a".to_vec(), Some(b"1".to_vec())),
+            (b"x-null".to_vec(), None),
+            (b"x-empty".to_vec(), Some(Vec::new())),
+            (b"x-a".to_vec(), Some(b"2".to_vec())),
+            (b"bad\xffname".to_vec(), Some(b"v\0".to_vec())),
+        ],
+    };
+    send(&producer, &app, &full, 0).await;
+    let empty = Record { topic_key: "todo-created", key: Vec::new(), value: Vec::new(), headers: Vec::new() };
+    send(&producer, &app, &empty, 0).await;
+
+    let read = app.read_topic(&app.topic("todo-created"), 2, WAIT).await;
+    let names: Vec<&str> = read[0].headers.iter().map(|h| &*h.key).collect();
+    assert_eq!(names, ["x-a", "x-null", "x-empty", "x-a", "bad\u{fffd}name"]);
+    let values: Vec<Option<&[u8]>> = read[0].headers.iter().map(|h| h.value.as_deref()).collect();
+    assert_eq!(values, [Some(&b"1"[..]), None, Some(&b""[..]), Some(&b"2"[..]), Some(&b"v\0"[..])]);
+    assert_eq!(read[0].key.as_deref(), Some(&full.key[..]));
+    assert_eq!(read[0].payload.as_deref(), Some(&full.value[..]));
+    assert_eq!(read[0].header_problem, Some(event_router::message::HeaderProblem::NameNotUtf8 { index: 4 }));
+    // Header names and values as held: 3 + 1, 6, 7, 3 + 1, and 10 + 2 (U+FFFD is three bytes).
+    assert_eq!(read[0].size(), full.key.len() + full.value.len() + 33, "every byte counted once");
+    // librdkafka may hand an empty key or value over as absent; either way, nothing to slice.
+    assert!(matches!(read[1].key.as_deref(), None | Some(b"")) && matches!(read[1].payload.as_deref(), None | Some(b"")));
+    assert!(read[1].headers.is_empty() && read[1].header_problem.is_none());
+    app.stop().await;
+}

@@ -81,9 +81,7 @@ async fn a_forged_replay_header_neither_hides_a_new_message_nor_displaces_the_or
     let producer = app.producer();
     let mut forged = producer.build("todo-created", &todo(2, "o"));
     let first = format!("{}/{}/{}", sent.topic, sent.delivery.partition, sent.delivery.offset);
-    forged
-        .headers
-        .push(event_router::message::Header { key: event_router::replay::REPLAY_OF.into(), value: Some(first.into_bytes()) });
+    forged.headers.push(event_router::message::Header { key: event_router::replay::REPLAY_OF.into(), value: Some(first.into()) });
     producer.send_raw(&forged).await.unwrap();
     eventually(WAIT, "the forged message is handled as new", || async { app.db.count("todos").await == 2 }).await;
 

@@ -193,7 +193,7 @@ async fn main() -> anyhow::Result<()> {
             producer.build(topic, &outgoing)
         })
         .collect();
-    let largest = built.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).max().unwrap_or(0);
+    let largest = built.iter().map(|m| m.payload.as_ref().map_or(0, |p| p.len())).max().unwrap_or(0);
     let per_partition = (args.messages as usize).div_ceil(TOPICS.len() * args.partitions as usize) * (largest + 400);
     ensure!(
         per_partition < PARTITION_BUDGET,
@@ -221,7 +221,7 @@ async fn main() -> anyhow::Result<()> {
             r.expect("the broker accepts the message");
         })
         .await;
-    let mean_payload = built.iter().map(|m| m.payload.as_ref().map_or(0, Vec::len)).sum::<usize>() / built.len().max(1);
+    let mean_payload = built.iter().map(|m| m.payload.as_ref().map_or(0, |p| p.len())).sum::<usize>() / built.len().max(1);
     report.add(
         "preload",
         args.messages,
