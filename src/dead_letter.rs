@@ -6,7 +6,7 @@
 
 use crate::envelope::Rejection;
 use crate::kafka::{record_size, MAX_RECORD_BYTES};
-use crate::message::{header_refs, Header, RawMessage};
+use crate::message::{header_refs, ByteString, Header, RawMessage};
 
 pub const ORIGINAL_TOPIC: &str = "x-dlq-original-topic";
 pub const ORIGINAL_PARTITION: &str = "x-dlq-original-partition";
@@ -46,7 +46,7 @@ pub fn copy<'a>(message: &'a RawMessage, rejection: &Rejection, group_id: &str) 
     }
     let mut omitted = vec!["value"];
     let with_omitted = |mut headers: Vec<Header>, omitted: &[&str]| {
-        headers.push(Header { key: OMITTED.into(), value: Some(omitted.join(",").into()) });
+        headers.push(Header { key: ByteString::from_static(OMITTED), value: Some(omitted.join(",").into()) });
         headers
     };
     let headers = with_omitted(full.clone(), &omitted);
@@ -73,8 +73,9 @@ pub fn copy<'a>(message: &'a RawMessage, rejection: &Rejection, group_id: &str) 
 /// already had (a message dead-lettered twice) is replaced, not duplicated.
 pub(crate) fn dead_letter_headers(message: &RawMessage, rejection: &Rejection, group_id: &str) -> Vec<Header> {
     let mut headers: Vec<Header> =
-        message.headers.iter().filter(|h| !h.key.to_ascii_lowercase().starts_with("x-dlq-")).cloned().collect();
-    let mut add = |key: &str, value: String| headers.push(Header { key: key.into(), value: Some(value.into()) });
+        message.headers.iter().filter(|h| !crate::message::is_dead_letter_header(&h.key)).cloned().collect();
+    let mut add =
+        |key: &'static str, value: String| headers.push(Header { key: ByteString::from_static(key), value: Some(value.into()) });
     add(ORIGINAL_TOPIC, message.topic.clone());
     add(ORIGINAL_PARTITION, message.partition.to_string());
     add(ORIGINAL_OFFSET, message.offset.to_string());

@@ -161,7 +161,12 @@ impl RawMessage {
 /// replay header on a re-injected one): not part of what the record is, so a replayed dead letter
 /// has its original's fingerprint.
 fn added_by_the_service(name: &str) -> bool {
-    name.get(..6).is_some_and(|prefix| prefix.eq_ignore_ascii_case("x-dlq-")) || name.eq_ignore_ascii_case(REPLAY_OF)
+    is_dead_letter_header(name) || name.eq_ignore_ascii_case(REPLAY_OF)
+}
+
+/// Whether `name` is one of the `x-dlq-*` headers a dead letter carries, in any case.
+pub(crate) fn is_dead_letter_header(name: &str) -> bool {
+    name.get(..6).is_some_and(|prefix| prefix.eq_ignore_ascii_case("x-dlq-"))
 }
 
 /// Header on a re-injected dead letter: `<topic>/<partition>/<offset>` of the original.

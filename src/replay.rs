@@ -23,7 +23,7 @@ use rdkafka::{Offset, TopicPartitionList};
 use crate::config::Config;
 use crate::dead_letter;
 use crate::kafka::{self, Publisher};
-use crate::message::{header_refs, Bytes, Header, RawMessage};
+use crate::message::{header_refs, ByteString, Bytes, Header, RawMessage};
 use crate::store::dead_letters::{self, Recorded};
 use crate::store::{self, InboxKey, StoreError};
 
@@ -183,7 +183,7 @@ impl Copy {
             .collect();
         let original = &self.original;
         let value = format!("{}/{}/{}", original.topic, original.partition, original.offset);
-        headers.push(Header { key: REPLAY_OF.into(), value: Some(value.into()) });
+        headers.push(Header { key: ByteString::from_static(REPLAY_OF), value: Some(value.into()) });
         headers
     }
 }

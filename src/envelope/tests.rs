@@ -14,8 +14,8 @@ fn message(key: &str, payload: &[u8], headers: &[(&str, &[u8])]) -> RawMessage {
         partition: 0,
         offset: 0,
         key: Some(Bytes::from_static(b"k")),
-        payload: Some(Bytes::from(payload.to_vec())),
-        headers: headers.iter().map(|(k, v)| Header { key: (*k).into(), value: Some(Bytes::from(v.to_vec())) }).collect(),
+        payload: Some(Bytes::copy_from_slice(payload)),
+        headers: headers.iter().map(|(k, v)| Header { key: (*k).into(), value: Some(Bytes::copy_from_slice(v)) }).collect(),
         timestamp_ms: None,
         header_problem: None,
     }
@@ -192,7 +192,7 @@ fn with_headers(headers: Vec<Header>) -> RawMessage {
 }
 
 fn header(key: &str, value: &[u8]) -> Header {
-    Header { key: key.into(), value: Some(Bytes::from(value.to_vec())) }
+    Header { key: key.into(), value: Some(Bytes::copy_from_slice(value)) }
 }
 
 fn identity_header() -> Vec<u8> {

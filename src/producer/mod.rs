@@ -37,7 +37,7 @@ use crate::config::{KafkaConfig, TopicConfig};
 use crate::envelope::validate::SchemaError;
 use crate::envelope::{self, identity::encode_identity, Rejection, Validators, IDENTITY_HEADER, REQUEST_ID_HEADER};
 use crate::kafka::{Delivery, Publisher};
-use crate::message::{header_refs, Bytes, Header, RawMessage};
+use crate::message::{header_refs, ByteString, Bytes, Header, RawMessage};
 
 /// The identity to put in `x-rh-identity`.
 #[derive(Debug, Clone)]
@@ -314,16 +314,15 @@ impl EventProducer {
     pub fn build(&self, topic_key: &str, outgoing: &Outgoing) -> RawMessage {
         let mut headers = Vec::new();
         match &outgoing.identity {
-            IdentityHeader::Document(document) => {
-                headers.push(Header { key: IDENTITY_HEADER.into(), value: Some(encode_identity(document).into()) })
-            }
+            IdentityHeader::Document(document) => headers
+                .push(Header { key: ByteString::from_static(IDENTITY_HEADER), value: Some(encode_identity(document).into()) }),
             IdentityHeader::Encoded(encoded) => {
-                headers.push(Header { key: IDENTITY_HEADER.into(), value: Some(encoded.clone().into()) })
+                headers.push(Header { key: ByteString::from_static(IDENTITY_HEADER), value: Some(encoded.clone().into()) })
             }
             IdentityHeader::Absent => {}
         }
         let request_id = outgoing.request_id.clone().unwrap_or_else(|| Uuid::new_v4().to_string());
-        headers.push(Header { key: REQUEST_ID_HEADER.into(), value: Some(request_id.into()) });
+        headers.push(Header { key: ByteString::from_static(REQUEST_ID_HEADER), value: Some(request_id.into()) });
         // A second identity or request id among them is the caller's to answer for: `check`
         // refuses it as the service would (`identity_duplicate`, `request_id_duplicate`).
         headers.extend(
