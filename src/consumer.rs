@@ -43,7 +43,7 @@ use crate::message::{Bytes, HeaderLimits, RawMessage};
 use crate::pipeline::Pipeline;
 use crate::telemetry::{RebalanceKind, Telemetry};
 
-type Slot = (String, i32);
+type Slot = (Arc<str>, i32);
 
 /// The bytes that messages held in the service may take.
 ///
@@ -148,7 +148,7 @@ pub(crate) struct Workers {
 impl Workers {
     fn take(&self, partitions: &TopicPartitionList) -> Vec<Worker> {
         let revoked: std::collections::HashSet<Slot> =
-            partitions.elements().iter().map(|e| (e.topic().to_string(), e.partition())).collect();
+            partitions.elements().iter().map(|e| (Arc::from(e.topic()), e.partition())).collect();
         // Waiting messages of revoked partitions are the next owner's to read.
         self.starved.lock().expect("starved lock").retain(|m| !revoked.contains(&(m.topic.clone(), m.partition)));
         let mut running = self.running.lock().expect("workers lock");
@@ -300,6 +300,7 @@ pub async fn run(
     let workers = consumer.context().workers.clone();
     // Partitions paused again, one by one, since the budget paused them all (see below).
     let mut paused_again: std::collections::HashSet<Slot> = std::collections::HashSet::new();
+    let mut topic_names = crate::message::TopicNames::default();
     let mut died = None;
     loop {
         let waiting = workers.starved.lock().expect("starved lock").front().map(|m| budget.cost(m));
@@ -335,7 +336,7 @@ pub async fn run(
             }
             received = consumer.recv() => {
                 let message = match received {
-                    Ok(message) => RawMessage::from_kafka(&message, HeaderLimits::SERVICE),
+                    Ok(message) => RawMessage::from_kafka(&message, HeaderLimits::SERVICE, &mut topic_names),
                     // librdkafka raises a fatal error once and then refuses to work; it reaches
                     // `recv` as `MessageConsumptionFatal` with the underlying error's code.
                     Err(error @ KafkaError::MessageConsumptionFatal(_)) => {
@@ -511,7 +512,7 @@ fn set_all_paused(consumer: &RouterConsumer, workers: &Workers, paused: bool) {
     {
         let running = workers.running.lock().expect("workers lock");
         for element in assignment.elements() {
-            let slot = (element.topic().to_string(), element.partition());
+            let slot: Slot = (Arc::from(element.topic()), element.partition());
             if paused || running.get(&slot).is_none_or(|worker| worker.held_back.is_none()) {
                 partitions.add_partition(&slot.0, slot.1);
             }

@@ -76,7 +76,7 @@ pub(crate) fn dead_letter_headers(message: &RawMessage, rejection: &Rejection, g
         message.headers.iter().filter(|h| !crate::message::is_dead_letter_header(&h.key)).cloned().collect();
     let mut add =
         |key: &'static str, value: String| headers.push(Header { key: ByteString::from_static(key), value: Some(value.into()) });
-    add(ORIGINAL_TOPIC, message.topic.clone());
+    add(ORIGINAL_TOPIC, message.topic.to_string());
     add(ORIGINAL_PARTITION, message.partition.to_string());
     add(ORIGINAL_OFFSET, message.offset.to_string());
     if let Some(timestamp) = message.timestamp_ms {

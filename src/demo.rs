@@ -180,7 +180,7 @@ async fn watch(kafka: KafkaConfig, topics: TopicConfig, stop: CancellationToken)
     loop {
         let received = tokio::select! { _ = stop.cancelled() => return, m = consumer.recv() => m };
         let Ok(message) = received else { continue };
-        let raw = RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED);
+        let raw = RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED, &mut Default::default());
         let text = |h: &str| raw.header(h).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
         if message.topic() == stream {
             let event: Value = serde_json::from_slice(raw.payload.as_deref().unwrap_or_default()).unwrap_or_default();

@@ -7,6 +7,14 @@
 //! a message out about a fifth of the service's heap allocations (bench/README.md, section 27).
 //! Nothing keeps such a slice past the message's own life, so the buffer goes with the message;
 //! what outlives it (rows, the outbox, the identity cache) is copied or digested.
+//!
+//! The topic's name is shared, not copied: a consumer reads a handful of topics, and the message,
+//! its partition's worker, its handler's context and its inbox key each held a copy of the name
+//! (four allocations a message; bench/README.md, section 28). [`TopicNames`] hands out one
+//! shared name per topic.
+
+use std::collections::HashSet;
+use std::sync::Arc;
 
 pub use bytes::Bytes;
 pub use bytestring::ByteString;
@@ -34,10 +42,27 @@ pub struct HeaderRef<'a> {
     pub value: Option<&'a [u8]>,
 }
 
+/// The names of the topics a consumer has read, each kept once and shared by every message of
+/// its topic.
+#[derive(Debug, Default)]
+pub struct TopicNames(HashSet<Arc<str>>);
+
+impl TopicNames {
+    /// The shared name `topic`; allocated the first time only.
+    pub fn get(&mut self, topic: &str) -> Arc<str> {
+        if let Some(name) = self.0.get(topic) {
+            return name.clone();
+        }
+        let name: Arc<str> = Arc::from(topic);
+        self.0.insert(name.clone());
+        name
+    }
+}
+
 /// A message read from a topic partition.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMessage {
-    pub topic: String,
+    pub topic: Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<Bytes>,
@@ -78,8 +103,9 @@ pub enum HeaderProblem {
 
 impl RawMessage {
     /// Copies a message out of librdkafka. Headers are read as bytes (a name that is not UTF-8
-    /// becomes a [`HeaderProblem`], not a panic) and measured before they are copied.
-    pub fn from_kafka(message: &BorrowedMessage<'_>, limits: HeaderLimits) -> Self {
+    /// becomes a [`HeaderProblem`], not a panic) and measured before they are copied. The topic's
+    /// name comes from `names`.
+    pub fn from_kafka(message: &BorrowedMessage<'_>, limits: HeaderLimits, names: &mut TopicNames) -> Self {
         let raw = raw_headers::headers(message);
         let (key, payload) = (message.key(), message.payload());
         let mut header_problem = None;
@@ -114,7 +140,7 @@ impl RawMessage {
             }
         }
         RawMessage {
-            topic: message.topic().to_string(),
+            topic: names.get(message.topic()),
             partition: message.partition(),
             offset: message.offset(),
             key,

@@ -130,7 +130,7 @@ impl Copy {
         let text = |name| message.header(name).and_then(|v| std::str::from_utf8(v).ok()).map(str::to_owned);
         let original_timestamp = text(dead_letter::ORIGINAL_TIMESTAMP).and_then(|t| t.parse().ok());
         let original_message = RawMessage {
-            topic: text(dead_letter::ORIGINAL_TOPIC)?,
+            topic: text(dead_letter::ORIGINAL_TOPIC)?.into(),
             partition: text(dead_letter::ORIGINAL_PARTITION)?.parse().ok()?,
             offset: text(dead_letter::ORIGINAL_OFFSET)?.parse().ok()?,
             key: message.key.clone(),
@@ -238,7 +238,7 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
             None if !matches_headers(&copy, filter) => continue,
             None => summary.matched += 1,
         }
-        if !owned.contains(&copy.original.topic) {
+        if !owned.contains(&*copy.original.topic) {
             summary.refused_foreign_topic += 1;
             continue;
         }
@@ -260,7 +260,7 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
             continue;
         }
         let original = &copy.original;
-        if !done.insert((original.topic.clone(), original.partition, original.offset, original.fingerprint)) {
+        if !done.insert((original.topic.to_string(), original.partition, original.offset, original.fingerprint)) {
             continue;
         }
         if !dry_run {
@@ -273,7 +273,7 @@ pub async fn run(config: &Config, source: Source, filter: &Filter, dry_run: bool
                     copy.original_timestamp,
                 )
                 .await
-                .map_err(|source| ReplayError::Reinject { topic: copy.original.topic.clone(), source })?;
+                .map_err(|source| ReplayError::Reinject { topic: copy.original.topic.to_string(), source })?;
             dead_letters::mark_replayed(&pool, &copy.original).await?;
         }
         summary.replayed += 1;
@@ -296,7 +296,7 @@ async fn original_from_table(
         "SELECT message_key, payload FROM dead_letters
          WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND dlq_partition = $4 AND dlq_offset = $5",
     )
-    .bind(&copy.original.topic)
+    .bind(&*copy.original.topic)
     .bind(copy.original.partition)
     .bind(copy.original.offset)
     .bind(copy.message.partition)
@@ -308,7 +308,7 @@ async fn original_from_table(
 
 fn matches_headers(copy: &Copy, filter: &Filter) -> bool {
     let dead_lettered_at = copy.message.timestamp_ms.and_then(|ms| Utc.timestamp_millis_opt(ms).single());
-    filter.topic.as_ref().is_none_or(|t| *t == copy.original.topic)
+    filter.topic.as_ref().is_none_or(|t| **t == *copy.original.topic)
         && filter.reason.as_deref().is_none_or(|r| copy.reason() == Some(r))
         && filter.since.is_none_or(|since| dead_lettered_at.is_some_and(|at| at >= since))
         && filter.until.is_none_or(|until| dead_lettered_at.is_some_and(|at| at < until))
@@ -336,12 +336,13 @@ fn read_dead_letter_topic(config: &Config) -> Result<Vec<RawMessage>, ReplayErro
     }
     consumer.assign(&assignment)?;
     let mut messages = Vec::new();
+    let mut topic_names = crate::message::TopicNames::default();
     let mut idle = 0;
     while !ends.is_empty() {
         match consumer.poll(Duration::from_millis(500)) {
             Some(Ok(message)) => {
                 idle = 0;
-                let message = RawMessage::from_kafka(&message, crate::message::HeaderLimits::UNBOUNDED);
+                let message = RawMessage::from_kafka(&message, crate::message::HeaderLimits::UNBOUNDED, &mut topic_names);
                 if ends.get(&message.partition).is_some_and(|end| message.offset + 1 >= *end) {
                     ends.remove(&message.partition);
                 }

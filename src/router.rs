@@ -70,7 +70,8 @@ use crate::topics::{Topic, REGISTRY};
 /// What a handler knows about the message besides its payload, and where it emits events.
 #[derive(Debug)]
 pub struct Context {
-    pub topic: String,
+    /// Shared with the message and every other of its topic.
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub offset: i64,
     pub key: Option<String>,

@@ -10,7 +10,7 @@ fn validators() -> Validators {
 
 fn message(key: &str, payload: &[u8], headers: &[(&str, &[u8])]) -> RawMessage {
     RawMessage {
-        topic: format!("platform.event-router.{key}"),
+        topic: format!("platform.event-router.{key}").into(),
         partition: 0,
         offset: 0,
         key: Some(Bytes::from_static(b"k")),

@@ -57,7 +57,7 @@ impl Step {
 impl Pipeline {
     /// Runs every check on `message` and, when it passes, builds its context and stream event.
     pub(super) fn open(&self, message: RawMessage) -> Step {
-        if self.output_topics.contains(&message.topic) {
+        if self.output_topics.iter().any(|t| **t == *message.topic) {
             return Step::Skip(message);
         }
         let received_at = Utc::now();

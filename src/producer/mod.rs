@@ -211,7 +211,7 @@ impl EventProducer {
             }
         }
         let spooled = spool::SpooledMessage {
-            topic: message.topic.clone(),
+            topic: message.topic.to_string(),
             key: message.key.as_deref().map(<[u8]>::to_vec),
             value: message.payload.as_deref().map(<[u8]>::to_vec).unwrap_or_default(),
             headers: message
@@ -223,7 +223,7 @@ impl EventProducer {
         };
         state.lock().append(&spooled)?;
         state.spooled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        Ok(Handed::Spooled { topic: message.topic.clone(), request_id })
+        Ok(Handed::Spooled { topic: message.topic.to_string(), request_id })
     }
 
     /// Sends what waits in the spool, oldest first, 500 at a time, and removes messages once
@@ -306,7 +306,7 @@ impl EventProducer {
     /// service's own); no schema applies unless the caller checks it.
     pub fn build_for_topic_name(&self, topic: &str, outgoing: &Outgoing) -> RawMessage {
         let mut message = self.build("", outgoing);
-        message.topic = topic.to_owned();
+        message.topic = topic.into();
         message
     }
 
@@ -332,7 +332,7 @@ impl EventProducer {
                 .map(|(key, value)| Header { key: key.as_str().into(), value: Some(Bytes::copy_from_slice(value)) }),
         );
         RawMessage {
-            topic: self.topics.name(topic_key),
+            topic: self.topics.name(topic_key).into(),
             partition: -1,
             offset: -1,
             key: outgoing.key.clone().map(Bytes::from),
@@ -382,7 +382,7 @@ impl EventProducer {
             )
             .await?;
         let request_id = envelope::request_id(message).unwrap_or_default();
-        Ok(Sent { topic: message.topic.clone(), request_id, delivery })
+        Ok(Sent { topic: message.topic.to_string(), request_id, delivery })
     }
 }
 

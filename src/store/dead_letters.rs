@@ -42,7 +42,7 @@ pub const LOOKUP: &str = "SELECT bool_or(replayed_at IS NOT NULL) FROM dead_lett
 /// Looks the record up.
 pub async fn lookup<'e>(executor: impl PgExecutor<'e>, key: &InboxKey) -> Result<Recorded, sqlx::Error> {
     let replayed: Option<bool> = sqlx::query_scalar(LOOKUP)
-        .bind(&key.topic)
+        .bind(&*key.topic)
         .bind(key.partition)
         .bind(key.offset)
         .bind(&key.fingerprint[..])
@@ -67,7 +67,7 @@ pub(crate) async fn mark_replayed(pool: &PgPool, key: &InboxKey) -> Result<(), s
         "UPDATE dead_letters SET replayed_at = now()
          WHERE topic = $1 AND kafka_partition = $2 AND kafka_offset = $3 AND fingerprint IN ($4, $5)",
     )
-    .bind(&key.topic)
+    .bind(&*key.topic)
     .bind(key.partition)
     .bind(key.offset)
     .bind(&key.fingerprint[..])
@@ -90,7 +90,7 @@ pub const RECORDED: &str = "SELECT k.n FROM UNNEST($1::text[], $2::int4[], $3::i
 /// Whether each of `keys` was dead-lettered before at its coordinates, in the order given.
 pub(crate) async fn recorded(pool: &PgPool, keys: &[InboxKey]) -> Result<Vec<bool>, sqlx::Error> {
     let found: Vec<i64> = sqlx::query_scalar(RECORDED)
-        .bind(keys.iter().map(|k| k.topic.as_str()).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| &*k.topic).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.partition).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| k.offset).collect::<Vec<_>>())
         .bind(keys.iter().map(|k| &k.fingerprint[..]).collect::<Vec<_>>())
@@ -117,7 +117,7 @@ pub async fn record_all(pool: &PgPool, letters: &[DeadLetter<'_>]) -> Result<(),
                               $13::text[], $14::text[], $15::text[], $16::int4[], $17::int8[])
          ON CONFLICT (topic, kafka_partition, kafka_offset, fingerprint) DO NOTHING",
     )
-    .bind(letters.iter().map(|l| l.message.topic.as_str()).collect::<Vec<_>>())
+    .bind(letters.iter().map(|l| &*l.message.topic).collect::<Vec<_>>())
     .bind(letters.iter().map(|l| l.message.partition).collect::<Vec<_>>())
     .bind(letters.iter().map(|l| l.message.offset).collect::<Vec<_>>())
     .bind(letters.iter().map(|l| &l.fingerprint[..]).collect::<Vec<_>>())

@@ -83,7 +83,7 @@ pub enum InboxEntry {
 /// original was) and what it looked like.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct InboxKey {
-    pub topic: String,
+    pub topic: std::sync::Arc<str>,
     pub partition: i32,
     pub offset: i64,
     /// [`crate::message::Fingerprints::current`]: what this release stores.
@@ -118,7 +118,7 @@ pub(crate) fn replay_of(message: &RawMessage, key: &InboxKey) -> Option<InboxKey
     let mut parts = value.rsplitn(3, '/');
     let offset = parts.next()?.parse().ok()?;
     let partition = parts.next()?.parse().ok()?;
-    let topic = parts.next()?.to_string();
+    let topic = parts.next()?.into();
     Some(InboxKey { topic, partition, offset, ..key.clone() })
 }
 
@@ -160,7 +160,7 @@ pub async fn record_all_in_inbox(tx: &mut Tx, keys: &[InboxKey]) -> Result<Vec<I
         .await?;
     // 2. What the inbox holds at the batch's coordinates: the newest entry of each offset.
     let mut known: HashMap<(&str, i32, i64), Option<[u8; 32]>> =
-        keys.iter().map(|k| ((k.topic.as_str(), k.partition, k.offset), None)).collect();
+        keys.iter().map(|k| ((&*k.topic, k.partition, k.offset), None)).collect();
     let mut runs: Vec<(i64, i64, Vec<u8>, Vec<u8>)> = sqlx::query_as(INBOX_RANGES)
         .bind(segments.iter().map(|s| s.topic).collect::<Vec<_>>())
         .bind(segments.iter().map(|s| s.partition).collect::<Vec<_>>())
@@ -186,7 +186,7 @@ pub async fn record_all_in_inbox(tx: &mut Tx, keys: &[InboxKey]) -> Result<Vec<I
         let mut written: Vec<usize> = Vec::new();
         for &i in &segment.members {
             let key = &keys[i];
-            let slot = known.get_mut(&(key.topic.as_str(), key.partition, key.offset)).expect("every key is known");
+            let slot = known.get_mut(&(&*key.topic, key.partition, key.offset)).expect("every key is known");
             entries[i] = match slot {
                 None => InboxEntry::New,
                 Some(stored) if key.matches(stored) => InboxEntry::Redelivery,
@@ -232,14 +232,14 @@ impl<'k> Segment<'k> {
         let mut order: Vec<usize> = (0..keys.len()).collect();
         order.sort_by(|&a, &b| {
             let (a, b) = (&keys[a], &keys[b]);
-            (a.topic.as_str(), a.partition, a.offset).cmp(&(b.topic.as_str(), b.partition, b.offset))
+            (&*a.topic, a.partition, a.offset).cmp(&(&*b.topic, b.partition, b.offset))
         });
         let mut segments: Vec<Segment<'k>> = Vec::new();
         for i in order {
             let key = &keys[i];
             match segments.last_mut() {
                 Some(s)
-                    if s.topic == key.topic
+                    if s.topic == &*key.topic
                         && s.partition == key.partition
                         && key.offset.checked_sub(s.low).is_some_and(|span| span < MAX_RUN_SPAN) =>
                 {

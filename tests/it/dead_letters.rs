@@ -128,7 +128,7 @@ async fn each_invalid_kind_is_dead_lettered_with_its_reason_and_valid_traffic_fl
         assert_eq!(header(letter, dead_letter::ERROR_CLASS).as_deref(), Some(class), "{}", case.name);
         assert_eq!(letter.payload, original.payload, "{}: value kept byte for byte", case.name);
         assert_eq!(header(letter, "x-original-extra").as_deref(), Some("kept"), "{}: original headers kept", case.name);
-        assert_eq!(header(letter, dead_letter::ORIGINAL_TOPIC), Some(original.topic.clone()), "{}", case.name);
+        assert_eq!(header(letter, dead_letter::ORIGINAL_TOPIC), Some(original.topic.to_string()), "{}", case.name);
         assert!(
             header(letter, dead_letter::ORIGINAL_PARTITION).is_some() && header(letter, dead_letter::ORIGINAL_OFFSET).is_some()
         );

@@ -229,7 +229,7 @@ async fn fingerprints_count_headers_and_rows_of_older_releases_still_match() {
         "INSERT INTO processed_messages (topic, kafka_partition, kafka_offset, fingerprint, request_id)
          VALUES ($1, $2, $3, $4, 'an older release')",
     )
-    .bind(&sent.topic)
+    .bind(&*sent.topic)
     .bind(sent.partition)
     .bind(sent.offset)
     .bind(&legacy[..])
@@ -259,7 +259,7 @@ async fn fingerprints_count_headers_and_rows_of_older_releases_still_match() {
         "INSERT INTO inbox_runs (topic, kafka_partition, first_offset, last_offset, offsets, fingerprints)
          VALUES ($1, $2, $3, $3, int8send($3), $4)",
     )
-    .bind(&sent.topic)
+    .bind(&*sent.topic)
     .bind(sent.partition)
     .bind(sent.offset)
     .bind(&current[..])

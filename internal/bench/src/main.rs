@@ -337,9 +337,10 @@ async fn consume_only(base: &Config, total: u64) -> anyhow::Result<Duration> {
     consumer.recv().await?;
     let started = Instant::now();
     let mut seen = 1;
+    let mut topic_names = event_router::message::TopicNames::default();
     while seen < total {
         let message = tokio::time::timeout(Duration::from_secs(30), consumer.recv()).await.context("consume-only stalled")??;
-        let _ = RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED);
+        let _ = RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED, &mut topic_names);
         seen += 1;
     }
     Ok(started.elapsed())
@@ -430,7 +431,7 @@ async fn copy_rows(db: &TestDb, messages: &[RawMessage], base: &Config, batch: u
         };
         let Some((table, fields)) = row else { continue };
         tables.get_mut(table).expect("a table of the ceiling").push_str(&csv(&fields));
-        inbox.entry(message.topic.clone()).or_default().push(message.fingerprints().current);
+        inbox.entry(message.topic.to_string()).or_default().push(message.fingerprints().current);
         let checked = event_router::envelope::open(message, &validators).result.map_err(|r| anyhow::anyhow!("{r:?}"))?;
         let event = event_router::stream::enriched_event(&checked, message, chrono::Utc::now())
             .map_err(|size| anyhow::anyhow!("a {size}-byte stream event"))?;
@@ -527,7 +528,7 @@ async fn service_insert_path(db: &TestDb, broker: &DevBroker, messages: &[RawMes
     for (n, message) in messages.iter().enumerate() {
         let mut message = message.clone();
         message.partition = (n % 64) as i32;
-        let list = partitions.entry((message.topic.clone(), message.partition)).or_default();
+        let list = partitions.entry((message.topic.to_string(), message.partition)).or_default();
         message.offset = list.len() as i64;
         list.push(message);
     }

@@ -449,7 +449,8 @@ async fn read_topic_where(
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, consumer.recv()).await {
             Ok(Ok(record)) => {
-                let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED);
+                let record =
+                    RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED, &mut Default::default());
                 if keep(&record) {
                     records.push(record);
                 }
@@ -478,7 +479,7 @@ pub async fn request_ids(
     let mut settle: Option<Instant> = None;
     while Instant::now() < deadline && settle.is_none_or(|until| Instant::now() < until) {
         let Ok(Ok(record)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
-        let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED);
+        let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED, &mut Default::default());
         if !keep(&record) {
             continue;
         }
@@ -497,7 +498,7 @@ pub async fn drain_topic(brokers: &str, topic: &str, window: Duration) -> Vec<Ra
     let deadline = Instant::now() + window;
     let mut messages = Vec::new();
     while let Ok(Ok(message)) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), consumer.recv()).await {
-        messages.push(RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED));
+        messages.push(RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED, &mut Default::default()));
     }
     messages
 }
