@@ -177,10 +177,11 @@ async fn watch(kafka: KafkaConfig, topics: TopicConfig, stop: CancellationToken)
     if let Err(error) = consumer.subscribe(&[&stream, &dlq]) {
         return eprintln!("demo watcher: {error}");
     }
+    let mut topic_names = event_router::message::TopicNames::default();
     loop {
         let received = tokio::select! { _ = stop.cancelled() => return, m = consumer.recv() => m };
         let Ok(message) = received else { continue };
-        let raw = RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED, &mut Default::default());
+        let raw = RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED, &mut topic_names);
         let text = |h: &str| raw.header(h).map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
         if message.topic() == stream {
             let event: Value = serde_json::from_slice(raw.payload.as_deref().unwrap_or_default()).unwrap_or_default();

@@ -445,12 +445,12 @@ async fn read_topic_where(
     let consumer = reader(brokers, topic);
     let deadline = Instant::now() + timeout;
     let mut records = Vec::new();
+    let mut topic_names = event_router::message::TopicNames::default();
     while records.len() < count {
         let left = deadline.saturating_duration_since(Instant::now());
         match tokio::time::timeout(left, consumer.recv()).await {
             Ok(Ok(record)) => {
-                let record =
-                    RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED, &mut Default::default());
+                let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED, &mut topic_names);
                 if keep(&record) {
                     records.push(record);
                 }
@@ -477,9 +477,10 @@ pub async fn request_ids(
     let (mut ids, mut read) = (std::collections::HashSet::new(), 0);
     let deadline = Instant::now() + timeout;
     let mut settle: Option<Instant> = None;
+    let mut topic_names = event_router::message::TopicNames::default();
     while Instant::now() < deadline && settle.is_none_or(|until| Instant::now() < until) {
         let Ok(Ok(record)) = tokio::time::timeout(Duration::from_secs(1), consumer.recv()).await else { continue };
-        let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED, &mut Default::default());
+        let record = RawMessage::from_kafka(&record, event_router::message::HeaderLimits::UNBOUNDED, &mut topic_names);
         if !keep(&record) {
             continue;
         }
@@ -497,8 +498,9 @@ pub async fn drain_topic(brokers: &str, topic: &str, window: Duration) -> Vec<Ra
     let consumer = reader(brokers, topic);
     let deadline = Instant::now() + window;
     let mut messages = Vec::new();
+    let mut topic_names = event_router::message::TopicNames::default();
     while let Ok(Ok(message)) = tokio::time::timeout(deadline.saturating_duration_since(Instant::now()), consumer.recv()).await {
-        messages.push(RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED, &mut Default::default()));
+        messages.push(RawMessage::from_kafka(&message, event_router::message::HeaderLimits::UNBOUNDED, &mut topic_names));
     }
     messages
 }
