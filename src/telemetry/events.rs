@@ -36,7 +36,7 @@ pub struct Telemetry {
 }
 
 /// A topic's per-message series. Finding a series by its label values hashes them and takes a
-/// lock, and a message touched five to seven series that way (2.4% of the service's CPU in a
+/// lock, and a message touched five to seven series that way (2.0% of the service's CPU in a
 /// drain's profile, bench/README.md section 28); it now finds its topic's series once.
 struct TopicSeries {
     consumed: IntCounter,
