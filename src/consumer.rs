@@ -427,12 +427,9 @@ fn feed_starved(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batchi
 fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, message: Charged) {
     let slot = (message.message.topic.clone(), message.message.partition);
     let mut running = consumer.context().workers.running.lock().expect("workers lock");
-    // Looked up before `entry`, which takes its key by value: a copy of the topic name for every
-    // message, when a worker is started once per assignment.
-    if !running.contains_key(&slot) {
-        running.insert(slot.clone(), spawn_worker(consumer.clone(), pipeline.clone(), batching, slot.clone()));
-    }
-    let worker = running.get_mut(&slot).expect("the partition's worker was just found or started");
+    // The slot's topic is a shared name, so the key `entry` takes costs a reference count.
+    let worker =
+        running.entry(slot.clone()).or_insert_with(|| spawn_worker(consumer.clone(), pipeline.clone(), batching, slot.clone()));
     if let Some(held_back) = &worker.held_back {
         // Behind the messages already waiting; the forwarding task hands them over in order.
         let _ = held_back.send(message);
