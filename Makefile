@@ -4,7 +4,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 # Where cargo builds: CARGO_TARGET_DIR when set.
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
-# The benchmark's binaries in TARGET_DIR, unless BENCH_ARGS names others.
+# The benchmark's binaries in TARGET_DIR, unless BENCH_ARGS names others. BENCH_SOURCE names the
+# code of the service it runs (only when it is this tree's), so that the benchmark quotes a
+# separate DHAT run's allocations only when that run measured the same code.
 BENCH_PATHS = $(if $(findstring --service,$(BENCH_ARGS)),,--service $(TARGET_DIR)/release/event-router) \
 	$(if $(findstring --python,$(BENCH_ARGS)),,--python $(TARGET_DIR)/bench-venv/bin/python)
 
@@ -45,7 +47,7 @@ bench:
 	scripts/bench-python-venv.sh
 	$(CARGO) build --release -p event-router --bin event-router
 	$(CARGO) build --release -p bench --bin event-router-bench
-	$(TARGET_DIR)/release/event-router-bench $(BENCH_PATHS) $(BENCH_ARGS)
+	$(if $(findstring --service,$(BENCH_ARGS)),,BENCH_SOURCE=$$(scripts/source-fingerprint.sh)) $(TARGET_DIR)/release/event-router-bench $(BENCH_PATHS) $(BENCH_ARGS)
 
 lint:
 	$(CARGO) fmt --all -- --check

@@ -6,18 +6,21 @@
 # benchmark (default: 20,000 messages, no steady phase; DHAT makes the service ~50x slower).
 # Output: ${CARGO_TARGET_DIR:-target}/allocations/{dhat.out,by-part.txt,summary.json}; the last
 # line printed is the figure to quote (the issue's target: at most 15 per message), and
-# summary.json is what `make bench` quotes in its report (marked as a separate run).
+# summary.json is what `make bench` quotes in its report (marked as a separate run), provided it
+# was made from the same code (scripts/source-fingerprint.sh).
 set -euo pipefail
 . "$(dirname "$0")/lib.sh"
 cd "$(dirname "$0")/.."
 
 . scripts/bench-valgrind.sh
+# The code measured, recorded in summary.json: `make bench` quotes the figure only for that code.
+source=$(scripts/source-fingerprint.sh)
 # DHAT counts what goes through malloc; the service's jemalloc (a Cargo feature, on by default)
 # is linked in statically and would not be seen, so this drain runs a build without it. The
 # number of allocations the code makes does not depend on the allocator.
 SERVICE_BUILD_FLAGS=--no-default-features drain_under_valgrind allocations "--tool=dhat --dhat-out-file=@OUT@/dhat.out" "$@"
 
-python3 - "$out/dhat.out" "$messages" "$out/summary.json" <<'EOF' | tee "$out/by-part.txt"
+python3 - "$out/dhat.out" "$messages" "$out/summary.json" "$source" <<'EOF' | tee "$out/by-part.txt"
 import collections, datetime, json, re, sys
 dhat = json.load(open(sys.argv[1]))
 messages, frames = float(sys.argv[2]), dhat["ftbl"]
@@ -47,6 +50,7 @@ print(f"allocations per message: {total / messages:.1f}; without the benchmark's
 for part, count in counts.most_common():
     print(f"{count / messages:8.2f}  {part}")
 summary = {
+    "source": sys.argv[4],
     "when": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%MZ"),
     "messages": int(messages),
     "per_message": round(total / messages, 2),

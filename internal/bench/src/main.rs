@@ -912,6 +912,7 @@ impl Report {
         });
         let document = json!({
             "when": stamp,
+            "code": allocations.source,
             "messages": args.messages, "partitions": args.partitions, "payload_padding": args.payload_padding, "instances": args.instances,
             "invalid_every": args.invalid_every,
             "steps": rows,
@@ -923,7 +924,8 @@ impl Report {
         });
         std::fs::write(out.join(format!("{stamp}.json")), serde_json::to_string_pretty(&document)?)?;
         let mut md = format!(
-            "# Benchmark {stamp}\n\n{} messages (1 in {} invalid), {} partitions, payload padding {}, {} instance(s), batches of up to {}\n\n| step | messages | seconds | per second | details |\n|---|---:|---:|---:|---|\n",
+            "# Benchmark {stamp}\n\n{}{} messages (1 in {} invalid), {} partitions, payload padding {}, {} instance(s), batches of up to {}\n\n| step | messages | seconds | per second | details |\n|---|---:|---:|---:|---|\n",
+            allocations.source.as_ref().map_or(String::new(), |code| format!("Code: `{code}` (`scripts/source-fingerprint.sh`)\n\n")),
             args.messages, args.invalid_every, args.partitions, args.payload_padding, args.instances, args.batch
         );
         for (name, n, elapsed, extra) in &self.rows {
@@ -955,32 +957,70 @@ impl Report {
 }
 
 /// Heap allocations per message come from `scripts/bench-allocations.sh` (the service under
-/// valgrind's DHAT, a run of its own): the latest summary it left, if any.
-struct Allocations(Option<Value>);
+/// valgrind's DHAT, a run of its own): the latest summary it left, quoted only when it measured
+/// the code this run measures. `make bench` names that code in `BENCH_SOURCE`
+/// (`scripts/source-fingerprint.sh`); the summary records the code it measured.
+struct Allocations {
+    summary: Option<Value>,
+    /// The code this run measures, when known.
+    source: Option<String>,
+}
 
 impl Allocations {
     /// `<target>/allocations/summary.json`, next to this binary's `release/`.
     fn latest() -> Allocations {
         let path = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.join("allocations/summary.json")));
         let summary = path.and_then(|p| serde_json::from_str(&std::fs::read_to_string(p).ok()?).ok());
-        Allocations(summary)
+        let source = std::env::var("BENCH_SOURCE").ok().filter(|s| !s.is_empty());
+        Allocations { summary, source }
     }
 
-    fn cell(&self) -> String {
-        match &self.0 {
-            Some(s) => format!(
-                "{:.1} in a separate DHAT run ({} messages, {}; `scripts/bench-allocations.sh`)",
-                s["per_message_without_polling"].as_f64().unwrap_or(f64::NAN),
-                s["messages"],
-                s["when"].as_str().unwrap_or("?")
-            ),
-            None => "not measured in this run: `scripts/bench-allocations.sh` (DHAT) measures it".into(),
+    /// The summary's figure applies to this run: it measured the same code, or this run's code
+    /// is not known (the benchmark run by hand), which the report then says.
+    fn applies(&self) -> bool {
+        match (&self.summary, &self.source) {
+            (Some(summary), Some(source)) => summary["source"].as_str() == Some(source.as_str()),
+            (Some(_), None) => true,
+            (None, _) => false,
         }
     }
 
+    fn cell(&self) -> String {
+        let Some(s) = &self.summary else {
+            return "not measured in this run: `scripts/bench-allocations.sh` (DHAT) measures it".into();
+        };
+        let measured = s["source"].as_str().unwrap_or("code not recorded");
+        if !self.applies() {
+            return format!(
+                "not measured for this code ({}): the last DHAT run on this machine measured {measured}; `scripts/bench-allocations.sh` measures it",
+                self.source.as_deref().unwrap_or("?")
+            );
+        }
+        format!(
+            "{:.1} in a separate DHAT run ({} messages, {}, {}; `scripts/bench-allocations.sh`)",
+            s["per_message_without_polling"].as_f64().unwrap_or(f64::NAN),
+            s["messages"],
+            s["when"].as_str().unwrap_or("?"),
+            if self.source.is_some() {
+                format!("of this code, {measured}")
+            } else {
+                format!("of {measured}, not checked against this run's code")
+            },
+        )
+    }
+
     fn to_json(&self) -> Value {
-        match &self.0 {
-            Some(summary) => json!({"source": "scripts/bench-allocations.sh (a separate run)", "summary": summary}),
+        match &self.summary {
+            Some(summary) if self.applies() => json!({
+                "source": "scripts/bench-allocations.sh (a separate run)",
+                "same_code": self.source.is_some(),
+                "summary": summary,
+            }),
+            Some(summary) => json!({
+                "note": "not measured for this code: the last DHAT run on this machine measured other code",
+                "code": self.source,
+                "other_code_summary": summary,
+            }),
             None => json!({"note": "not measured in this run: scripts/bench-allocations.sh (DHAT) measures it"}),
         }
     }
