@@ -86,15 +86,32 @@ impl ByteBudget {
     }
 }
 
-/// A message and its charge on the budget, given back when it is dropped.
+/// A message and its charges, given back when it is dropped: on the whole budget, and, while it
+/// is in its partition's queue or batch, on that partition's share of it.
 struct Charged {
     message: RawMessage,
-    _charge: OwnedSemaphorePermit,
+    cost: u32,
+    charge: OwnedSemaphorePermit,
+    share: Option<OwnedSemaphorePermit>,
 }
+
+impl Charged {
+    fn new(message: RawMessage, cost: u32, charge: OwnedSemaphorePermit) -> Self {
+        Charged { message, cost, charge, share: None }
+    }
+}
+
+/// A partition may hold at most this fraction of the byte budget (`1 / PARTITION_SHARES`), in
+/// its queue and its batch; a message larger than that share takes all of it and goes alone.
+/// So a partition that cannot go on (a handler retrying) pauses on its own share, and its
+/// messages never spend the budget every other partition needs.
+const PARTITION_SHARES: usize = 8;
 
 /// A running partition worker, as the fetch loop and the rebalance callback see it.
 struct Worker {
     messages: mpsc::Sender<Charged>,
+    /// The partition's share of the byte budget (see [`PARTITION_SHARES`]).
+    share: Arc<Semaphore>,
     /// Set while the partition is paused because the worker's buffer was full: messages that
     /// were fetched before the pause took effect, in order, waiting for room.
     held_back: Option<mpsc::UnboundedSender<Charged>>,
@@ -281,9 +298,9 @@ pub type RouterConsumer = StreamConsumer<ConsumerEvents>;
 /// Reads messages until `stop` is cancelled, then stops every worker (each finishes its message
 /// in hand, or abandons it after `shutdown_deadline`) and commits what was stored.
 ///
-/// Each partition buffers up to `batching.max_messages` messages between this loop and its
-/// worker, which is also the largest batch the worker writes in one transaction. A partition
-/// whose buffer is full is paused (see `dispatch`); all of them are paused while the byte budget
+/// Each partition queues up to `batching.max_messages` messages (the largest batch its worker
+/// writes in one transaction) between this loop and its worker, within its share of the byte
+/// budget ([`PARTITION_SHARES`]). A partition whose queue or share is full is paused (see `dispatch`); all of them are paused while the byte budget
 /// (`batching.max_buffered_bytes`) is spent. librdkafka's own pre-fetch queue is bounded
 /// separately (`queued.max.messages.kbytes`), and it also bounds what a pause holds back.
 ///
@@ -327,8 +344,8 @@ pub async fn run(
                         _ => None,
                     }
                 };
-                if let Some(message) = front {
-                    dispatch(&consumer, &pipeline, batching, Charged { message, _charge: charge });
+                if let (Some(message), Some(cost)) = (front, waiting) {
+                    dispatch(&consumer, &pipeline, batching, Charged::new(message, cost, charge));
                 }
                 if feed_starved(&consumer, &pipeline, batching, &budget) {
                     paused_again.clear();
@@ -351,11 +368,12 @@ pub async fn run(
                     }
                 };
                 let mut starved = workers.starved.lock().expect("starved lock");
-                let charge = if starved.is_empty() { budget.try_charge(budget.cost(&message)) } else { None };
+                let cost = budget.cost(&message);
+                let charge = if starved.is_empty() { budget.try_charge(cost) } else { None };
                 match charge {
                     Some(charge) => {
                         drop(starved);
-                        dispatch(&consumer, &pipeline, batching, Charged { message, _charge: charge });
+                        dispatch(&consumer, &pipeline, batching, Charged::new(message, cost, charge));
                     }
                     None => {
                         let slot = (message.topic.clone(), message.partition);
@@ -404,8 +422,9 @@ fn feed_starved(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batchi
         let next = {
             let mut starved = workers.starved.lock().expect("starved lock");
             let Some(front) = starved.front() else { break };
-            match budget.try_charge(budget.cost(front)) {
-                Some(charge) => starved.pop_front().map(|message| Charged { message, _charge: charge }),
+            let cost = budget.cost(front);
+            match budget.try_charge(cost) {
+                Some(charge) => starved.pop_front().map(|message| Charged::new(message, cost, charge)),
                 None => return false,
             }
         };
@@ -419,12 +438,13 @@ fn feed_starved(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batchi
     true
 }
 
-/// Hands `message` to its partition's worker, starting one if needed. When the worker's buffer
-/// is full (a handler retrying, a slow write) the partition is paused instead of waiting here,
-/// which would hold up every other partition; the messages fetched before the pause took effect
-/// are held back in order and handed over as room appears, then the partition is resumed. So
-/// memory stays bounded and one slow partition slows only itself.
-fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, message: Charged) {
+/// Hands `message` to its partition's worker, starting one if needed. When the worker's queue
+/// is full, or the partition's share of the byte budget is spent (a handler retrying, a slow
+/// write), the partition is paused instead of waiting here, which would hold up every other
+/// partition; the messages fetched before the pause took effect are held back in order and
+/// handed over as room appears, then the partition is resumed. So memory stays bounded and one
+/// slow partition slows only itself.
+fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: Batching, mut message: Charged) {
     let slot = (message.message.topic.clone(), message.message.partition);
     let mut running = consumer.context().workers.running.lock().expect("workers lock");
     // The slot's topic is a shared name, so the key `entry` takes costs a reference count.
@@ -435,35 +455,62 @@ fn dispatch(consumer: &Arc<RouterConsumer>, pipeline: &Arc<Pipeline>, batching: 
         let _ = held_back.send(message);
         return;
     }
-    match worker.messages.try_send(message) {
-        Ok(()) => {}
-        Err(mpsc::error::TrySendError::Full(message)) => {
-            set_paused(consumer, &slot, true);
-            let (held_back, waiting) = mpsc::unbounded_channel();
-            let _ = held_back.send(message);
-            worker.held_back = Some(held_back);
-            tokio::spawn(hand_over_held_back(consumer.clone(), slot, worker.messages.clone(), waiting));
+    let behind = match worker.share.clone().try_acquire_many_owned(share_cost(batching, message.cost)) {
+        Err(_) => message,
+        Ok(share) => {
+            message.share = Some(share);
+            match worker.messages.try_send(message) {
+                Ok(()) => return,
+                Err(mpsc::error::TrySendError::Full(mut message)) => {
+                    message.share = None;
+                    message
+                }
+                Err(mpsc::error::TrySendError::Closed(message)) => {
+                    dropped(&message.message);
+                    return;
+                }
+            }
         }
-        Err(mpsc::error::TrySendError::Closed(Charged { message, .. })) => {
-            // The worker was stopped by a revoke after the message was fetched (the partition's
-            // next owner reads it again from the committed offset), or it died, which ends the
-            // consumer (see `run`).
-            tracing::debug!(
-                topic = %message.topic, partition = message.partition, offset = message.offset,
-                "dropped a message of a partition whose worker has stopped"
-            );
-        }
-    }
+    };
+    set_paused(consumer, &slot, true);
+    let (held_back, waiting) = mpsc::unbounded_channel();
+    let _ = held_back.send(behind);
+    worker.held_back = Some(held_back);
+    let (to_worker, share) = (worker.messages.clone(), worker.share.clone());
+    tokio::spawn(hand_over_held_back(consumer.clone(), slot, batching, to_worker, share, waiting));
 }
 
-/// Feeds a paused partition's held-back messages to its worker as room appears, then resumes
-/// fetching the partition, unless the byte budget has paused every partition meanwhile (its
-/// resume then takes this one up). Ends without resuming when the worker was stopped (a revoke):
-/// the partition's next owner reads those messages again.
+/// What a message of budget cost `cost` takes of its partition's share: the same, or the whole
+/// share for a message larger than it.
+fn share_cost(batching: Batching, cost: u32) -> u32 {
+    cost.min(partition_share(batching))
+}
+
+fn partition_share(batching: Batching) -> u32 {
+    (batching.max_buffered_bytes / PARTITION_SHARES).clamp(1, u32::MAX as usize) as u32
+}
+
+/// A message of a partition whose worker has stopped: a revoke after it was fetched (the
+/// partition's next owner reads it again from the committed offset), or a worker that died,
+/// which ends the consumer (see `run`).
+fn dropped(message: &RawMessage) {
+    tracing::debug!(
+        topic = %message.topic, partition = message.partition, offset = message.offset,
+        "dropped a message of a partition whose worker has stopped"
+    );
+}
+
+/// Feeds a paused partition's held-back messages to its worker as room appears (in its queue and
+/// in its share of the byte budget), then resumes fetching the partition, unless the byte budget
+/// has paused every partition meanwhile (its resume then takes this one up). Ends without
+/// resuming when the worker was stopped (a revoke): the partition's next owner reads those
+/// messages again.
 async fn hand_over_held_back(
     consumer: Arc<RouterConsumer>,
     slot: Slot,
+    batching: Batching,
     to_worker: mpsc::Sender<Charged>,
+    share: Arc<Semaphore>,
     mut waiting: mpsc::UnboundedReceiver<Charged>,
 ) {
     loop {
@@ -484,7 +531,12 @@ async fn hand_over_held_back(
             }
         };
         match next {
-            Some(message) => {
+            Some(mut message) => {
+                // The share is given back as the worker finishes batches, or drops what it
+                // held when it stops; so this wait ends, and a stopped worker's closed queue
+                // then ends the task.
+                let cost = share_cost(batching, message.cost);
+                message.share = Some(share.clone().acquire_many_owned(cost).await.expect("a share is never closed"));
                 if to_worker.send(message).await.is_err() {
                     return;
                 }
@@ -532,7 +584,12 @@ fn set_paused(consumer: &RouterConsumer, (topic, partition): &Slot, paused: bool
 }
 
 fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching: Batching, slot: Slot) -> Worker {
+    // One batch of room. More room paused busy partitions less often (librdkafka then keeps
+    // its pre-fetch instead of discarding it at each pause) for a little less CPU, but held more
+    // messages at once: at four batches, peak RSS over a million messages came to within a few
+    // MiB of the 150 MB it must stay under (bench/README.md, 29.).
     let (messages, receiver) = mpsc::channel(batching.max_messages);
+    let share = Arc::new(Semaphore::new(partition_share(batching) as usize));
     let (stop, abandon) = (CancellationToken::new(), CancellationToken::new());
     let (finished, done) = oneshot::channel();
     let workers = consumer.context().workers.clone();
@@ -549,7 +606,7 @@ fn spawn_worker(consumer: Arc<RouterConsumer>, pipeline: Arc<Pipeline>, batching
         }
         let _ = finished.send(());
     });
-    Worker { messages, held_back: None, stop, abandon, done }
+    Worker { messages, share, held_back: None, stop, abandon, done }
 }
 
 /// Processes one partition's messages in order, storing each offset once it is finished.
@@ -600,8 +657,8 @@ async fn partition_worker(
         let (topic, partition) = (batch[0].message.topic.clone(), batch[0].message.partition);
         let offsets: Vec<i64> = batch.iter().map(|m| m.message.offset).collect();
         // The charges are given back when the batch is finished, not when its messages move on.
-        let (messages, charges): (Vec<RawMessage>, Vec<OwnedSemaphorePermit>) =
-            batch.drain(..).map(|Charged { message, _charge }| (message, _charge)).unzip();
+        let (messages, charges): (Vec<RawMessage>, Vec<_>) =
+            batch.drain(..).map(|Charged { message, charge, share, .. }| (message, (charge, share))).unzip();
         let finished = pipeline.process_batch(messages, &abandon).await;
         drop(charges);
         if let Some(&last) = finished.checked_sub(1).map(|i| &offsets[i]) {

@@ -114,17 +114,54 @@ async fn a_retrying_partition_with_a_full_buffer_does_not_hold_up_the_others() {
     let app =
         app_waiting_for_orgs(&[("HANDLER_MAX_ATTEMPTS", "1000"), ("RETRY_MAX_BACKOFF_MS", "200"), ("BATCH_MAX_MESSAGES", "2")])
             .await;
+    hold_up_one_partition(&app, (2..=20).map(|id| todo(id, "known"))).await;
+    let_the_partition_go(&app, 20).await;
+    app.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retrying_partition_holds_only_its_share_of_the_byte_budget() {
+    // The smallest budget, 1 MiB. Each todo behind the retrying one is charged about 17 KiB (a
+    // 4,000-character description, plus three times its value for opening it), so the 80 of
+    // them are more than the whole budget: were the partition not held to its share (an
+    // eighth), it would spend the budget and every partition would pause behind it.
+    let app = app_waiting_for_orgs(&[
+        ("HANDLER_MAX_ATTEMPTS", "1000"),
+        ("RETRY_MAX_BACKOFF_MS", "200"),
+        ("MAX_BUFFERED_BYTES", "1048576"),
+    ])
+    .await;
+    let large_todos = (2..=81).map(|id| {
+        let mut large = testkit::todo(id);
+        large["description"] = "d".repeat(4000).into();
+        Outgoing {
+            key: Some("one-partition".into()),
+            ..Outgoing::json(&large, IdentityHeader::Document(samples::user_identity("known")))
+        }
+    });
+    hold_up_one_partition(&app, large_todos).await;
+    assert_eq!(
+        app.metric("event_router_memory_budget_exhausted_total", &[]).await,
+        0.0,
+        "the waiting partition held its share, not the budget"
+    );
+    let_the_partition_go(&app, 81).await;
+    app.stop().await;
+}
+
+/// Todo 1 waits for its org (its handler retrying) while the todos `behind` it queue up on its
+/// partition, then twenty host statuses are sent on another topic. Returns once they are all
+/// handled, with the todo partition still waiting.
+async fn hold_up_one_partition(app: &TestApp, behind: impl Iterator<Item = Outgoing>) {
     sqlx::query("INSERT INTO known_orgs VALUES ('known')").execute(&app.db.pool).await.unwrap();
     app.send("todo-created", &todo(1, "late")).await;
     eventually(WAIT, "the handler retried", || async {
         app.metric("event_router_retries_total", &[("step", "handler")]).await >= 1.0
     })
     .await;
-    for id in 2..=20 {
-        app.send("todo-created", &todo(id, "known")).await;
+    for message in behind {
+        app.send("todo-created", &message).await;
     }
-    // Twenty host statuses on another topic, sent after the todos: they are handled although
-    // the todo partition cannot take another message.
     for n in 0..20 {
         let status = Outgoing {
             key: Some(format!("host-{n}")),
@@ -138,17 +175,20 @@ async fn a_retrying_partition_with_a_full_buffer_does_not_hold_up_the_others() {
     eventually(WAIT, "the other partitions handled while one waits", || async { app.db.count("host_statuses").await == 20 })
         .await;
     assert_eq!(app.db.count("todos").await, 0, "the todo partition still waits behind todo 1");
+}
 
-    // Once todo 1 can go, the todos behind it follow, in order, none lost.
+/// Registers todo 1's org: the `todos` held up behind it (ids 1 to `todos`) follow, in order,
+/// none lost.
+async fn let_the_partition_go(app: &TestApp, todos: i64) {
     sqlx::query("INSERT INTO known_orgs VALUES ('late')").execute(&app.db.pool).await.unwrap();
-    eventually(WAIT, "all 20 todos stored", || async { app.db.count("todos").await == 20 }).await;
-    let stream = app.read_routed(40, WAIT).await;
-    let todo_ids: Vec<i64> = stream
+    eventually(WAIT, "every todo stored", || async { app.db.count("todos").await == todos }).await;
+    let todo_ids: Vec<i64> = app
+        .read_routed(todos as usize + 20, WAIT)
+        .await
         .iter()
         .map(|m| serde_json::from_slice::<serde_json::Value>(m.payload.as_deref().unwrap()).unwrap())
         .filter(|event| event["name"] == "TodoCreated")
         .map(|event| event["payload"]["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(todo_ids, (1..=20).collect::<Vec<i64>>(), "the todos were handled in their order");
-    app.stop().await;
+    assert_eq!(todo_ids, (1..=todos).collect::<Vec<i64>>(), "the todos were handled in their order");
 }
