@@ -300,9 +300,10 @@ pub type RouterConsumer = StreamConsumer<ConsumerEvents>;
 ///
 /// Each partition queues up to `batching.max_messages` messages (the largest batch its worker
 /// writes in one transaction) between this loop and its worker, within its share of the byte
-/// budget ([`PARTITION_SHARES`]). A partition whose queue or share is full is paused (see `dispatch`); all of them are paused while the byte budget
-/// (`batching.max_buffered_bytes`) is spent. librdkafka's own pre-fetch queue is bounded
-/// separately (`queued.max.messages.kbytes`), and it also bounds what a pause holds back.
+/// budget ([`PARTITION_SHARES`]). A partition whose queue or share is full is paused (see
+/// `dispatch`); all of them are paused while the byte budget (`batching.max_buffered_bytes`) is
+/// spent. librdkafka's own pre-fetch queue is bounded separately (`queued.max.messages.kbytes`),
+/// and it also bounds what a pause holds back.
 ///
 /// `Err` when the consumer died: a partition worker ended unexpectedly or librdkafka reported a
 /// fatal error. The offsets of finished messages are committed first all the same.
