@@ -101,7 +101,7 @@ struct Args {
     /// 30), so it is a stated property of the deployment measured, not derived from the backlog.
     /// The embedded broker drops a partition's oldest records beyond about 5 MiB; nothing here
     /// reads these topics back (the crash test and `make soak` size theirs to keep everything).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(i32).range(1..))]
     output_partitions: Option<i32>,
     /// The Python interpreter for the comparison consumer; the step is skipped when it is
     /// missing (`scripts/bench-python-venv.sh` makes it, `make bench` runs that).
