@@ -60,30 +60,19 @@ async fn what_is_produced_while_the_broker_is_down_is_spooled_and_all_arrives_on
         ],
         [300.0, 300.0, 0.0]
     );
-    // Every todo reached the service once, in each key's order. The service's consumer lost its
-    // broker as well and has to reconnect and rejoin its group: usually within two seconds here,
-    // but this wait timed out twice in about twenty runs (2026-12-02), so a timeout says what the
-    // consumer was doing.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while app.db.count("todos").await < 300 {
-        if tokio::time::Instant::now() >= deadline {
-            let (_, metrics) = app.get("/metrics").await;
-            let consumer: Vec<&str> = metrics
-                .lines()
-                .filter(|line| {
-                    ["event_router_rebalances_total", "event_router_consumer_", "event_router_messages_", "event_router_memory_"]
-                        .iter()
-                        .any(|name| line.starts_with(name))
-                })
-                .collect();
-            panic!(
-                "{} of 300 todos stored {WAIT:?} after the spool drained; the consumer's metrics:\n{}",
-                app.db.count("todos").await,
-                consumer.join("\n")
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Every todo reached the service, each once. The service's consumer lost its broker as well
+    // and has to reconnect and rejoin its group: usually within two seconds here, but this wait
+    // timed out twice in about twenty runs (2026-12-02), so a timeout says what the consumer was
+    // doing.
+    testkit::eventually_explained(
+        WAIT,
+        "300 todos stored",
+        || async { app.db.count("todos").await == 300 },
+        || async {
+            format!("{} todos stored; the consumer's metrics:\n{}", app.db.count("todos").await, app.consumer_metrics().await)
+        },
+    )
+    .await;
     let records = app.read_topic(&app.topic("todo-created"), 300, WAIT).await;
     let mut ids: Vec<String> = records.iter().filter_map(|m| testkit::header(m, "x-rh-insights-request-id")).collect();
     ids.sort();

@@ -366,6 +366,16 @@ impl TestApp {
         http_get(self.http_addr, path).await
     }
 
+    /// The service's consumer as its metrics show it (rebalances, consumer errors, messages
+    /// consumed and in flight, the byte budget), one series a line: what a timed-out wait for
+    /// consumption reports.
+    pub async fn consumer_metrics(&self) -> String {
+        let (_, metrics) = self.get("/metrics").await;
+        const SERIES: [&str; 4] =
+            ["event_router_rebalances_total", "event_router_consumer_", "event_router_messages_", "event_router_memory_"];
+        metrics.lines().filter(|line| SERIES.iter().any(|name| line.starts_with(name))).collect::<Vec<_>>().join("\n")
+    }
+
     /// `GET path` on the events API with `headers`.
     pub async fn api_get(&self, path: &str, headers: &[(&str, &str)]) -> HttpResponse {
         http_request(self.api_addr, path, headers).await
@@ -506,10 +516,23 @@ pub async fn drain_topic(brokers: &str, topic: &str, window: Duration) -> Vec<Ra
 }
 
 /// Polls `check` until it returns true or `timeout` passes.
-pub async fn eventually<F, Fut>(timeout: Duration, what: &str, mut check: F)
+pub async fn eventually<F, Fut>(timeout: Duration, what: &str, check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
+{
+    eventually_explained(timeout, what, check, || async { String::new() }).await;
+}
+
+/// [`eventually`], and when `timeout` passes, the panic message ends with what `explain` says
+/// about the state it was waiting on (for a wait that times out rarely, where the state at that
+/// moment is the only evidence).
+pub async fn eventually_explained<F, Fut, E, EFut>(timeout: Duration, what: &str, mut check: F, explain: E)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+    E: FnOnce() -> EFut,
+    EFut: std::future::Future<Output = String>,
 {
     let deadline = Instant::now() + timeout;
     while Instant::now() < deadline {
@@ -518,7 +541,9 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    panic!("timed out after {timeout:?} waiting for: {what}");
+    let explanation = explain().await;
+    let sep = if explanation.is_empty() { "" } else { "\n" };
+    panic!("timed out after {timeout:?} waiting for: {what}{sep}{explanation}");
 }
 
 /// A minimal HTTP/1.1 GET, enough for the service's own endpoints.
